@@ -1,0 +1,113 @@
+"""AIP-155 request ids: a retry returns the first response, a reused id with another payload is refused.
+
+A record is written in the same transaction as the mutation it guards, so a
+mutation and its record commit together or not at all. Failed requests leave no
+record: a retry after a failure is evaluated afresh. Records are kept for
+`LOYALTY_IDEMPOTENCY_RETENTION_DAYS` (default 30) and then purged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import sqlalchemy.exc
+from google.protobuf.message import Message
+from sqlalchemy import LargeBinary, String, delete
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from services.common.clock import Clock, utc_now
+from services.common.db import CommonBase, Database, UtcDateTime
+from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument
+from services.common.validation import ID_PATTERN
+
+R = TypeVar("R", bound=Message)
+
+
+class IdempotencyRecord(CommonBase):
+    __tablename__ = "idempotency_records"
+
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    method: Mapped[str] = mapped_column(String(160))
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    response: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+
+
+def fingerprint(request: Message) -> str:
+    """Digest of the request without its request_id: what "same payload" means."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    copy.ClearField("request_id")  # type: ignore[arg-type]
+    body = request.DESCRIPTOR.full_name.encode() + b"\0" + copy.SerializeToString(deterministic=True)
+    return hashlib.sha256(body).hexdigest()
+
+
+def _replay(record: IdempotencyRecord, request: Message, digest: str, response_type: type[R]) -> R:
+    if record.fingerprint != digest or record.method != request.DESCRIPTOR.full_name:
+        raise AlreadyExists(
+            f"request_id {record.request_id!r} was already used with a different payload "
+            f"({record.method}); use a new request_id for a new operation",
+            reason="REQUEST_ID_REUSED",
+            metadata={"request_id": record.request_id},
+        )
+    response = response_type()
+    response.ParseFromString(record.response)
+    return response
+
+
+def run_idempotent(
+    db: Database,
+    request: Message,
+    response_type: type[R],
+    apply: Callable[[Session], R],
+    *,
+    clock: Clock = utc_now,
+) -> R:
+    """Applies `apply` once per (shop_id, request_id); retries get the stored response."""
+    shop_id: str = getattr(request, "shop_id")
+    request_id: str = getattr(request, "request_id")
+    if not request_id:
+        raise InvalidArgument([FieldViolation("request_id", "is required on every mutation (AIP-155)")])
+    if not ID_PATTERN.match(request_id):
+        raise InvalidArgument([FieldViolation("request_id", "must be 1-64 characters of [A-Za-z0-9_.:-]")])
+    digest = fingerprint(request)
+
+    def once(session: Session) -> R:
+        stored = session.get(IdempotencyRecord, (shop_id, request_id))
+        if stored is not None:
+            return _replay(stored, request, digest, response_type)
+        response = apply(session)
+        session.add(
+            IdempotencyRecord(
+                shop_id=shop_id,
+                request_id=request_id,
+                method=request.DESCRIPTOR.full_name,
+                fingerprint=digest,
+                response=response.SerializeToString(),
+                created_at=clock(),
+            )
+        )
+        session.flush()
+        return response
+
+    try:
+        return db.run(once)
+    except sqlalchemy.exc.IntegrityError:
+        # A concurrent call with the same id committed first: answer as a retry would be.
+        def replay(session: Session) -> R | None:
+            stored = session.get(IdempotencyRecord, (shop_id, request_id))
+            return None if stored is None else _replay(stored, request, digest, response_type)
+
+        replayed = db.run(replay)
+        if replayed is None:
+            raise
+        return replayed
+
+
+def purge_expired(session: Session, *, older_than: timedelta, now: datetime) -> int:
+    result = session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < now - older_than))
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -1,0 +1,198 @@
+"""The guard every RPC passes: auth, shop/scope checks, error mapping, access log, metrics.
+
+One interceptor wraps each method handler so that a caller always gets a
+documented status: domain errors map through `services.common.status`, a lost
+database becomes UNAVAILABLE, and anything unexpected becomes INTERNAL with an
+incident id (the trace goes to the log, never to the caller).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+from typing import Any
+
+import grpc
+import sqlalchemy.exc
+import structlog
+from google.protobuf import descriptor_pool
+from loyalty.common.v1 import common_pb2
+
+from services.common.auth import Principal, TokenRegistry, authorize
+from services.common.clock import Clock, utc_now
+from services.common.errors import DomainError, InvalidArgument, FieldViolation, PermissionDenied, Unavailable
+from services.common.status import internal_status, to_status
+from services.common.telemetry import RPC_SECONDS, RPC_TOTAL
+from services.common.validation import ID_PATTERN
+
+log = structlog.get_logger("rpc")
+
+OPEN_SERVICES = frozenset(
+    {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection", "grpc.reflection.v1.ServerReflection"}
+)
+_SCOPE_NAMES = {common_pb2.SCOPE_READ: "read", common_pb2.SCOPE_WRITE: "write", common_pb2.SCOPE_ADMIN: "admin"}
+# Transient peer failures that mean "try again", not "bug".
+_PEER_RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+
+@lru_cache(maxsize=1024)
+def required_scope(full_method: str) -> str | None:
+    """The scope a method declares in its proto; None when it declares none (refused)."""
+    service_name, _, method_name = full_method.lstrip("/").partition("/")
+    try:
+        method = descriptor_pool.Default().FindServiceByName(service_name).FindMethodByName(method_name)
+    except KeyError:
+        return None
+    if method is None:
+        return None
+    return _SCOPE_NAMES.get(method.GetOptions().Extensions[common_pb2.required_scope])
+
+
+def classify(exc: BaseException) -> DomainError | None:
+    """The domain error an exception stands for; None for a bug."""
+    if isinstance(exc, DomainError):
+        return exc
+    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError):
+        return Unavailable("database unavailable, retry with the same request_id", reason="DATABASE_UNAVAILABLE")
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return Unavailable("database connection lost, retry with the same request_id", reason="DATABASE_UNAVAILABLE")
+    if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call) and exc.code() in _PEER_RETRYABLE:
+        return Unavailable(f"a dependency is unavailable ({exc.code().name}), retry later", reason="PEER_UNAVAILABLE")
+    return None
+
+
+class _Guard:
+    """Per-call state of one RPC."""
+
+    def __init__(self, registry: TokenRegistry, clock: Clock, method: str, metadata: dict[str, str]) -> None:
+        self.registry = registry
+        self.clock = clock
+        self.method = method
+        self.metadata = metadata
+        self.started = time.perf_counter()
+        self.shop_id = ""
+        self.request_id = ""
+
+    # -- checks -----------------------------------------------------------
+    def principal(self) -> Principal:
+        principal = self.registry.authenticate(self.metadata.get("authorization"), self.clock())
+        scope = required_scope(self.method)
+        if scope is None:
+            raise PermissionDenied("method declares no required scope; refused", reason="SCOPE_UNDECLARED")
+        self.scope = scope
+        return principal
+
+    def check_message(self, principal: Principal, message: Any) -> None:
+        shop_id = getattr(message, "shop_id", "")
+        if not self.shop_id:
+            self.shop_id = shop_id if ID_PATTERN.match(shop_id or "") else ""
+            self.request_id = getattr(message, "request_id", "")[:64]
+        if not shop_id:
+            raise InvalidArgument([FieldViolation("shop_id", "is required")])
+        if not ID_PATTERN.match(shop_id):
+            raise InvalidArgument([FieldViolation("shop_id", "must be 1-64 characters of [A-Za-z0-9_.:-]")])
+        if shop_id != self.shop_id:
+            raise InvalidArgument([FieldViolation("shop_id", "must be the same in every message of a stream")])
+        authorize(principal, scope=self.scope, shop_id=shop_id)
+
+    def checked_stream(self, principal: Principal, messages: Iterator[Any]) -> Iterator[Any]:
+        for message in messages:
+            self.check_message(principal, message)
+            yield message
+
+    # -- outcome ----------------------------------------------------------
+    def finish(self, code: grpc.StatusCode, **extra: Any) -> None:
+        elapsed = time.perf_counter() - self.started
+        RPC_TOTAL.labels(self.method, code.name).inc()
+        RPC_SECONDS.labels(self.method).observe(elapsed)
+        log.info("rpc", method=self.method, shop_id=self.shop_id, request_id=self.request_id,
+                 status=code.name, duration_ms=round(elapsed * 1000, 3), **extra)
+
+    def fail(self, exc: Exception, context: grpc.ServicerContext) -> None:
+        """Answers the caller with the status `exc` stands for; always raises."""
+        already = context.code() if hasattr(context, "code") else None
+        if already is not None and already != grpc.StatusCode.OK:
+            self.finish(already)
+            raise exc
+        error = classify(exc)
+        if error is None:
+            incident = uuid.uuid4().hex[:12]
+            log.error("rpc_unexpected_error", method=self.method, shop_id=self.shop_id, incident_id=incident,
+                      exc_info=exc)
+            self.finish(grpc.StatusCode.INTERNAL, incident_id=incident)
+            context.abort_with_status(internal_status(incident))
+        else:
+            status = to_status(error)
+            self.finish(status.code, reason=error.reason)
+            context.abort_with_status(status)
+        raise exc  # abort_with_status raises; this line only satisfies type checkers
+
+
+Behavior = Callable[[Any, grpc.ServicerContext], Any]
+
+
+class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+    """Wraps every handler of our services; health and reflection stay open."""
+
+    def __init__(self, registry: TokenRegistry, clock: Clock = utc_now) -> None:
+        self.registry = registry
+        self.clock = clock
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(details)
+        method: str = details.method  # type: ignore[attr-defined]
+        if handler is None or method.lstrip("/").partition("/")[0] in OPEN_SERVICES:
+            return handler
+        metadata = {k: v for k, v in details.invocation_metadata if isinstance(v, str)}  # type: ignore[attr-defined]
+        registry, clock = self.registry, self.clock
+
+        def guarded(behavior: Behavior, request_streaming: bool, response_streaming: bool) -> Behavior:
+            def run(request: Any, context: grpc.ServicerContext) -> Any:
+                guard = _Guard(registry, clock, method, metadata)
+                try:
+                    principal = guard.principal()
+                    if request_streaming:
+                        request = guard.checked_stream(principal, request)
+                    else:
+                        guard.check_message(principal, request)
+                    with structlog.contextvars.bound_contextvars(shop_id=guard.shop_id, request_id=guard.request_id):
+                        result = behavior(request, context)
+                except Exception as exc:
+                    guard.fail(exc, context)
+                if response_streaming:
+                    return _streamed(guard, result, context)
+                guard.finish(grpc.StatusCode.OK)
+                return result
+
+            return run
+
+        kinds = {
+            "unary_unary": (grpc.unary_unary_rpc_method_handler, False, False),
+            "unary_stream": (grpc.unary_stream_rpc_method_handler, False, True),
+            "stream_unary": (grpc.stream_unary_rpc_method_handler, True, False),
+            "stream_stream": (grpc.stream_stream_rpc_method_handler, True, True),
+        }
+        for attribute, (factory, request_streaming, response_streaming) in kinds.items():
+            behavior = getattr(handler, attribute)
+            if behavior is not None:
+                wrapped: grpc.RpcMethodHandler = factory(
+                    guarded(behavior, request_streaming, response_streaming),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+                return wrapped
+        return handler
+
+
+def _streamed(guard: _Guard, responses: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+    try:
+        yield from responses
+    except Exception as exc:
+        guard.fail(exc, context)
+    guard.finish(grpc.StatusCode.OK)

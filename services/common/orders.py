@@ -1,0 +1,75 @@
+"""The shared `Order` contract, validated once for metrics, points and cycle delivery."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from loyalty.common.v1 import common_pb2
+
+from services.common.convert import from_timestamp
+from services.common.errors import Violations
+from services.common.validation import check_amount, check_currency, check_id, check_instant, check_text
+
+MAX_ITEMS = 200
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    sku: str
+    category: str
+    quantity: int
+    amount_minor: int
+
+
+@dataclass(frozen=True)
+class PaidOrder:
+    order_id: str
+    customer_id: str
+    paid_at: datetime
+    amount_minor: int
+    currency: str
+    channel: str
+    source: int
+    lines: tuple[OrderLine, ...]
+    fingerprint: str
+
+
+def parse_order(v: Violations, order: common_pb2.Order, path: str) -> PaidOrder | None:
+    """A validated order, or None with every problem recorded in `v`."""
+    before = len(v.found)
+    check_id(v, order.order_id, f"{path}.order_id")
+    check_id(v, order.customer_id, f"{path}.customer_id")
+    paid_at = from_timestamp(v, order.paid_at, f"{path}.paid_at", present=order.HasField("paid_at"))
+    if paid_at is not None:
+        check_instant(v, paid_at, f"{path}.paid_at")
+    check_amount(v, order.paid.amount_minor, f"{path}.paid.amount_minor")
+    check_currency(v, order.paid.currency, f"{path}.paid.currency")
+    check_text(v, order.channel, f"{path}.channel", max_length=32)
+    v.check(order.source in common_pb2.OrderSource.values(), f"{path}.source", "unknown order source")
+    v.check(len(order.items) <= MAX_ITEMS, f"{path}.items", f"at most {MAX_ITEMS} items")
+    lines_total = 0
+    for i, item in enumerate(order.items[:MAX_ITEMS]):
+        item_path = f"{path}.items[{i}]"
+        check_text(v, item.sku, f"{item_path}.sku", max_length=64)
+        check_text(v, item.category, f"{item_path}.category", max_length=64)
+        v.check(1 <= item.quantity <= 100_000, f"{item_path}.quantity", "must be 1..100000")
+        check_amount(v, item.paid.amount_minor, f"{item_path}.paid.amount_minor")
+        v.check(item.paid.currency in ("", order.paid.currency), f"{item_path}.paid.currency",
+                "must be empty or the order's currency")
+        lines_total += item.paid.amount_minor
+    v.check(lines_total <= order.paid.amount_minor, f"{path}.items", "line amounts exceed the order's paid amount")
+    if len(v.found) > before or paid_at is None:
+        return None
+    return PaidOrder(
+        order_id=order.order_id,
+        customer_id=order.customer_id,
+        paid_at=paid_at,
+        amount_minor=order.paid.amount_minor,
+        currency=order.paid.currency,
+        channel=order.channel,
+        source=order.source or common_pb2.ORDER_SOURCE_NORMAL,
+        lines=tuple(OrderLine(i.sku, i.category, i.quantity, i.paid.amount_minor) for i in order.items),
+        fingerprint=hashlib.sha256(order.SerializeToString(deterministic=True)).hexdigest(),
+    )

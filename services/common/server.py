@@ -1,0 +1,214 @@
+"""Server bootstrap shared by the four services: health, reflection, guard, workers, graceful stop."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.auth import TokenRegistry
+from services.common.channels import peer_channel
+from services.common.clock import Clock, utc_now
+from services.common.db import Database
+from services.common.idempotency import purge_expired
+from services.common.interceptors import GuardInterceptor
+from services.common.logs import configure_logging
+from services.common.migrations import upgrade
+from services.common.settings import Settings
+from services.common.telemetry import HEALTHY, serve_metrics
+
+log = structlog.get_logger("server")
+
+# The same options for every service and for the echo baseline in bench/.
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+
+
+def new_grpc_server(max_workers: int, interceptors: list[grpc.ServerInterceptor]) -> grpc.Server:
+    return grpc.server(
+        ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        interceptors=interceptors,
+        options=SERVER_OPTIONS,
+    )
+
+
+@dataclass
+class Peers:
+    """Lazily opened channels to the other services, with this service's token."""
+
+    settings: Settings
+    _channels: dict[str, grpc.Channel] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def channel(self, service: str) -> grpc.Channel:
+        with self._lock:
+            if service not in self._channels:
+                target = getattr(self.settings, f"{service}_target")
+                self._channels[service] = peer_channel(target, self.settings.peer_token)
+            return self._channels[service]
+
+    def close(self) -> None:
+        with self._lock:
+            for channel in self._channels.values():
+                channel.close()
+            self._channels.clear()
+
+
+@dataclass
+class ServiceContext:
+    """What a servicer and its workers may use."""
+
+    settings: Settings
+    db: Database
+    peers: Peers
+    clock: Clock = utc_now
+
+
+class Worker:
+    """A background loop that stops promptly when asked (no `while True: sleep`)."""
+
+    def __init__(self, name: str, interval_seconds: float, tick: Callable[[], None]) -> None:
+        self.name = name
+        self.interval = interval_seconds
+        self.tick = tick
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("worker_tick_failed", worker=self.name)
+            self.stopping.wait(self.interval)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to run one service: its gRPC names, servicers, migrations and workers."""
+
+    name: str
+    service_names: tuple[str, ...]
+    register: Callable[[grpc.Server, ServiceContext], None]
+    migrations: Path
+    workers: Callable[[ServiceContext], list[Worker]] = lambda _ctx: []
+
+
+class RunningService:
+    """A started service; `stop` drains in-flight calls and stops workers."""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings, *, clock: Clock = utc_now, migrate: bool = True) -> None:
+        self.spec = spec
+        self.settings = settings
+        url = settings.resolved_database_url
+        if migrate:
+            upgrade(spec.migrations, url)
+        self.db = Database(url, pool_size=settings.db_pool_size)
+        self.context = ServiceContext(settings=settings, db=self.db, peers=Peers(settings), clock=clock)
+        registry = TokenRegistry(settings.token_grants())
+        self.server = new_grpc_server(settings.max_workers, [GuardInterceptor(registry, clock)])
+        spec.register(self.server, self.context)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            self.server,
+        )
+        self._set_serving(False)
+        self.port = self.server.add_insecure_port(f"{settings.grpc_host}:{settings.port}")
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {settings.grpc_host}:{settings.port}")
+        retention = timedelta(days=settings.idempotency_retention_days)
+        self.workers = [
+            Worker("health-probe", settings.health_probe_seconds, self._probe),
+            Worker("idempotency-purge", 3600.0, lambda: self.db.run(
+                lambda s: purge_expired(s, older_than=retention, now=clock()))),
+            *spec.workers(self.context),
+        ]
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.grpc_host}:{self.port}"
+
+    def _set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self.spec.service_names):
+            self.health.set(name, status)
+        HEALTHY.set(1 if serving else 0)
+
+    def _probe(self) -> None:
+        self._set_serving(self.db.ping())
+
+    def start(self) -> RunningService:
+        self.server.start()
+        self._probe()  # SERVING only once the database answers
+        for worker in self.workers:
+            worker.start()
+        log.info("service_started", service=self.spec.name, address=self.address)
+        return self
+
+    def stop(self, grace: float | None = None) -> None:
+        grace = self.settings.grace_seconds if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        for worker in self.workers:
+            worker.stop(grace)
+        self.server.stop(grace).wait()
+        self.context.peers.close()
+        self.db.dispose()
+        log.info("service_stopped", service=self.spec.name)
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
+    """`python -m services.<name> [serve|migrate]`."""
+    args = sys.argv[1:] if argv is None else argv
+    settings = Settings(service=spec.name)
+    configure_logging(spec.name, settings.log_level)
+    if args[:1] == ["migrate"]:
+        upgrade(spec.migrations, settings.resolved_database_url)
+        log.info("migrated", service=spec.name)
+        return 0
+    if args and args[0] != "serve":
+        print(f"usage: python -m services.{spec.name} [serve|migrate]", file=sys.stderr)
+        return 2
+    serve_metrics(settings.grpc_host, settings.metrics_port)
+    running = RunningService(spec, settings).start()
+    stopped = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if not stopped.is_set():
+            stopped.set()
+            log.info("stopping", signal=signal.Signals(signum).name)
+            threading.Thread(target=running.stop, name="graceful-stop").start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    running.wait()
+    return 0

@@ -1,0 +1,111 @@
+"""Typed settings of one service process, read from LOYALTY_* environment variables."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AliasChoices, BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The documented development token of the compose stack. Refused outside
+# local/development runs so it can never guard real data.
+DEV_TOKEN = "loyalty-dev-token"
+DEV_TOKEN_SHA256 = hashlib.sha256(DEV_TOKEN.encode()).hexdigest()
+
+DEFAULT_PORTS = {"points": 50051, "metrics": 50052, "segmentation": 50053, "cycle_delivery": 50054}
+
+
+class Environment(StrEnum):
+    LOCAL = "local"
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class TokenGrant(BaseModel):
+    """One bearer token as stored: its SHA-256, never the token itself."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    shops: list[str] = Field(min_length=1)
+    scopes: list[str] = Field(min_length=1)
+    expires_at: str | None = None
+    name: str = ""
+
+    @field_validator("scopes")
+    @classmethod
+    def known_scopes(cls, value: list[str]) -> list[str]:
+        unknown = set(value) - {"read", "write", "admin"}
+        if unknown:
+            raise ValueError(f"unknown scopes {sorted(unknown)}; use read, write, admin")
+        return value
+
+
+class Settings(BaseSettings):
+    """Everything a service reads from its environment; one object per process."""
+
+    model_config = SettingsConfigDict(env_prefix="LOYALTY_", extra="ignore")
+
+    service: str = "points"
+    env: Environment = Environment.LOCAL
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int | None = None
+    metrics_port: int = 0
+    max_workers: int = 32
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+    # May contain "{service}", so one template serves all four services.
+    database_url: str = Field(
+        default="sqlite:///var/{service}.db",
+        validation_alias=AliasChoices("DATABASE_URL", "LOYALTY_DATABASE_URL"),
+    )
+    db_pool_size: int = 20
+    default_time_zone: str = "Asia/Shanghai"
+    # JSON list of TokenGrant, inline, or a file holding the same JSON.
+    auth_tokens: str = ""
+    auth_tokens_file: str = ""
+    # Token this service presents to its peers.
+    peer_token: str = ""
+    points_target: str = "127.0.0.1:50051"
+    metrics_target: str = "127.0.0.1:50052"
+    segmentation_target: str = "127.0.0.1:50053"
+    cycle_delivery_target: str = "127.0.0.1:50054"
+    health_probe_seconds: float = 5.0
+    idempotency_retention_days: int = 30
+
+    @field_validator("default_time_zone")
+    @classmethod
+    def known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def no_dev_token_in_production(self) -> Settings:
+        if self.env is Environment.PRODUCTION:
+            if any(g.sha256 == DEV_TOKEN_SHA256 for g in self.token_grants()):
+                raise ValueError("the documented dev token is configured; refuse to run in production")
+            if self.peer_token == DEV_TOKEN:
+                raise ValueError("LOYALTY_PEER_TOKEN is the documented dev token; refuse to run in production")
+        return self
+
+    @property
+    def port(self) -> int:
+        return self.grpc_port if self.grpc_port is not None else DEFAULT_PORTS.get(self.service, 50051)
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url.replace("{service}", self.service)
+
+    def token_grants(self) -> list[TokenGrant]:
+        raw: list[Any] = []
+        if self.auth_tokens.strip():
+            raw += json.loads(self.auth_tokens)
+        if self.auth_tokens_file:
+            raw += json.loads(Path(self.auth_tokens_file).read_text())
+        return [TokenGrant.model_validate(item) for item in raw]

@@ -1,0 +1,56 @@
+"""Metric definitions in plain Python: what a customer's summary is."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from enum import Enum
+
+
+@dataclass(frozen=True)
+class OrderFact:
+    """What the metrics need of one order."""
+
+    customer_id: str
+    paid_at: datetime
+    local_date: date
+    amount_minor: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    customer_id: str
+    order_count: int
+    purchase_days: int
+    total_minor: int
+    first_order_at: datetime
+    last_order_at: datetime
+
+
+def summarize(customer_id: str, orders: Iterable[OrderFact]) -> Summary | None:
+    """A customer's summary; purchase days count shop-local calendar days, so same-day orders count once."""
+    facts = list(orders)
+    if not facts:
+        return None
+    return Summary(
+        customer_id=customer_id,
+        order_count=len(facts),
+        purchase_days=len({f.local_date for f in facts}),
+        total_minor=sum(f.amount_minor for f in facts),
+        first_order_at=min(f.paid_at for f in facts),
+        last_order_at=max(f.paid_at for f in facts),
+    )
+
+
+class Outcome(Enum):
+    INSERTED = "inserted"
+    DUPLICATE = "duplicate"
+    CORRECTED = "corrected"
+
+
+def classify_order(existing_fingerprint: str | None, new_fingerprint: str) -> Outcome:
+    """Same order id again: identical payload is a duplicate, anything else a correction."""
+    if existing_fingerprint is None:
+        return Outcome.INSERTED
+    return Outcome.DUPLICATE if existing_fingerprint == new_fingerprint else Outcome.CORRECTED

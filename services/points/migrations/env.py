@@ -1,0 +1,9 @@
+"""Alembic environment of the points service."""
+
+from alembic import context
+
+from services.common.migrations import run_env
+from services.common.tables import COMMON_METADATA
+from services.points.models import Base
+
+run_env(context, [COMMON_METADATA, Base.metadata])
