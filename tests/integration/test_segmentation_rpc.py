@@ -31,9 +31,9 @@ def test_profile_joins_metrics_points_and_tags(stack: Stack, uid: str) -> None:
     stack.stub("points", points_pb2_grpc.PointsServiceStub).AdjustPoints(
         points_pb2.AdjustPointsRequest(shop_id="shop-a", request_id=f"{uid}-p", customer_id=uid,
                                        asset=points_pb2.ASSET_POINTS, delta=321), metadata=W)
-    for tag in ("高价值", "vip"):
+    for i, tag in enumerate(("高价值", "vip")):
         segmentation(stack).TagCustomers(
-            segmentation_pb2.TagCustomersRequest(shop_id="shop-a", request_id=f"{uid}-{tag}", tag=tag,
+            segmentation_pb2.TagCustomersRequest(shop_id="shop-a", request_id=f"{uid}-t{i}", tag=tag,
                                                  customer_ids=[uid]), metadata=W)
     found = profile(stack, uid)
     assert (found.order_count, found.total_paid.amount_minor, found.points_balance) == (2, 5000, 321)
