@@ -1,0 +1,47 @@
+"""Settings from the environment, including refusals that protect production."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from services.common.settings import DEV_TOKEN, DEV_TOKEN_SHA256, Settings
+
+
+def test_defaults_are_embedded_sqlite_per_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    settings = Settings(service="metrics")
+    assert settings.resolved_database_url == "sqlite:///var/metrics.db"
+    assert settings.port == 50052
+
+
+def test_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u@h/loyalty_{service}")
+    monkeypatch.setenv("LOYALTY_GRPC_PORT", "6000")
+    settings = Settings(service="points")
+    assert settings.resolved_database_url == "postgresql+psycopg://u@h/loyalty_points"
+    assert settings.port == 6000
+
+
+def test_dev_token_is_refused_in_production() -> None:
+    grants = json.dumps([{"sha256": DEV_TOKEN_SHA256, "shops": ["*"], "scopes": ["admin"]}])
+    Settings(env="development", auth_tokens=grants)
+    with pytest.raises(ValidationError, match="dev token"):
+        Settings(env="production", auth_tokens=grants)
+    with pytest.raises(ValidationError, match="dev token"):
+        Settings(env="production", peer_token=DEV_TOKEN)
+
+
+def test_unknown_time_zone_is_refused() -> None:
+    with pytest.raises(ValidationError, match="time zone"):
+        Settings(default_time_zone="Mars/Olympus")
+
+
+def test_token_file(tmp_path: object) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "tokens.json"
+    path.write_text(json.dumps([{"sha256": "0" * 64, "shops": ["a"], "scopes": ["read"]}]))
+    assert [g.shops for g in Settings(auth_tokens_file=str(path)).token_grants()] == [["a"]]
