@@ -119,8 +119,14 @@ class NativeStack:
         url = make_url(template.replace("{service}", marker))
         local = make_url(POSTGRES_ADMIN_URL)
         database = (url.database or "").replace("loyalty", self.database_prefix, 1)
-        rebuilt = URL.create(url.drivername, username=local.username, password=local.password, host=local.host,
-                             port=local.port, database=database)
+        rebuilt = URL.create(
+            url.drivername,
+            username=local.username,
+            password=local.password,
+            host=local.host,
+            port=local.port,
+            database=database,
+        )
         return rebuilt.render_as_string(hide_password=False).replace(marker, "{service}")
 
     def target(self, value: str) -> str:
@@ -171,8 +177,15 @@ class NativeStack:
         service = self.compose["services"][name]
         log_path = self.log_dir / f"{name}.log"
         with log_path.open("wb") as log:
-            done = subprocess.run(command_of(service), env=self.env_for(name, None, None), cwd=ROOT, stdout=log,
-                                  stderr=subprocess.STDOUT, timeout=timeout, check=False)
+            done = subprocess.run(
+                command_of(service),
+                env=self.env_for(name, None, None),
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
+            )
         if done.returncode != 0:
             raise RuntimeError(f"{name} exited {done.returncode}: {log_path.read_text()[-2000:]}")
 
@@ -185,8 +198,12 @@ class NativeStack:
             metrics_port = free_port()
             log_path = self.log_dir / f"{name}-{index}.log"
             process = subprocess.Popen(
-                command_of(service), env=self.env_for(name, port, metrics_port), cwd=ROOT,
-                stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+                command_of(service),
+                env=self.env_for(name, port, metrics_port),
+                cwd=ROOT,
+                stdout=log_path.open("ab"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
             replica = Replica(name, index, port, metrics_port, process, log_path)
             existing[:] = [r for r in existing if r.index != index] + [replica]
@@ -235,8 +252,11 @@ class NativeStack:
 def serving(address: str, service: str = "") -> bool:
     with grpc.insecure_channel(address) as channel:
         try:
-            status = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=1).status
+            status = (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
+                .status
+            )
         except grpc.RpcError:
             return False
     return bool(status == health_pb2.HealthCheckResponse.SERVING)
@@ -256,8 +276,9 @@ class DockerStack:
     project: str = field(default_factory=lambda: "loyalty_test_" + uuid.uuid4().hex[:6])
 
     def compose(self, *args: str) -> None:
-        subprocess.run(["docker", "compose", "-f", str(COMPOSE_FILE), "-p", self.project, *args],
-                       check=True, timeout=900)
+        subprocess.run(
+            ["docker", "compose", "-f", str(COMPOSE_FILE), "-p", self.project, *args], check=True, timeout=900
+        )
 
     def start(self) -> DockerStack:
         self.compose("up", "--build", "--detach", "--wait")

@@ -19,7 +19,9 @@ from services.common.auth import digest
 from services.common.server import RunningService, ServiceSpec
 from services.common.settings import Settings
 
-POSTGRES_ADMIN_URL = os.environ.get("LOYALTY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+POSTGRES_ADMIN_URL = os.environ.get(
+    "LOYALTY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 SERVICE_NAMES = ("points", "metrics", "segmentation", "cycle_delivery")
 
 # Plain tokens the tests present; the services only ever see their digests.
@@ -42,8 +44,17 @@ def token_grants_json() -> str:
     )
 
 
-def bearer(name: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {TOKENS[name][0]}")]
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+def bearer(name: str) -> Metadata:
+    return (("authorization", f"Bearer {TOKENS[name][0]}"),)
+
+
+def details(error: grpc.RpcError) -> str:
+    """The status message of a failed call ("" when it has none)."""
+    text = error.details()
+    return str(text or "")
 
 
 def free_port() -> int:
@@ -123,16 +134,17 @@ def start_stack(database_url: str, **overrides: Any) -> Stack:
     started: dict[str, RunningService] = {}
     try:
         for name, spec in specs().items():
-            settings = Settings(
-                service=name,
-                grpc_port=ports[name],
-                database_url=database_url,
-                auth_tokens=token_grants_json(),
-                peer_token=TOKENS["peer"][0],
-                db_pool_size=5,
+            values: dict[str, Any] = {
+                "service": name,
+                "grpc_port": ports[name],
+                "database_url": database_url,
+                "auth_tokens": token_grants_json(),
+                "peer_token": TOKENS["peer"][0],
+                "db_pool_size": 5,
                 **{f"{peer}_target": f"127.0.0.1:{port}" for peer, port in ports.items()},
                 **overrides,
-            )
+            }
+            settings = Settings.model_validate(values)
             started[name] = RunningService(spec, settings).start()
     except BaseException:
         for service in started.values():

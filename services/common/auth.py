@@ -58,12 +58,14 @@ class TokenRegistry:
 
     def authenticate(self, authorization: str | None, now: datetime) -> Principal:
         if not authorization:
-            raise Unauthenticated("missing bearer token: send metadata 'authorization: Bearer <token>'",
-                                  reason="TOKEN_MISSING")
+            raise Unauthenticated(
+                "missing bearer token: send metadata 'authorization: Bearer <token>'", reason="TOKEN_MISSING"
+            )
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("malformed authorization metadata: expected 'Bearer <token>'",
-                                  reason="TOKEN_MALFORMED")
+            raise Unauthenticated(
+                "malformed authorization metadata: expected 'Bearer <token>'", reason="TOKEN_MALFORMED"
+            )
         principal = self._by_digest.get(digest(token.strip()))
         if principal is None:
             raise Unauthenticated("unknown bearer token", reason="TOKEN_UNKNOWN")
@@ -74,8 +76,12 @@ class TokenRegistry:
 
 def authorize(principal: Principal, *, scope: str, shop_id: str) -> None:
     if principal.rank < SCOPE_RANK[scope]:
-        raise PermissionDenied(f"token lacks the '{scope}' scope this method needs",
-                               reason="SCOPE_MISSING", metadata={"required_scope": scope})
+        raise PermissionDenied(
+            f"token lacks the '{scope}' scope this method needs",
+            reason="SCOPE_MISSING",
+            metadata={"required_scope": scope},
+        )
     if not principal.may_access(shop_id):
-        raise PermissionDenied(f"token is not valid for shop {shop_id!r}", reason="SHOP_FORBIDDEN",
-                               metadata={"shop_id": shop_id})
+        raise PermissionDenied(
+            f"token is not valid for shop {shop_id!r}", reason="SHOP_FORBIDDEN", metadata={"shop_id": shop_id}
+        )

@@ -30,13 +30,17 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
-                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor[Any, Any],
+    grpc.UnaryStreamClientInterceptor[Any, Any],
+    grpc.StreamUnaryClientInterceptor[Any, Any],
+    grpc.StreamStreamClientInterceptor[Any, Any],
+):
     def __init__(self, token: str) -> None:
         self._header = ("authorization", f"Bearer {token}")
 
     def _with_token(self, details: Any) -> Any:
-        metadata = [*(details.metadata or []), self._header]
+        metadata = (*(details.metadata or ()), self._header)
         return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(details, metadata)
 
     def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
@@ -52,8 +56,8 @@ class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInter
         return continuation(self._with_token(details), requests)
 
 
-class _Details(grpc.ClientCallDetails):  # type: ignore[misc]
-    def __init__(self, base: Any, metadata: list[tuple[str, str]]) -> None:
+class _Details(grpc.ClientCallDetails):
+    def __init__(self, base: Any, metadata: tuple[tuple[str, str | bytes], ...]) -> None:
         self.method = base.method
         self.timeout = base.timeout
         self.metadata = metadata
@@ -69,3 +73,12 @@ def peer_channel(target: str, token: str) -> grpc.Channel:
         options=[("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)],
     )
     return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
+
+
+def rpc_code(exc: BaseException) -> grpc.StatusCode | None:
+    """The status code of a failed peer call, None for any other exception."""
+    code = getattr(exc, "code", None)
+    if isinstance(exc, grpc.RpcError) and callable(code):
+        result = code()
+        return result if isinstance(result, grpc.StatusCode) else None
+    return None

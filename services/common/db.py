@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy.exc
-from sqlalchemy import Dialect, DateTime, Engine, create_engine, event, make_url, text
+from sqlalchemy import DateTime, Dialect, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator

@@ -41,7 +41,7 @@ def fingerprint(request: Message) -> str:
     """Digest of the request without its request_id: what "same payload" means."""
     copy = type(request)()
     copy.CopyFrom(request)
-    copy.ClearField("request_id")  # type: ignore[arg-type]
+    copy.ClearField("request_id")
     body = request.DESCRIPTOR.full_name.encode() + b"\0" + copy.SerializeToString(deterministic=True)
     return hashlib.sha256(body).hexdigest()
 
@@ -68,8 +68,8 @@ def run_idempotent(
     clock: Clock = utc_now,
 ) -> R:
     """Applies `apply` once per (shop_id, request_id); retries get the stored response."""
-    shop_id: str = getattr(request, "shop_id")
-    request_id: str = getattr(request, "request_id")
+    shop_id = str(getattr(request, "shop_id", ""))
+    request_id = str(getattr(request, "request_id", ""))
     if not request_id:
         raise InvalidArgument([FieldViolation("request_id", "is required on every mutation (AIP-155)")])
     if not ID_PATTERN.match(request_id):

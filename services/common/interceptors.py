@@ -21,8 +21,9 @@ from google.protobuf import descriptor_pool
 from loyalty.common.v1 import common_pb2
 
 from services.common.auth import Principal, TokenRegistry, authorize
+from services.common.channels import rpc_code
 from services.common.clock import Clock, utc_now
-from services.common.errors import DomainError, InvalidArgument, FieldViolation, PermissionDenied, Unavailable
+from services.common.errors import DomainError, FieldViolation, InvalidArgument, PermissionDenied, Unavailable
 from services.common.status import internal_status, to_status
 from services.common.telemetry import RPC_SECONDS, RPC_TOTAL
 from services.common.validation import ID_PATTERN
@@ -45,8 +46,6 @@ def required_scope(full_method: str) -> str | None:
         method = descriptor_pool.Default().FindServiceByName(service_name).FindMethodByName(method_name)
     except KeyError:
         return None
-    if method is None:
-        return None
     return _SCOPE_NAMES.get(method.GetOptions().Extensions[common_pb2.required_scope])
 
 
@@ -58,8 +57,10 @@ def classify(exc: BaseException) -> DomainError | None:
         return Unavailable("database unavailable, retry with the same request_id", reason="DATABASE_UNAVAILABLE")
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
         return Unavailable("database connection lost, retry with the same request_id", reason="DATABASE_UNAVAILABLE")
-    if isinstance(exc, grpc.RpcError) and isinstance(exc, grpc.Call) and exc.code() in _PEER_RETRYABLE:
-        return Unavailable(f"a dependency is unavailable ({exc.code().name}), retry later", reason="PEER_UNAVAILABLE")
+    peer_code = rpc_code(exc)
+    if peer_code in _PEER_RETRYABLE:
+        assert peer_code is not None
+        return Unavailable(f"a dependency is unavailable ({peer_code.name}), retry later", reason="PEER_UNAVAILABLE")
     return None
 
 
@@ -107,8 +108,15 @@ class _Guard:
         elapsed = time.perf_counter() - self.started
         RPC_TOTAL.labels(self.method, code.name).inc()
         RPC_SECONDS.labels(self.method).observe(elapsed)
-        log.info("rpc", method=self.method, shop_id=self.shop_id, request_id=self.request_id,
-                 status=code.name, duration_ms=round(elapsed * 1000, 3), **extra)
+        log.info(
+            "rpc",
+            method=self.method,
+            shop_id=self.shop_id,
+            request_id=self.request_id,
+            status=code.name,
+            duration_ms=round(elapsed * 1000, 3),
+            **extra,
+        )
 
     def fail(self, exc: Exception, context: grpc.ServicerContext) -> None:
         """Answers the caller with the status `exc` stands for; always raises."""
@@ -119,8 +127,9 @@ class _Guard:
         error = classify(exc)
         if error is None:
             incident = uuid.uuid4().hex[:12]
-            log.error("rpc_unexpected_error", method=self.method, shop_id=self.shop_id, incident_id=incident,
-                      exc_info=exc)
+            log.error(
+                "rpc_unexpected_error", method=self.method, shop_id=self.shop_id, incident_id=incident, exc_info=exc
+            )
             self.finish(grpc.StatusCode.INTERNAL, incident_id=incident)
             context.abort_with_status(internal_status(incident))
         else:
@@ -133,7 +142,7 @@ class _Guard:
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
-class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+class GuardInterceptor(grpc.ServerInterceptor[Any, Any]):
     """Wraps every handler of our services; health and reflection stay open."""
 
     def __init__(self, registry: TokenRegistry, clock: Clock = utc_now) -> None:
@@ -142,14 +151,14 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
 
     def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(details)
-        method: str = details.method  # type: ignore[attr-defined]
+        method: str = details.method
         if handler is None or method.lstrip("/").partition("/")[0] in OPEN_SERVICES:
             return handler
-        metadata = {k: v for k, v in details.invocation_metadata if isinstance(v, str)}  # type: ignore[attr-defined]
+        metadata = {k: v for k, v in details.invocation_metadata if isinstance(v, str)}
         registry, clock = self.registry, self.clock
 
         def guarded(behavior: Behavior, request_streaming: bool, response_streaming: bool) -> Behavior:
@@ -181,7 +190,7 @@ class GuardInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
         for attribute, (factory, request_streaming, response_streaming) in kinds.items():
             behavior = getattr(handler, attribute)
             if behavior is not None:
-                wrapped: grpc.RpcMethodHandler = factory(
+                wrapped: grpc.RpcMethodHandler[Any, Any] = factory(
                     guarded(behavior, request_streaming, response_streaming),
                     request_deserializer=handler.request_deserializer,
                     response_serializer=handler.response_serializer,

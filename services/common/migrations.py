@@ -40,8 +40,8 @@ def upgrade(script_location: Path, url: str) -> None:
         engine.dispose()
 
 
-def run_env(context: EnvironmentContext, target_metadata: list[MetaData]) -> None:
-    """Body of every service's migrations/env.py."""
+def run_env(context: Any, target_metadata: list[MetaData]) -> None:
+    """Body of every service's migrations/env.py; `context` is alembic's proxy module."""
     connection: Any = context.config.attributes.get("connection")
     if connection is not None:
         _migrate(context, connection, target_metadata)

@@ -56,8 +56,11 @@ def parse_order(v: Violations, order: common_pb2.Order, path: str) -> PaidOrder 
         check_text(v, item.category, f"{item_path}.category", max_length=64)
         v.check(1 <= item.quantity <= 100_000, f"{item_path}.quantity", "must be 1..100000")
         check_amount(v, item.paid.amount_minor, f"{item_path}.paid.amount_minor")
-        v.check(item.paid.currency in ("", order.paid.currency), f"{item_path}.paid.currency",
-                "must be empty or the order's currency")
+        v.check(
+            item.paid.currency in ("", order.paid.currency),
+            f"{item_path}.paid.currency",
+            "must be empty or the order's currency",
+        )
         lines_total += item.paid.amount_minor
     v.check(lines_total <= order.paid.amount_minor, f"{path}.items", "line amounts exceed the order's paid amount")
     if len(v.found) > before or paid_at is None:

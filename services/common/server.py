@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
 import structlog
@@ -40,7 +41,7 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
-def new_grpc_server(max_workers: int, interceptors: list[grpc.ServerInterceptor]) -> grpc.Server:
+def new_grpc_server(max_workers: int, interceptors: list[grpc.ServerInterceptor[Any, Any]]) -> grpc.Server:
     return grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         interceptors=interceptors,
@@ -135,19 +136,16 @@ class RunningService:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME),
+            (*spec.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server,
         )
         self._set_serving(False)
         self.port = self.server.add_insecure_port(f"{settings.grpc_host}:{settings.port}")
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {settings.grpc_host}:{settings.port}")
-        retention = timedelta(days=settings.idempotency_retention_days)
         self.workers = [
             Worker("health-probe", settings.health_probe_seconds, self._probe),
-            Worker("idempotency-purge", 3600.0, lambda: self.db.run(
-                lambda s: purge_expired(s, older_than=retention, now=clock()))),
+            Worker("idempotency-purge", 3600.0, self._purge_idempotency_records),
             *spec.workers(self.context),
         ]
 
@@ -160,6 +158,10 @@ class RunningService:
         for name in ("", *self.spec.service_names):
             self.health.set(name, status)
         HEALTHY.set(1 if serving else 0)
+
+    def _purge_idempotency_records(self) -> None:
+        retention = timedelta(days=self.settings.idempotency_retention_days)
+        self.db.run(lambda s: purge_expired(s, older_than=retention, now=self.context.clock()))
 
     def _probe(self) -> None:
         self._set_serving(self.db.ping())

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The documented development token of the compose stack. Refused outside
 # local/development runs so it can never guard real data.
-DEV_TOKEN = "loyalty-dev-token"
+DEV_TOKEN = "loyalty-dev-token"  # noqa: S105 - documented on purpose, refused in production
 DEV_TOKEN_SHA256 = hashlib.sha256(DEV_TOKEN.encode()).hexdigest()
 
 DEFAULT_PORTS = {"points": 50051, "metrics": 50052, "segmentation": 50053, "cycle_delivery": 50054}

@@ -12,7 +12,9 @@ RPC_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 HEALTHY = Gauge("loyalty_healthy", "1 when the service reports SERVING")
-WORKER_LAG_SECONDS = Gauge("loyalty_worker_lag_seconds", "Age of the oldest work item a worker has not done", ["worker"])
+WORKER_LAG_SECONDS = Gauge(
+    "loyalty_worker_lag_seconds", "Age of the oldest work item a worker has not done", ["worker"]
+)
 
 
 def serve_metrics(host: str, port: int) -> None:

@@ -10,8 +10,19 @@ from services.common.errors import Violations
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
 # Currencies a shop may record; minor-unit exponent per ISO 4217.
 CURRENCY_EXPONENTS: dict[str, int] = {
-    "CNY": 2, "HKD": 2, "TWD": 2, "USD": 2, "EUR": 2, "GBP": 2, "SGD": 2, "AUD": 2,
-    "CAD": 2, "MYR": 2, "THB": 2, "KRW": 0, "JPY": 0,
+    "CNY": 2,
+    "HKD": 2,
+    "TWD": 2,
+    "USD": 2,
+    "EUR": 2,
+    "GBP": 2,
+    "SGD": 2,
+    "AUD": 2,
+    "CAD": 2,
+    "MYR": 2,
+    "THB": 2,
+    "KRW": 0,
+    "JPY": 0,
 }
 MAX_AMOUNT_MINOR = 10**15
 # Instants outside this range are data-entry errors, not orders.

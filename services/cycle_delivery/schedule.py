@@ -102,8 +102,9 @@ def schedule(
     if delivery_count is not None and not 1 <= delivery_count <= MAX_DELIVERIES:
         raise InvalidArgument([FieldViolation("delivery_count", f"must be 1..{MAX_DELIVERIES}")])
     if end_date is not None and not 0 <= (end_date - start).days <= MAX_SPAN_DAYS:
-        raise InvalidArgument([FieldViolation("end_date", f"must be on or after start_date and within "
-                                                          f"{MAX_SPAN_DAYS} days of it")])
+        raise InvalidArgument(
+            [FieldViolation("end_date", f"must be on or after start_date and within {MAX_SPAN_DAYS} days of it")]
+        )
     dates: list[date] = []
     for candidate in cadence_dates(rule, start):
         if end_date is not None and candidate > end_date:

@@ -16,7 +16,7 @@ MAX_BLACKOUT_DATES = 2000
 
 
 def parse_rule(v: Violations, rule: cycle_delivery_pb2.ScheduleRule) -> Rule | None:
-    if rule.cadence not in set(Cadence):
+    if int(rule.cadence) not in {c.value for c in Cadence}:
         v.add("rule.cadence", "must be one of CADENCE_DAILY, CADENCE_EVERY_N_DAYS, CADENCE_WEEKLY, CADENCE_MONTHLY")
         return None
     v.check(len(rule.weekdays) <= 7 and len(rule.month_days) <= 31, "rule", "too many weekdays or month days")
@@ -32,25 +32,29 @@ class CycleDeliveryServicer(cycle_delivery_pb2_grpc.CycleDeliveryServiceServicer
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
 
-    def PreviewSchedule(self, request: cycle_delivery_pb2.PreviewScheduleRequest, context: grpc.ServicerContext
-                        ) -> cycle_delivery_pb2.PreviewScheduleResponse:
+    def PreviewSchedule(
+        self, request: cycle_delivery_pb2.PreviewScheduleRequest, context: grpc.ServicerContext
+    ) -> cycle_delivery_pb2.PreviewScheduleResponse:
         v = Violations()
         rule = parse_rule(v, request.rule)
         start = from_date(v, request.start_date, "start_date") if request.HasField("start_date") else None
         if not request.HasField("start_date"):
             v.add("start_date", "is required")
         end = from_date(v, request.end_date, "end_date") if request.HasField("end_date") else None
-        v.check(len(request.blackout_dates) <= MAX_BLACKOUT_DATES, "blackout_dates",
-                f"at most {MAX_BLACKOUT_DATES} dates")
+        v.check(
+            len(request.blackout_dates) <= MAX_BLACKOUT_DATES, "blackout_dates", f"at most {MAX_BLACKOUT_DATES} dates"
+        )
         blackout: set[date] = set()
         for i, day in enumerate(request.blackout_dates[:MAX_BLACKOUT_DATES]):
             parsed = from_date(v, day, f"blackout_dates[{i}]")
             if parsed is not None:
                 blackout.add(parsed)
         v.raise_if_any()
-        assert rule is not None and start is not None
+        assert rule is not None
+        assert start is not None
         dates = schedule(
-            rule, start,
+            rule,
+            start,
             delivery_count=request.delivery_count or None,
             end_date=end,
             blackout=frozenset(blackout),

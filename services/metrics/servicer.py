@@ -22,8 +22,9 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
 
-    def RecordOrders(self, request: metrics_pb2.RecordOrdersRequest, context: grpc.ServicerContext
-                     ) -> metrics_pb2.RecordOrdersResponse:
+    def RecordOrders(
+        self, request: metrics_pb2.RecordOrdersRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.RecordOrdersResponse:
         v = Violations()
         v.check(0 < len(request.orders) <= MAX_BATCH, "orders", f"must hold 1..{MAX_BATCH} orders")
         parsed: list[PaidOrder] = []
@@ -34,17 +35,20 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         v.raise_if_any()
 
         def apply(session: Session) -> metrics_pb2.RecordOrdersResponse:
-            counts = store.record_orders(session, shop_id=request.shop_id, orders=parsed,
-                                         default_zone=self.ctx.settings.default_time_zone)
+            counts = store.record_orders(
+                session, shop_id=request.shop_id, orders=parsed, default_zone=self.ctx.settings.default_time_zone
+            )
             return metrics_pb2.RecordOrdersResponse(
-                inserted=counts[Outcome.INSERTED], duplicates=counts[Outcome.DUPLICATE],
+                inserted=counts[Outcome.INSERTED],
+                duplicates=counts[Outcome.DUPLICATE],
                 corrected=counts[Outcome.CORRECTED],
             )
 
         return run_idempotent(self.ctx.db, request, metrics_pb2.RecordOrdersResponse, apply, clock=self.ctx.clock)
 
-    def GetCustomerSummary(self, request: metrics_pb2.GetCustomerSummaryRequest, context: grpc.ServicerContext
-                           ) -> metrics_pb2.GetCustomerSummaryResponse:
+    def GetCustomerSummary(
+        self, request: metrics_pb2.GetCustomerSummaryRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.GetCustomerSummaryResponse:
         v = Violations()
         check_id(v, request.customer_id, "customer_id")
         v.raise_if_any()

@@ -89,18 +89,20 @@ def refresh_summaries(session: Session, *, shop_id: str, customer_ids: list[str]
     for customer_id, paid_at, day, amount in rows:
         facts[customer_id].append(domain.OrderFact(customer_id, paid_at, day, amount))
     session.execute(
-        delete(CustomerSummary).where(
-            CustomerSummary.shop_id == shop_id, CustomerSummary.customer_id.in_(customer_ids)
-        )
+        delete(CustomerSummary).where(CustomerSummary.shop_id == shop_id, CustomerSummary.customer_id.in_(customer_ids))
     )
     for customer_id in customer_ids:
         summary = domain.summarize(customer_id, facts[customer_id])
         if summary is not None:
             session.add(
                 CustomerSummary(
-                    shop_id=shop_id, customer_id=customer_id, order_count=summary.order_count,
-                    purchase_days=summary.purchase_days, total_minor=summary.total_minor,
-                    first_order_at=summary.first_order_at, last_order_at=summary.last_order_at,
+                    shop_id=shop_id,
+                    customer_id=customer_id,
+                    order_count=summary.order_count,
+                    purchase_days=summary.purchase_days,
+                    total_minor=summary.total_minor,
+                    first_order_at=summary.first_order_at,
+                    last_order_at=summary.last_order_at,
                 )
             )
 

@@ -44,21 +44,21 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
 
-    def GetAccount(self, request: points_pb2.GetAccountRequest, context: grpc.ServicerContext
-                   ) -> points_pb2.GetAccountResponse:
+    def GetAccount(
+        self, request: points_pb2.GetAccountRequest, context: grpc.ServicerContext
+    ) -> points_pb2.GetAccountResponse:
         v = Violations()
         check_id(v, request.customer_id, "customer_id")
         v.raise_if_any()
-        view = self.ctx.db.run(
-            lambda s: store.get_account(s, shop_id=request.shop_id, customer_id=request.customer_id)
-        )
+        view = self.ctx.db.run(lambda s: store.get_account(s, shop_id=request.shop_id, customer_id=request.customer_id))
         return points_pb2.GetAccountResponse(account=account_proto(view))
 
-    def AdjustPoints(self, request: points_pb2.AdjustPointsRequest, context: grpc.ServicerContext
-                     ) -> points_pb2.AdjustPointsResponse:
+    def AdjustPoints(
+        self, request: points_pb2.AdjustPointsRequest, context: grpc.ServicerContext
+    ) -> points_pb2.AdjustPointsResponse:
         v = Violations()
         check_id(v, request.customer_id, "customer_id")
-        v.check(request.asset in (Asset.POINTS, Asset.GROWTH), "asset", "must be ASSET_POINTS or ASSET_GROWTH")
+        v.check(int(request.asset) in {a.value for a in Asset}, "asset", "must be ASSET_POINTS or ASSET_GROWTH")
         v.check(request.delta != 0, "delta", "must not be zero")
         v.check(abs(request.delta) <= MAX_ADJUSTMENT, "delta", f"must be within ±{MAX_ADJUSTMENT}")
         check_text(v, request.reason, "reason", max_length=200)
@@ -66,17 +66,25 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
 
         def apply(session: Session) -> points_pb2.AdjustPointsResponse:
             entry = store.transfer(
-                session, shop_id=request.shop_id, customer_id=request.customer_id,
-                counter_account=SYSTEM_ADJUSTMENTS, asset=Asset(request.asset), delta=request.delta,
-                kind="ADJUSTMENT", reason=request.reason, request_id=request.request_id, now=self.ctx.clock(),
+                session,
+                shop_id=request.shop_id,
+                customer_id=request.customer_id,
+                counter_account=SYSTEM_ADJUSTMENTS,
+                asset=Asset(request.asset),
+                delta=request.delta,
+                kind="ADJUSTMENT",
+                reason=request.reason,
+                request_id=request.request_id,
+                now=self.ctx.clock(),
             )
             view = store.get_account(session, shop_id=request.shop_id, customer_id=request.customer_id)
             return points_pb2.AdjustPointsResponse(entry=entry_proto(entry), account=account_proto(view))
 
         return run_idempotent(self.ctx.db, request, points_pb2.AdjustPointsResponse, apply, clock=self.ctx.clock)
 
-    def ListLedgerEntries(self, request: points_pb2.ListLedgerEntriesRequest, context: grpc.ServicerContext
-                          ) -> points_pb2.ListLedgerEntriesResponse:
+    def ListLedgerEntries(
+        self, request: points_pb2.ListLedgerEntriesRequest, context: grpc.ServicerContext
+    ) -> points_pb2.ListLedgerEntriesResponse:
         v = Violations()
         check_id(v, request.customer_id, "customer_id")
         v.raise_if_any()
@@ -84,8 +92,11 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         query = f"entries:{request.shop_id}:{request.customer_id}"
         position = decode_token(request.page_token, query=query)
         before_id = int(position["before_id"]) if position else None
-        entries = self.ctx.db.run(lambda s: store.list_entries(
-            s, shop_id=request.shop_id, customer_id=request.customer_id, limit=size + 1, before_id=before_id))
+        entries = self.ctx.db.run(
+            lambda s: store.list_entries(
+                s, shop_id=request.shop_id, customer_id=request.customer_id, limit=size + 1, before_id=before_id
+            )
+        )
         page, more = entries[:size], len(entries) > size
         token = encode_token(Cursor(query, {"before_id": page[-1].id})) if more else ""
         return points_pb2.ListLedgerEntriesResponse(entries=[entry_proto(e) for e in page], next_page_token=token)

@@ -67,21 +67,35 @@ def transfer(
     balance.updated_at = now
     transfer_id = f"{request_id}:{kind}"
     member_entry = Entry(
-        shop_id=shop_id, transfer_id=transfer_id, holder=customer_id, asset=int(asset), delta=delta,
-        balance_after=movement.after, kind=kind, reason=reason, request_id=request_id, created_at=now,
+        shop_id=shop_id,
+        transfer_id=transfer_id,
+        holder=customer_id,
+        asset=int(asset),
+        delta=delta,
+        balance_after=movement.after,
+        kind=kind,
+        reason=reason,
+        request_id=request_id,
+        created_at=now,
     )
     counter_entry = Entry(
-        shop_id=shop_id, transfer_id=transfer_id, holder=counter_account, asset=int(asset), delta=-delta,
-        balance_after=None, kind=kind, reason=reason, request_id=request_id, created_at=now,
+        shop_id=shop_id,
+        transfer_id=transfer_id,
+        holder=counter_account,
+        asset=int(asset),
+        delta=-delta,
+        balance_after=None,
+        kind=kind,
+        reason=reason,
+        request_id=request_id,
+        created_at=now,
     )
     session.add_all([member_entry, counter_entry])
     session.flush()
     return member_entry
 
 
-def list_entries(
-    session: Session, *, shop_id: str, customer_id: str, limit: int, before_id: int | None
-) -> list[Entry]:
+def list_entries(session: Session, *, shop_id: str, customer_id: str, limit: int, before_id: int | None) -> list[Entry]:
     query = select(Entry).where(Entry.shop_id == shop_id, Entry.holder == customer_id)
     if before_id is not None:
         query = query.where(Entry.id < before_id)

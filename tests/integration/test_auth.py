@@ -24,7 +24,7 @@ from loyalty.points.v1 import points_pb2
 from loyalty.segmentation.v1 import segmentation_pb2
 
 from services.common.interceptors import required_scope
-from tests.support import Stack, bearer
+from tests.support import Metadata, Stack, bearer
 
 SERVICES = {
     "points": points_pb2.DESCRIPTOR.services_by_name["PointsService"],
@@ -35,7 +35,7 @@ SERVICES = {
 METHODS = [(name, method) for name, service in SERVICES.items() for method in service.methods]
 
 
-def call(stack: Stack, service: str, method: MethodDescriptor, request: Any, metadata: list[tuple[str, str]]) -> None:
+def call(stack: Stack, service: str, method: MethodDescriptor, request: Any, metadata: Metadata) -> None:
     request_class = GetMessageClass(method.input_type)
     response_class = GetMessageClass(method.output_type)
     path = f"/{method.containing_service.full_name}/{method.name}"
@@ -55,12 +55,11 @@ def call(stack: Stack, service: str, method: MethodDescriptor, request: Any, met
 def request_for(method: MethodDescriptor, shop_id: str) -> Any:
     request = GetMessageClass(method.input_type)(shop_id=shop_id)
     if "request_id" in method.input_type.fields_by_name:
-        request.request_id = "auth-probe"
+        request.request_id = "auth-probe"  # type: ignore[attr-defined]
     return request
 
 
-def code_of(stack: Stack, service: str, method: MethodDescriptor, shop_id: str,
-            metadata: list[tuple[str, str]]) -> grpc.StatusCode:
+def code_of(stack: Stack, service: str, method: MethodDescriptor, shop_id: str, metadata: Metadata) -> grpc.StatusCode:
     try:
         call(stack, service, method, request_for(method, shop_id), metadata)
     except grpc.RpcError as exc:
@@ -70,8 +69,9 @@ def code_of(stack: Stack, service: str, method: MethodDescriptor, shop_id: str,
 
 
 def test_every_rpc_declares_a_scope() -> None:
-    undeclared = [f"{s}.{m.name}" for s, m in METHODS
-                  if required_scope(f"/{m.containing_service.full_name}/{m.name}") is None]
+    undeclared = [
+        f"{s}.{m.name}" for s, m in METHODS if required_scope(f"/{m.containing_service.full_name}/{m.name}") is None
+    ]
     assert undeclared == []
 
 
@@ -86,12 +86,13 @@ def test_every_rpc_declares_a_scope() -> None:
         ("writer", "shop-b", grpc.StatusCode.PERMISSION_DENIED),
     ],
 )
-def test_rpc_refuses_wrong_tokens(stack: Stack, service: str, method: MethodDescriptor, who: str | None,
-                                  shop_id: str, expected: grpc.StatusCode) -> None:
+def test_rpc_refuses_wrong_tokens(
+    stack: Stack, service: str, method: MethodDescriptor, who: str | None, shop_id: str, expected: grpc.StatusCode
+) -> None:
     if who is None:
-        metadata: list[tuple[str, str]] = []
+        metadata: Metadata = ()
     elif who == "bogus":
-        metadata = [("authorization", "Bearer not-a-token")]
+        metadata = (("authorization", "Bearer not-a-token"),)
     else:
         metadata = bearer(who)
     assert code_of(stack, service, method, shop_id, metadata) == expected
@@ -115,10 +116,12 @@ def test_missing_shop_id_is_invalid_argument(stack: Stack) -> None:
 def test_refusal_carries_error_info_reason(stack: Stack) -> None:
     stub = stack.channel("points").unary_unary(
         "/loyalty.points.v1.PointsService/GetAccount",
-        points_pb2.GetAccountRequest.SerializeToString, points_pb2.GetAccountResponse.FromString)
+        points_pb2.GetAccountRequest.SerializeToString,
+        points_pb2.GetAccountResponse.FromString,
+    )
     with pytest.raises(grpc.RpcError) as caught:
         stub(points_pb2.GetAccountRequest(shop_id="shop-a", customer_id="c"), metadata=bearer("expired"))
-    status = rpc_status.from_call(caught.value)
+    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
     assert status is not None
     info = error_details_pb2.ErrorInfo()
     assert status.details[0].Unpack(info)
@@ -128,10 +131,12 @@ def test_refusal_carries_error_info_reason(stack: Stack) -> None:
 def test_invalid_argument_carries_bad_request_field_violations(stack: Stack) -> None:
     stub = stack.channel("points").unary_unary(
         "/loyalty.points.v1.PointsService/AdjustPoints",
-        points_pb2.AdjustPointsRequest.SerializeToString, points_pb2.AdjustPointsResponse.FromString)
+        points_pb2.AdjustPointsRequest.SerializeToString,
+        points_pb2.AdjustPointsResponse.FromString,
+    )
     with pytest.raises(grpc.RpcError) as caught:
         stub(points_pb2.AdjustPointsRequest(shop_id="shop-a", request_id="x"), metadata=bearer("writer"))
-    status = rpc_status.from_call(caught.value)
+    status = rpc_status.from_call(caught.value)  # type: ignore[arg-type]
     assert status is not None
     bad = error_details_pb2.BadRequest()
     assert any(d.Unpack(bad) for d in status.details)
@@ -142,10 +147,12 @@ def test_invalid_argument_carries_bad_request_field_violations(stack: Stack) -> 
 def test_health_and_reflection_need_no_token(stack: Stack, service: str) -> None:
     channel = stack.channel(service)
     health = health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service=SERVICES[service].full_name), timeout=5)
+        health_pb2.HealthCheckRequest(service=SERVICES[service].full_name), timeout=5
+    )
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     responses = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
-        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+    )
     listed = {s.name for r in responses for s in r.list_services_response.service}
     assert SERVICES[service].full_name in listed
     assert "grpc.health.v1.Health" in listed

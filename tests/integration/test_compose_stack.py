@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from loyalty.points.v1 import points_pb2, points_pb2_grpc
 from loyalty.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 
@@ -22,10 +23,10 @@ from services.common.settings import DEV_TOKEN
 from tests.compose_stack import DockerStack, NativeStack, docker_engine_available, load_compose, serving
 from tests.conftest import require_backend
 from tests.integration.test_metrics_rpc import order
-from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+from tests.support import Metadata
 
 pytestmark = pytest.mark.stack
-DEV = [("authorization", f"Bearer {DEV_TOKEN}")]
+DEV: Metadata = (("authorization", f"Bearer {DEV_TOKEN}"),)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +55,9 @@ def test_every_replica_is_serving(compose_stack: NativeStack | DockerStack) -> N
 def test_two_points_replicas_share_one_ledger(compose_stack: NativeStack | DockerStack) -> None:
     first = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(compose_stack.address("points", 0)))
     second = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(compose_stack.address("points", 1)))
-    request = points_pb2.AdjustPointsRequest(shop_id="demo", request_id="replica-1", customer_id="c-rep",
-                                             asset=points_pb2.ASSET_POINTS, delta=40)
+    request = points_pb2.AdjustPointsRequest(
+        shop_id="demo", request_id="replica-1", customer_id="c-rep", asset=points_pb2.ASSET_POINTS, delta=40
+    )
     written = first.AdjustPoints(request, metadata=DEV)
     replayed = second.AdjustPoints(request, metadata=DEV)
     assert replayed == written
@@ -65,17 +67,27 @@ def test_two_points_replicas_share_one_ledger(compose_stack: NativeStack | Docke
 
 def test_cross_service_profile_through_generated_stubs(compose_stack: NativeStack | DockerStack) -> None:
     metrics = metrics_pb2_grpc.MetricsServiceStub(grpc.insecure_channel(compose_stack.address("metrics")))
-    metrics.RecordOrders(metrics_pb2.RecordOrdersRequest(
-        shop_id="demo", request_id="stack-orders",
-        orders=[order("so-1", "c-x", datetime.now(UTC) - timedelta(days=1), 9900)]), metadata=DEV)
+    metrics.RecordOrders(
+        metrics_pb2.RecordOrdersRequest(
+            shop_id="demo",
+            request_id="stack-orders",
+            orders=[order("so-1", "c-x", datetime.now(UTC) - timedelta(days=1), 9900)],
+        ),
+        metadata=DEV,
+    )
     points = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(compose_stack.address("points", 1)))
-    points.AdjustPoints(points_pb2.AdjustPointsRequest(shop_id="demo", request_id="stack-points",
-                                                       customer_id="c-x", asset=points_pb2.ASSET_POINTS,
-                                                       delta=99), metadata=DEV)
+    points.AdjustPoints(
+        points_pb2.AdjustPointsRequest(
+            shop_id="demo", request_id="stack-points", customer_id="c-x", asset=points_pb2.ASSET_POINTS, delta=99
+        ),
+        metadata=DEV,
+    )
     segmentation = segmentation_pb2_grpc.SegmentationServiceStub(
-        grpc.insecure_channel(compose_stack.address("segmentation")))
+        grpc.insecure_channel(compose_stack.address("segmentation"))
+    )
     profile = segmentation.GetCustomerProfile(
-        segmentation_pb2.GetCustomerProfileRequest(shop_id="demo", customer_id="c-x"), metadata=DEV).profile
+        segmentation_pb2.GetCustomerProfileRequest(shop_id="demo", customer_id="c-x"), metadata=DEV
+    ).profile
     assert (profile.order_count, profile.total_paid.amount_minor, profile.points_balance) == (1, 9900, 99)
 
 
@@ -84,7 +96,8 @@ def test_prometheus_metrics_count_rpcs(compose_stack: NativeStack | DockerStack)
         pytest.skip("metrics ports are not published by the compose file")
     replica = compose_stack.replicas["points"][0]
     points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(replica.address)).GetAccount(
-        points_pb2.GetAccountRequest(shop_id="demo", customer_id="m"), metadata=DEV)
+        points_pb2.GetAccountRequest(shop_id="demo", customer_id="m"), metadata=DEV
+    )
     with urllib.request.urlopen(f"http://127.0.0.1:{replica.metrics_port}/metrics", timeout=5) as response:
         body = response.read().decode()
     assert 'loyalty_rpc_total{code="OK",method="/loyalty.points.v1.PointsService/GetAccount"}' in body
@@ -97,8 +110,12 @@ def test_access_log_is_json_without_personal_data(compose_stack: NativeStack | D
         pytest.skip("reads the native process logs")
     import json
 
-    lines = [json.loads(line) for r in compose_stack.replicas["points"]
-             for line in Path(r.log_path).read_text().splitlines() if line.startswith("{")]
+    lines = [
+        json.loads(line)
+        for r in compose_stack.replicas["points"]
+        for line in Path(r.log_path).read_text().splitlines()
+        if line.startswith("{")
+    ]
     rpc_lines = [line for line in lines if line.get("event") == "rpc"]
     assert rpc_lines, "no access log lines"
     assert {"method", "shop_id", "request_id", "status", "duration_ms", "timestamp"} <= set(rpc_lines[0])

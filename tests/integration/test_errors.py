@@ -7,11 +7,12 @@ import pytest
 from loyalty.points.v1 import points_pb2, points_pb2_grpc
 
 from services.points import store
-from tests.support import Stack, bearer
+from tests.support import Stack, bearer, details
 
 
-def test_bug_is_internal_with_incident_and_server_survives(stack: Stack, uid: str,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bug_is_internal_with_incident_and_server_survives(
+    stack: Stack, uid: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(*_args: object, **_kwargs: object) -> None:
         raise KeyError("secret-internal-detail")
 
@@ -21,7 +22,7 @@ def test_bug_is_internal_with_incident_and_server_survives(stack: Stack, uid: st
     with pytest.raises(grpc.RpcError) as caught:
         stub.GetAccount(request, metadata=bearer("reader"))
     assert caught.value.code() == grpc.StatusCode.INTERNAL
-    assert caught.value.details().startswith("internal error (incident ")
-    assert "secret" not in caught.value.details()
+    assert details(caught.value).startswith("internal error (incident ")
+    assert "secret" not in details(caught.value)
     monkeypatch.undo()
     assert stub.GetAccount(request, metadata=bearer("reader")).account.customer_id == uid

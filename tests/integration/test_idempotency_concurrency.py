@@ -28,8 +28,9 @@ def test_duplicate_storm_applies_each_request_once(stack: Stack, uid: str) -> No
 
     def send(op: tuple[str, str, int]) -> tuple[str, bytes | None]:
         request_id, customer, delta = op
-        request = points_pb2.AdjustPointsRequest(shop_id="shop-a", request_id=request_id, customer_id=customer,
-                                                 asset=points_pb2.ASSET_POINTS, delta=delta)
+        request = points_pb2.AdjustPointsRequest(
+            shop_id="shop-a", request_id=request_id, customer_id=customer, asset=points_pb2.ASSET_POINTS, delta=delta
+        )
         try:
             return request_id, stub.AdjustPoints(request, metadata=W, timeout=30).SerializeToString()
         except grpc.RpcError as exc:
@@ -47,14 +48,20 @@ def test_duplicate_storm_applies_each_request_once(stack: Stack, uid: str) -> No
 
     db = stack.services["points"].db
     with db.sessions() as session:
-        applied = session.scalars(select(Entry.request_id).where(
-            Entry.shop_id == "shop-a", Entry.holder.in_(customers))).all()
+        applied = session.scalars(
+            select(Entry.request_id).where(Entry.shop_id == "shop-a", Entry.holder.in_(customers))
+        ).all()
         assert sorted(applied) == sorted(answers)  # each successful id exactly once, failed ids never
         for customer in customers:
-            ledger = session.scalar(select(func.coalesce(func.sum(Entry.delta), 0)).where(
-                Entry.shop_id == "shop-a", Entry.holder == customer))
-            cached = session.scalar(select(Balance.balance).where(
-                Balance.shop_id == "shop-a", Balance.holder == customer)) or 0
+            ledger = session.scalar(
+                select(func.coalesce(func.sum(Entry.delta), 0)).where(
+                    Entry.shop_id == "shop-a", Entry.holder == customer
+                )
+            )
+            cached = (
+                session.scalar(select(Balance.balance).where(Balance.shop_id == "shop-a", Balance.holder == customer))
+                or 0
+            )
             assert ledger == cached >= 0
         total = session.scalar(select(func.sum(Entry.delta)).where(Entry.shop_id == "shop-a"))
         assert total == 0  # double entry: every transfer sums to zero

@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from loyalty.common.v1 import common_pb2
 from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 
-from tests.support import Stack, bearer
+from tests.support import Stack, bearer, details
 
 W = bearer("writer")
 
@@ -18,31 +18,41 @@ W = bearer("writer")
 def order(order_id: str, customer: str, paid_at: datetime, amount: int, currency: str = "CNY") -> common_pb2.Order:
     stamp = Timestamp()
     stamp.FromDatetime(paid_at)
-    return common_pb2.Order(order_id=order_id, customer_id=customer, paid_at=stamp,
-                            paid=common_pb2.Money(amount_minor=amount, currency=currency))
+    return common_pb2.Order(
+        order_id=order_id,
+        customer_id=customer,
+        paid_at=stamp,
+        paid=common_pb2.Money(amount_minor=amount, currency=currency),
+    )
 
 
-def record(stack: Stack, request_id: str, *orders: common_pb2.Order, shop_id: str = "shop-a"
-           ) -> metrics_pb2.RecordOrdersResponse:
+def record(
+    stack: Stack, request_id: str, *orders: common_pb2.Order, shop_id: str = "shop-a"
+) -> metrics_pb2.RecordOrdersResponse:
     stub = stack.stub("metrics", metrics_pb2_grpc.MetricsServiceStub)
     response: metrics_pb2.RecordOrdersResponse = stub.RecordOrders(
-        metrics_pb2.RecordOrdersRequest(shop_id=shop_id, request_id=request_id, orders=list(orders)), metadata=W)
+        metrics_pb2.RecordOrdersRequest(shop_id=shop_id, request_id=request_id, orders=list(orders)), metadata=W
+    )
     return response
 
 
 def summary(stack: Stack, customer: str) -> metrics_pb2.CustomerSummary:
     stub = stack.stub("metrics", metrics_pb2_grpc.MetricsServiceStub)
     found: metrics_pb2.CustomerSummary = stub.GetCustomerSummary(
-        metrics_pb2.GetCustomerSummaryRequest(shop_id="shop-a", customer_id=customer), metadata=W).summary
+        metrics_pb2.GetCustomerSummaryRequest(shop_id="shop-a", customer_id=customer), metadata=W
+    ).summary
     return found
 
 
 def test_orders_on_one_shanghai_day_count_as_one_purchase_day(stack: Stack, uid: str) -> None:
     # 16:30 UTC on the 1st is 00:30 on the 2nd in Shanghai; 15:59 UTC is 23:59 on the 1st.
-    result = record(stack, f"{uid}-b",
-                    order(f"{uid}-1", uid, datetime(2026, 3, 1, 15, 59, tzinfo=UTC), 1000),
-                    order(f"{uid}-2", uid, datetime(2026, 3, 1, 16, 30, tzinfo=UTC), 2000),
-                    order(f"{uid}-3", uid, datetime(2026, 3, 2, 2, 0, tzinfo=UTC), 500))
+    result = record(
+        stack,
+        f"{uid}-b",
+        order(f"{uid}-1", uid, datetime(2026, 3, 1, 15, 59, tzinfo=UTC), 1000),
+        order(f"{uid}-2", uid, datetime(2026, 3, 1, 16, 30, tzinfo=UTC), 2000),
+        order(f"{uid}-3", uid, datetime(2026, 3, 2, 2, 0, tzinfo=UTC), 500),
+    )
     assert (result.inserted, result.duplicates, result.corrected) == (3, 0, 0)
     s = summary(stack, uid)
     assert (s.order_count, s.purchase_days, s.total_paid.amount_minor, s.total_paid.currency) == (3, 2, 3500, "CNY")
@@ -60,8 +70,12 @@ def test_same_order_again_is_duplicate_and_changed_order_is_correction(stack: St
 
 
 def test_correction_moving_an_order_to_another_customer_updates_both(stack: Stack, uid: str) -> None:
-    record(stack, f"{uid}-a", order(f"{uid}-1", f"{uid}-x", datetime(2026, 3, 1, 4, tzinfo=UTC), 1000),
-           order(f"{uid}-2", f"{uid}-x", datetime(2026, 3, 2, 4, tzinfo=UTC), 1000))
+    record(
+        stack,
+        f"{uid}-a",
+        order(f"{uid}-1", f"{uid}-x", datetime(2026, 3, 1, 4, tzinfo=UTC), 1000),
+        order(f"{uid}-2", f"{uid}-x", datetime(2026, 3, 2, 4, tzinfo=UTC), 1000),
+    )
     record(stack, f"{uid}-b", order(f"{uid}-2", f"{uid}-y", datetime(2026, 3, 2, 4, tzinfo=UTC), 1000))
     assert summary(stack, f"{uid}-x").order_count == 1
     assert summary(stack, f"{uid}-y").order_count == 1
@@ -77,17 +91,28 @@ def test_other_currency_than_the_shops_is_failed_precondition_and_nothing_writte
     shop = f"shop-{uid}"
     admin = bearer("admin")
     stub = stack.stub("metrics", metrics_pb2_grpc.MetricsServiceStub)
-    stub.RecordOrders(metrics_pb2.RecordOrdersRequest(
-        shop_id=shop, request_id="a", orders=[order("o1", "c", datetime(2026, 3, 1, tzinfo=UTC), 100)]),
-        metadata=admin)
+    stub.RecordOrders(
+        metrics_pb2.RecordOrdersRequest(
+            shop_id=shop, request_id="a", orders=[order("o1", "c", datetime(2026, 3, 1, tzinfo=UTC), 100)]
+        ),
+        metadata=admin,
+    )
     with pytest.raises(grpc.RpcError) as caught:
-        stub.RecordOrders(metrics_pb2.RecordOrdersRequest(
-            shop_id=shop, request_id="b", orders=[order("o2", "c", datetime(2026, 3, 2, tzinfo=UTC), 100),
-                                                  order("o3", "c", datetime(2026, 3, 2, tzinfo=UTC), 100, "USD")]),
-            metadata=admin)
+        stub.RecordOrders(
+            metrics_pb2.RecordOrdersRequest(
+                shop_id=shop,
+                request_id="b",
+                orders=[
+                    order("o2", "c", datetime(2026, 3, 2, tzinfo=UTC), 100),
+                    order("o3", "c", datetime(2026, 3, 2, tzinfo=UTC), 100, "USD"),
+                ],
+            ),
+            metadata=admin,
+        )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    found = stub.GetCustomerSummary(metrics_pb2.GetCustomerSummaryRequest(shop_id=shop, customer_id="c"),
-                                    metadata=admin).summary
+    found = stub.GetCustomerSummary(
+        metrics_pb2.GetCustomerSummaryRequest(shop_id=shop, customer_id="c"), metadata=admin
+    ).summary
     assert found.order_count == 1
 
 
@@ -105,15 +130,16 @@ def test_other_currency_than_the_shops_is_failed_precondition_and_nothing_writte
         (lambda o: o.items.add(sku="a", quantity=1, paid=common_pb2.Money(amount_minor=10**6)), "orders[0].items"),
     ],
 )
-def test_bad_orders_are_invalid_argument_and_nothing_is_written(stack: Stack, uid: str, mutate: object,
-                                                                 field: str) -> None:
+def test_bad_orders_are_invalid_argument_and_nothing_is_written(
+    stack: Stack, uid: str, mutate: object, field: str
+) -> None:
     good = order(f"{uid}-ok", uid, datetime(2026, 3, 1, tzinfo=UTC), 100)
     bad = order(f"{uid}-bad", uid, datetime(2026, 3, 1, tzinfo=UTC), 100)
     mutate(bad)  # type: ignore[operator]
     with pytest.raises(grpc.RpcError) as caught:
         record(stack, uid, good, bad)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert field.replace("orders[0]", "orders[1]", 1) in caught.value.details()
+    assert field.replace("orders[0]", "orders[1]", 1) in details(caught.value)
     with pytest.raises(grpc.RpcError):
         summary(stack, uid)
 

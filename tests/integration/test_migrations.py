@@ -21,7 +21,9 @@ def test_migrations_match_models(database_url: str, service: str) -> None:
     models = __import__(f"services.{service}.models", fromlist=["Base"]).Base.metadata
     engine = create_engine(url)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
-                                [COMMON_METADATA, models])
+        diff = compare_metadata(
+            MigrationContext.configure(conn, opts={"compare_type": True}),
+            [COMMON_METADATA, models],  # type: ignore[arg-type]
+        )
     engine.dispose()
     assert diff == []

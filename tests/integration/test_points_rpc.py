@@ -6,28 +6,36 @@ import grpc
 import pytest
 from loyalty.points.v1 import points_pb2, points_pb2_grpc
 
-from tests.support import Stack, bearer
+from tests.support import Stack, bearer, details
 
 W = bearer("writer")
 
 
 def points(stack: Stack) -> points_pb2_grpc.PointsServiceStub:
-    return stack.stub("points", points_pb2_grpc.PointsServiceStub)
+    return points_pb2_grpc.PointsServiceStub(stack.channel("points"))
 
 
-def adjust(stack: Stack, request_id: str, customer: str, delta: int, asset: int = points_pb2.ASSET_POINTS,
-           **extra: str) -> points_pb2.AdjustPointsResponse:
+def adjust(
+    stack: Stack,
+    request_id: str,
+    customer: str,
+    delta: int,
+    asset: points_pb2.Asset.ValueType = points_pb2.ASSET_POINTS,
+    **extra: str,
+) -> points_pb2.AdjustPointsResponse:
     response: points_pb2.AdjustPointsResponse = points(stack).AdjustPoints(
-        points_pb2.AdjustPointsRequest(shop_id="shop-a", request_id=request_id, customer_id=customer,
-                                       asset=asset, delta=delta, **extra),
+        points_pb2.AdjustPointsRequest(
+            shop_id="shop-a", request_id=request_id, customer_id=customer, asset=asset, delta=delta, **extra
+        ),
         metadata=W,
     )
     return response
 
 
 def test_unknown_member_has_zero_balances(stack: Stack, uid: str) -> None:
-    account = points(stack).GetAccount(points_pb2.GetAccountRequest(shop_id="shop-a", customer_id=uid),
-                                       metadata=W).account
+    account = (
+        points(stack).GetAccount(points_pb2.GetAccountRequest(shop_id="shop-a", customer_id=uid), metadata=W).account
+    )
     assert (account.points_balance, account.growth_balance, account.HasField("updated_at")) == (0, 0, False)
 
 
@@ -43,8 +51,9 @@ def test_retry_with_same_request_id_returns_first_response_and_changes_nothing(s
     first = adjust(stack, f"{uid}-r", uid, 100)
     again = adjust(stack, f"{uid}-r", uid, 100)
     assert again == first
-    account = points(stack).GetAccount(points_pb2.GetAccountRequest(shop_id="shop-a", customer_id=uid),
-                                       metadata=W).account
+    account = (
+        points(stack).GetAccount(points_pb2.GetAccountRequest(shop_id="shop-a", customer_id=uid), metadata=W).account
+    )
     assert account.points_balance == 100
 
 
@@ -53,7 +62,7 @@ def test_same_request_id_with_other_payload_is_already_exists(stack: Stack, uid:
     with pytest.raises(grpc.RpcError) as caught:
         adjust(stack, f"{uid}-r", uid, 101)
     assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert "different payload" in caught.value.details()
+    assert "different payload" in details(caught.value)
 
 
 def test_debit_beyond_balance_is_failed_precondition_and_writes_nothing(stack: Stack, uid: str) -> None:
@@ -61,9 +70,10 @@ def test_debit_beyond_balance_is_failed_precondition_and_writes_nothing(stack: S
     with pytest.raises(grpc.RpcError) as caught:
         adjust(stack, f"{uid}-2", uid, -11)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "cannot cover" in caught.value.details()
+    assert "cannot cover" in details(caught.value)
     listed = points(stack).ListLedgerEntries(
-        points_pb2.ListLedgerEntriesRequest(shop_id="shop-a", customer_id=uid), metadata=W)
+        points_pb2.ListLedgerEntriesRequest(shop_id="shop-a", customer_id=uid), metadata=W
+    )
     assert [e.delta for e in listed.entries] == [10]
 
 
@@ -89,15 +99,21 @@ def test_failed_request_can_be_retried_with_same_id_after_conditions_change(stac
         ({"request_id": "r" * 65}, "request_id"),
     ],
 )
-def test_bad_adjustments_are_invalid_argument_naming_the_field(stack: Stack, uid: str, fields: dict[str, object],
-                                                                violation: str) -> None:
-    values: dict[str, object] = {"shop_id": "shop-a", "request_id": uid, "customer_id": uid,
-                                 "asset": points_pb2.ASSET_POINTS, "delta": 1}
+def test_bad_adjustments_are_invalid_argument_naming_the_field(
+    stack: Stack, uid: str, fields: dict[str, object], violation: str
+) -> None:
+    values: dict[str, object] = {
+        "shop_id": "shop-a",
+        "request_id": uid,
+        "customer_id": uid,
+        "asset": points_pb2.ASSET_POINTS,
+        "delta": 1,
+    }
     values.update(fields)
     with pytest.raises(grpc.RpcError) as caught:
         points(stack).AdjustPoints(points_pb2.AdjustPointsRequest(**values), metadata=W)  # type: ignore[arg-type]
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert violation in caught.value.details()
+    assert violation in details(caught.value)
 
 
 def test_ledger_pages_newest_first_until_an_empty_token(stack: Stack, uid: str) -> None:
@@ -109,7 +125,8 @@ def test_ledger_pages_newest_first_until_an_empty_token(stack: Stack, uid: str) 
     while True:
         page = points(stack).ListLedgerEntries(
             points_pb2.ListLedgerEntriesRequest(shop_id="shop-a", customer_id=uid, page_size=3, page_token=token),
-            metadata=W)
+            metadata=W,
+        )
         seen += [e.delta for e in page.entries]
         pages += 1
         token = page.next_page_token
@@ -124,18 +141,23 @@ def test_bad_paging_is_invalid_argument(stack: Stack, uid: str, size: int, token
     with pytest.raises(grpc.RpcError) as caught:
         points(stack).ListLedgerEntries(
             points_pb2.ListLedgerEntriesRequest(shop_id="shop-a", customer_id=uid, page_size=size, page_token=token),
-            metadata=W)
+            metadata=W,
+        )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_page_token_of_one_member_is_refused_for_another(stack: Stack, uid: str) -> None:
     for i in range(3):
         adjust(stack, f"{uid}-{i}", uid, 1)
-    token = points(stack).ListLedgerEntries(
-        points_pb2.ListLedgerEntriesRequest(shop_id="shop-a", customer_id=uid, page_size=1), metadata=W
-    ).next_page_token
+    token = (
+        points(stack)
+        .ListLedgerEntries(
+            points_pb2.ListLedgerEntriesRequest(shop_id="shop-a", customer_id=uid, page_size=1), metadata=W
+        )
+        .next_page_token
+    )
     with pytest.raises(grpc.RpcError) as caught:
         points(stack).ListLedgerEntries(
-            points_pb2.ListLedgerEntriesRequest(shop_id="shop-a", customer_id=uid + "x", page_token=token),
-            metadata=W)
-    assert "different query" in caught.value.details()
+            points_pb2.ListLedgerEntriesRequest(shop_id="shop-a", customer_id=uid + "x", page_token=token), metadata=W
+        )
+    assert "different query" in details(caught.value)

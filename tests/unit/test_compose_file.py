@@ -11,7 +11,7 @@ GRPC_SERVICES = {"points", "metrics", "segmentation", "cycle_delivery"}
 
 def test_every_grpc_service_is_defined_with_healthcheck_and_migrate_dependency() -> None:
     services = load_compose()["services"]
-    assert GRPC_SERVICES <= set(services)
+    assert set(services) >= GRPC_SERVICES
     for name in GRPC_SERVICES:
         service = services[name]
         assert service["command"] == ["python", "-m", f"services.{name}"]
@@ -53,5 +53,6 @@ def test_dockerfile_is_multi_stage_and_runs_as_non_root() -> None:
     text = (COMPOSE_FILE.parent / "Dockerfile").read_text()
     assert text.count("\nFROM ") + text.startswith("FROM ") >= 2
     user_lines = [line for line in text.splitlines() if line.startswith("USER ")]
-    assert user_lines and user_lines[-1] != "USER root"
+    assert user_lines
+    assert user_lines[-1] != "USER root"
     assert (Path(COMPOSE_FILE).parent.parent / ".dockerignore").exists()

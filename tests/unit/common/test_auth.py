@@ -18,10 +18,16 @@ def registry(**overrides: object) -> TokenRegistry:
     return TokenRegistry([TokenGrant.model_validate(grant)])
 
 
-@pytest.mark.parametrize(("header", "reason"), [
-    (None, "TOKEN_MISSING"), ("", "TOKEN_MISSING"), ("Basic abc", "TOKEN_MALFORMED"), ("Bearer ", "TOKEN_MALFORMED"),
-    ("Bearer wrong", "TOKEN_UNKNOWN"),
-])
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (None, "TOKEN_MISSING"),
+        ("", "TOKEN_MISSING"),
+        ("Basic abc", "TOKEN_MALFORMED"),
+        ("Bearer ", "TOKEN_MALFORMED"),
+        ("Bearer wrong", "TOKEN_UNKNOWN"),
+    ],
+)
 def test_bad_headers_are_unauthenticated(header: str | None, reason: str) -> None:
     with pytest.raises(Unauthenticated) as caught:
         registry().authenticate(header, NOW)
@@ -44,10 +50,17 @@ def test_scheme_is_case_insensitive() -> None:
     assert registry().authenticate("bearer secret", NOW).shops == frozenset({"s1"})
 
 
-@pytest.mark.parametrize(("scopes", "needed", "allowed"), [
-    (["read"], "read", True), (["read"], "write", False), (["write"], "read", True), (["write"], "admin", False),
-    (["admin"], "write", True), (["read", "admin"], "admin", True),
-])
+@pytest.mark.parametrize(
+    ("scopes", "needed", "allowed"),
+    [
+        (["read"], "read", True),
+        (["read"], "write", False),
+        (["write"], "read", True),
+        (["write"], "admin", False),
+        (["admin"], "write", True),
+        (["read", "admin"], "admin", True),
+    ],
+)
 def test_scopes_are_ranked(scopes: list[str], needed: str, allowed: bool) -> None:
     principal = registry(scopes=scopes).authenticate("Bearer secret", NOW)
     if allowed:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -36,7 +38,5 @@ def test_tampered_token_is_refused() -> None:
 
 @given(st.text(max_size=200))
 def test_garbage_tokens_are_invalid_argument_never_a_crash(garbage: str) -> None:
-    try:
+    with contextlib.suppress(InvalidArgument):
         decode_token(garbage, query="q")
-    except InvalidArgument:
-        pass

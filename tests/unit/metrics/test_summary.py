@@ -21,9 +21,9 @@ def test_no_orders_no_summary() -> None:
 
 def test_hand_computed_summary() -> None:
     orders = [
-        fact(datetime(2026, 5, 1, 1, 0, tzinfo=UTC), 1000),   # 09:00 May 1 Shanghai
+        fact(datetime(2026, 5, 1, 1, 0, tzinfo=UTC), 1000),  # 09:00 May 1 Shanghai
         fact(datetime(2026, 5, 1, 15, 59, tzinfo=UTC), 500),  # 23:59 May 1 Shanghai: same day
-        fact(datetime(2026, 5, 1, 16, 1, tzinfo=UTC), 700),   # 00:01 May 2 Shanghai: next day
+        fact(datetime(2026, 5, 1, 16, 1, tzinfo=UTC), 700),  # 00:01 May 2 Shanghai: next day
     ]
     s = summarize("c", orders)
     assert s is not None
