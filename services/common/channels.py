@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -30,12 +30,19 @@ _SERVICE_CONFIG = json.dumps(
 )
 
 
-class _BearerToken(
-    grpc.UnaryUnaryClientInterceptor[Any, Any],
-    grpc.UnaryStreamClientInterceptor[Any, Any],
-    grpc.StreamUnaryClientInterceptor[Any, Any],
-    grpc.StreamStreamClientInterceptor[Any, Any],
-):
+if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not subscriptable
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    _UnaryStream = grpc.UnaryStreamClientInterceptor[Any, Any]
+    _StreamUnary = grpc.StreamUnaryClientInterceptor[Any, Any]
+    _StreamStream = grpc.StreamStreamClientInterceptor[Any, Any]
+else:
+    _UnaryUnary = grpc.UnaryUnaryClientInterceptor
+    _UnaryStream = grpc.UnaryStreamClientInterceptor
+    _StreamUnary = grpc.StreamUnaryClientInterceptor
+    _StreamStream = grpc.StreamStreamClientInterceptor
+
+
+class _BearerToken(_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream):
     def __init__(self, token: str) -> None:
         self._header = ("authorization", f"Bearer {token}")
 

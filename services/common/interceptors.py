@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import sqlalchemy.exc
@@ -142,7 +142,13 @@ class _Guard:
 Behavior = Callable[[Any, grpc.ServicerContext], Any]
 
 
-class GuardInterceptor(grpc.ServerInterceptor[Any, Any]):
+if TYPE_CHECKING:  # generic in the stubs only
+    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.ServerInterceptor
+
+
+class GuardInterceptor(_ServerInterceptor):
     """Wraps every handler of our services; health and reflection stay open."""
 
     def __init__(self, registry: TokenRegistry, clock: Clock = utc_now) -> None:
