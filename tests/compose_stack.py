@@ -14,21 +14,18 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import URL, make_url
 
 from tests.support import POSTGRES_ADMIN_URL, drop_databases, free_port
+from tools.supervise import terminate, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "deploy" / "compose.yaml"
@@ -210,16 +207,11 @@ class NativeStack:
             existing.sort(key=lambda r: r.index)
 
     def wait_healthy(self, name: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
         for replica in self.replicas[name]:
-            while True:
-                if replica.process.poll() is not None:
-                    raise RuntimeError(f"{name}[{replica.index}] exited: {replica.log_path.read_text()[-3000:]}")
-                if serving(replica.address):
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{name}[{replica.index}] not SERVING after {timeout}s")
-                time.sleep(0.1)
+            try:
+                wait_serving(replica.process, replica.address, timeout=timeout, label=f"{name}[{replica.index}]")
+            except RuntimeError as exc:
+                raise RuntimeError(f"{exc}: {replica.log_path.read_text()[-3000:]}") from exc
 
     def address(self, name: str, index: int = 0) -> str:
         return self.replicas[name][index].address
@@ -232,34 +224,10 @@ class NativeStack:
 
     def stop(self, grace: float = 20.0) -> dict[str, int | None]:
         """SIGTERM every replica, SIGKILL what outlives the grace; returns exit codes."""
-        for process in self.processes():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        codes: dict[str, int | None] = {}
-        for replicas in self.replicas.values():
-            for replica in replicas:
-                try:
-                    replica.process.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    os.killpg(replica.process.pid, signal.SIGKILL)
-                    replica.process.wait(5)
-                codes[f"{replica.service}[{replica.index}]"] = replica.process.returncode
+        replicas = [r for group in self.replicas.values() for r in group]
+        codes = terminate([r.process for r in replicas], grace=grace)
         drop_databases(prefix=self.database_prefix)
-        return codes
-
-
-def serving(address: str, service: str = "") -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            status = (
-                health_pb2_grpc.HealthStub(channel)
-                .Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
-                .status
-            )
-        except grpc.RpcError:
-            return False
-    return bool(status == health_pb2.HealthCheckResponse.SERVING)
+        return {f"{r.service}[{r.index}]": code for r, code in zip(replicas, codes, strict=True)}
 
 
 def docker_engine_available() -> bool:

@@ -99,8 +99,10 @@ class Database:
         if make_url(url).get_backend_name() == "sqlite":
             self.engine = _sqlite_engine(url)
         else:
+            # No pre-ping: it costs a round trip per transaction. A lost connection
+            # fails one call with UNAVAILABLE and SQLAlchemy then drops the whole pool.
             self.engine = create_engine(
-                url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=10
+                url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=10, pool_recycle=1800
             )
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 

@@ -20,10 +20,11 @@ from loyalty.points.v1 import points_pb2, points_pb2_grpc
 from loyalty.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 
 from services.common.settings import DEV_TOKEN
-from tests.compose_stack import DockerStack, NativeStack, docker_engine_available, load_compose, serving
+from tests.compose_stack import DockerStack, NativeStack, docker_engine_available, load_compose
 from tests.conftest import require_backend
 from tests.integration.test_metrics_rpc import order
 from tests.support import Metadata
+from tools.supervise import serving
 
 pytestmark = pytest.mark.stack
 DEV: Metadata = (("authorization", f"Bearer {DEV_TOKEN}"),)

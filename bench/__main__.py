@@ -1,0 +1,97 @@
+"""`make bench`: baselines and service benchmarks in one run, reported as ratios.
+
+Writes bench/results/latest.json and bench/results/latest.md. Every load is
+bounded in count and time and talks only to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.baselines import echo_client, echo_server, empty_pg_database, raw_pg_client, raw_pg_database
+from bench.load import LoadResult, run_load
+from bench.services import adjust_client, get_account_client, points_service
+
+RESULTS = Path(__file__).parent / "results"
+ADMIN_DSN = os.environ.get("LOYALTY_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def sqlalchemy_url(dsn: str) -> str:
+    return dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+def table(results: list[LoadResult], baseline: LoadResult) -> str:
+    lines = [
+        "| benchmark | clients | ops | errors | rps | p50 ms | p99 ms | rps ÷ echo |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        ratio = r.rps / baseline.rps if baseline.rps else float("nan")
+        lines.append(
+            f"| {r.name} | {r.clients} | {r.ops} | {r.errors} | {r.rps:.0f} | {r.p50_ms:.2f} | "
+            f"{r.p99_ms:.2f} | {ratio:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    options = parser.parse_args()
+    results: list[LoadResult] = []
+    with echo_server() as address:
+        echo = run_load(
+            "echo (bare gRPC, service options)", echo_client, address, clients=options.clients, seconds=options.seconds
+        )
+    results.append(echo)
+    with raw_pg_database(ADMIN_DSN) as dsn:
+        results.append(
+            run_load(
+                "raw_pg_tx (INSERT+UPDATE, durable)",
+                raw_pg_client,
+                dsn,
+                clients=options.clients,
+                seconds=options.seconds,
+            )
+        )
+    with empty_pg_database(ADMIN_DSN) as dsn, points_service(sqlalchemy_url(dsn)) as address:
+        results.append(
+            run_load(
+                "points.AdjustPoints (PostgreSQL)",
+                adjust_client,
+                address,
+                clients=options.clients,
+                seconds=options.seconds,
+            )
+        )
+        results.append(
+            run_load(
+                "points.GetAccount (PostgreSQL)",
+                get_account_client,
+                address,
+                clients=options.clients,
+                seconds=options.seconds,
+            )
+        )
+    RESULTS.mkdir(exist_ok=True)
+    report = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "results": [r.as_dict() for r in results],
+        "ratios_to_echo_rps": {r.name: round(r.rps / echo.rps, 3) if echo.rps else None for r in results},
+    }
+    (RESULTS / "latest.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    markdown = table(results, echo)
+    (RESULTS / "latest.md").write_text(markdown + "\n")
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
