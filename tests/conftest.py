@@ -61,3 +61,9 @@ def stack(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
 def uid(request: pytest.FixtureRequest) -> str:
     """A short id unique to this test, for customer and request ids."""
     return uuid.uuid4().hex[:10]
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """An empty run is an error, never a silent success (e.g. a broken testpaths or import)."""
+    if not session.items and not session.config.option.keyword and not session.config.option.markexpr:
+        raise pytest.UsageError("no tests collected: the suite must never pass by running nothing")
