@@ -19,6 +19,7 @@ from services.common.auth import digest
 from services.common.server import RunningService, ServiceSpec
 from services.common.settings import Settings
 
+ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_URL = os.environ.get(
     "LOYALTY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

@@ -73,12 +73,13 @@ class _Details(grpc.ClientCallDetails):
         self.compression = getattr(base, "compression", None)
 
 
-def peer_channel(target: str, token: str) -> grpc.Channel:
+def peer_channel(target: str, token: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
     """A channel to `target` ("host:port", "dns:///host:port" or "ipv4:a:p,b:q") sending `token`."""
-    channel = grpc.insecure_channel(
-        target,
-        options=[("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)],
-    )
+    options = [("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)]
+    if credentials is None:
+        channel = grpc.insecure_channel(target, options=options)
+    else:
+        channel = grpc.secure_channel(target, credentials, options=options)
     return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
 
 

@@ -28,6 +28,7 @@ from services.common.logs import configure_logging
 from services.common.migrations import upgrade
 from services.common.settings import Settings
 from services.common.telemetry import HEALTHY, serve_metrics
+from services.common.tls import peer_credentials, server_credentials
 
 log = structlog.get_logger("server")
 
@@ -61,7 +62,9 @@ class Peers:
         with self._lock:
             if service not in self._channels:
                 target = getattr(self.settings, f"{service}_target")
-                self._channels[service] = peer_channel(target, self.settings.peer_token)
+                self._channels[service] = peer_channel(
+                    target, self.settings.peer_token, peer_credentials(self.settings)
+                )
             return self._channels[service]
 
     def close(self) -> None:
@@ -140,7 +143,12 @@ class RunningService:
             self.server,
         )
         self._set_serving(False)
-        self.port = self.server.add_insecure_port(f"{settings.grpc_host}:{settings.port}")
+        bind = f"{settings.grpc_host}:{settings.port}"
+        credentials = server_credentials(settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(bind)
+        else:
+            self.port = self.server.add_secure_port(bind, credentials)
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {settings.grpc_host}:{settings.port}")
         self.workers = [

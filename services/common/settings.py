@@ -73,6 +73,14 @@ class Settings(BaseSettings):
     metrics_target: str = "127.0.0.1:50052"
     segmentation_target: str = "127.0.0.1:50053"
     cycle_delivery_target: str = "127.0.0.1:50054"
+    # TLS: server certificate and key (PEM). With tls_client_ca_file set too,
+    # clients must present a certificate signed by that CA (mTLS).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # TLS towards peers: the CA that signed their certificates; this service's
+    # own cert/key are presented to them when mTLS is on.
+    peer_tls_ca_file: str = ""
     health_probe_seconds: float = 5.0
     idempotency_retention_days: int = 30
 
@@ -92,6 +100,14 @@ class Settings(BaseSettings):
                 raise ValueError("the documented dev token is configured; refuse to run in production")
             if self.peer_token == DEV_TOKEN:
                 raise ValueError("LOYALTY_PEER_TOKEN is the documented dev token; refuse to run in production")
+        return self
+
+    @model_validator(mode="after")
+    def tls_files_come_in_pairs(self) -> Settings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("set both LOYALTY_TLS_CERT_FILE and LOYALTY_TLS_KEY_FILE, or neither")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("LOYALTY_TLS_CLIENT_CA_FILE (mTLS) needs LOYALTY_TLS_CERT_FILE and LOYALTY_TLS_KEY_FILE")
         return self
 
     @property

@@ -45,3 +45,10 @@ def test_token_file(tmp_path: object) -> None:
     path = Path(str(tmp_path)) / "tokens.json"
     path.write_text(json.dumps([{"sha256": "0" * 64, "shops": ["a"], "scopes": ["read"]}]))
     assert [g.shops for g in Settings(auth_tokens_file=str(path)).token_grants()] == [["a"]]
+
+
+def test_tls_settings_must_be_complete() -> None:
+    with pytest.raises(ValidationError, match="both"):
+        Settings(tls_cert_file="server.crt")
+    with pytest.raises(ValidationError, match="mTLS"):
+        Settings(tls_client_ca_file="ca.crt")
