@@ -24,6 +24,7 @@ from services.common.errors import AlreadyExists, FieldViolation, InvalidArgumen
 from services.common.validation import ID_PATTERN
 
 R = TypeVar("R", bound=Message)
+UNIQUE_CONFLICT_ATTEMPTS = 4
 
 
 class IdempotencyRecord(CommonBase):
@@ -94,18 +95,23 @@ def run_idempotent(
         session.flush()
         return response
 
-    try:
-        return db.run(once)
-    except sqlalchemy.exc.IntegrityError:
-        # A concurrent call with the same id committed first: answer as a retry would be.
-        def replay(session: Session) -> R | None:
-            stored = session.get(IdempotencyRecord, (shop_id, request_id))
-            return None if stored is None else _replay(stored, request, digest, response_type)
+    def replay(session: Session) -> R | None:
+        stored = session.get(IdempotencyRecord, (shop_id, request_id))
+        return None if stored is None else _replay(stored, request, digest, response_type)
 
-        replayed = db.run(replay)
-        if replayed is None:
-            raise
-        return replayed
+    for attempt in range(1, UNIQUE_CONFLICT_ATTEMPTS + 1):
+        try:
+            return db.run(once)
+        except sqlalchemy.exc.IntegrityError:
+            # Either a concurrent call with the same id committed first (answer as a
+            # retry would be), or a concurrent call inserted a row this one also
+            # inserts (run again: it now sees that row).
+            replayed = db.run(replay)
+            if replayed is not None:
+                return replayed
+            if attempt == UNIQUE_CONFLICT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
 
 
 def purge_expired(session: Session, *, older_than: timedelta, now: datetime) -> int:

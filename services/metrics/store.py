@@ -40,7 +40,7 @@ def record_orders(
     outcomes: Counter[domain.Outcome] = Counter()
     if not orders:
         return outcomes
-    for currency in sorted({o.currency for o in orders}):
+    for currency in dict.fromkeys(o.currency for o in orders):  # the batch's first currency decides a new shop
         shop = shop_facts(session, shop_id=shop_id, currency=currency, default_zone=default_zone)
     zone = ZoneInfo(shop.time_zone)
     ids = list({o.order_id for o in orders})

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from services.common.convert import to_timestamp
 from services.common.errors import Violations
 from services.common.idempotency import run_idempotent
-from services.common.paging import Cursor, decode_token, encode_token, page_size
+from services.common.paging import Cursor, decode_token, encode_token, page_size, position_int
 from services.common.server import ServiceContext
 from services.common.validation import check_id, check_text
 from services.points import store
@@ -91,7 +91,7 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         size = page_size(request.page_size)
         query = f"entries:{request.shop_id}:{request.customer_id}"
         position = decode_token(request.page_token, query=query)
-        before_id = int(position["before_id"]) if position else None
+        before_id = position_int(position, "before_id") if position else None
         entries = self.ctx.db.run(
             lambda s: store.list_entries(
                 s, shop_id=request.shop_id, customer_id=request.customer_id, limit=size + 1, before_id=before_id

@@ -149,3 +149,36 @@ def test_empty_and_oversized_batches_are_invalid(stack: Stack, uid: str) -> None
         with pytest.raises(grpc.RpcError) as caught:
             record(stack, uid, *orders)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_concurrent_batches_with_the_same_new_orders_count_each_order_once(stack: Stack, uid: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    # The shop must exist already: creating its row would serialise the batches.
+    record(stack, f"{uid}-seed", order(f"{uid}-seed", f"{uid}-seed", datetime(2026, 4, 1, tzinfo=UTC), 100))
+    # Large overlapping batches so the transactions really run at the same time.
+    count = 400
+    orders = [order(f"{uid}-{i}", f"{uid}-c{i % 3}", datetime(2026, 4, 1, tzinfo=UTC), 100) for i in range(count)]
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda n: record(stack, f"{uid}-batch{n}", *orders), range(6)))
+    assert sum(r.inserted for r in results) == count
+    assert sum(r.duplicates for r in results) == count * 5
+    assert sum(summary(stack, f"{uid}-c{k}").order_count for k in range(3)) == count
+
+
+def test_a_new_shop_takes_the_currency_of_its_first_order(stack: Stack, uid: str) -> None:
+    shop = f"cur-{uid}"
+    stub = stack.stub("metrics", metrics_pb2_grpc.MetricsServiceStub)
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.RecordOrders(
+            metrics_pb2.RecordOrdersRequest(
+                shop_id=shop,
+                request_id="a",
+                orders=[
+                    order("o1", "c", datetime(2026, 3, 1, tzinfo=UTC), 100, "USD"),
+                    order("o2", "c", datetime(2026, 3, 1, tzinfo=UTC), 100, "CNY"),
+                ],
+            ),
+            metadata=bearer("admin"),
+        )
+    assert "records orders in USD; got CNY" in details(caught.value)

@@ -40,3 +40,24 @@ def test_tampered_token_is_refused() -> None:
 def test_garbage_tokens_are_invalid_argument_never_a_crash(garbage: str) -> None:
     with contextlib.suppress(InvalidArgument):
         decode_token(garbage, query="q")
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'{"q": "q", "p": 3}', b'{"q": "q"}'])
+def test_forged_tokens_with_a_valid_mac_are_invalid_argument(body: bytes) -> None:
+    import base64
+    import hashlib
+    import hmac
+
+    from services.common import paging
+
+    mac = hmac.new(paging._TOKEN_KEY, body, hashlib.sha256).digest()[:12]
+    with pytest.raises(InvalidArgument):
+        decode_token(base64.urlsafe_b64encode(mac + body).decode(), query="q")
+
+
+@pytest.mark.parametrize("value", ["7", None, True, 1.5])
+def test_position_int_refuses_non_integers(value: object) -> None:
+    from services.common.paging import position_int
+
+    with pytest.raises(InvalidArgument):
+        position_int({"before_id": value}, "before_id")
