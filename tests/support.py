@@ -32,7 +32,7 @@ TOKENS = {
     "reader": ("tok-shop-a-reader", ["shop-a"], ["read"], None),
     "other_shop": ("tok-shop-b-writer", ["shop-b"], ["write"], None),
     "expired": ("tok-shop-a-expired", ["shop-a"], ["admin"], "2020-01-01T00:00:00+00:00"),
-    "peer": ("tok-peer", ["*"], ["read"], None),
+    "peer": ("tok-peer", ["*"], ["write"], None),
 }
 
 

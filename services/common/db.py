@@ -147,3 +147,16 @@ def insert_ignoring_conflicts(session: Session, model: type[DeclarativeBase], ro
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         session.execute(sqlite_insert(model).on_conflict_do_nothing(), rows)
+
+
+def lock_keys(session: Session, namespace: str, keys: list[str]) -> None:
+    """Serialises transactions per key (PostgreSQL advisory transaction locks, released at commit).
+
+    Keys are locked in sorted order so two transactions never wait on each other
+    in a cycle. On SQLite every write transaction already holds the database
+    lock, so there is nothing to do.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    for key in sorted(set(keys)):
+        session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"{namespace}:{key}"})

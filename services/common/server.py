@@ -26,6 +26,7 @@ from services.common.idempotency import purge_expired
 from services.common.interceptors import GuardInterceptor
 from services.common.logs import configure_logging
 from services.common.migrations import upgrade
+from services.common.outbox import OutboxRelay
 from services.common.settings import Settings
 from services.common.telemetry import HEALTHY, serve_metrics
 from services.common.tls import peer_credentials, server_credentials
@@ -133,6 +134,7 @@ class RunningService:
             upgrade(spec.migrations, url)
         self.db = Database(url, pool_size=settings.db_pool_size)
         self.context = ServiceContext(settings=settings, db=self.db, peers=Peers(settings), clock=clock)
+        self.relay = OutboxRelay(self.db, self.context.peers.channel, clock)
         registry = TokenRegistry(settings.token_grants())
         self.server = new_grpc_server(settings.max_workers, [GuardInterceptor(registry, clock)])
         spec.register(self.server, self.context)
@@ -154,6 +156,7 @@ class RunningService:
         self.workers = [
             Worker("health-probe", settings.health_probe_seconds, self._probe),
             Worker("idempotency-purge", 3600.0, self._purge_idempotency_records),
+            Worker("outbox-relay", settings.outbox_relay_seconds, self._relay_outbox),
             *spec.workers(self.context),
         ]
 
@@ -166,6 +169,9 @@ class RunningService:
         for name in ("", *self.spec.service_names):
             self.health.set(name, status)
         HEALTHY.set(1 if serving else 0)
+
+    def _relay_outbox(self) -> None:
+        self.relay.drain()
 
     def _purge_idempotency_records(self) -> None:
         retention = timedelta(days=self.settings.idempotency_retention_days)

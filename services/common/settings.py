@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     # own cert/key are presented to them when mTLS is on.
     peer_tls_ca_file: str = ""
     health_probe_seconds: float = 5.0
+    outbox_relay_seconds: float = 1.0
     idempotency_retention_days: int = 30
 
     @field_validator("default_time_zone")

@@ -9,7 +9,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from services.common.clock import local_date
-from services.common.db import insert_ignoring_conflicts
+from services.common.db import insert_ignoring_conflicts, lock_keys
 from services.common.errors import FailedPrecondition
 from services.common.orders import PaidOrder
 from services.metrics import domain
@@ -43,6 +43,9 @@ def record_orders(
     for currency in dict.fromkeys(o.currency for o in orders):  # the batch's first currency decides a new shop
         shop = shop_facts(session, shop_id=shop_id, currency=currency, default_zone=default_zone)
     zone = ZoneInfo(shop.time_zone)
+    # One writer per customer at a time: a summary is recomputed from the orders
+    # this transaction can see, so a concurrent batch must wait, not interleave.
+    lock_keys(session, f"summary:{shop_id}", [o.customer_id for o in orders])
     ids = list({o.order_id for o in orders})
     existing = {
         row.order_id: row
@@ -62,6 +65,8 @@ def record_orders(
             session.add(row)
             existing[order.order_id] = row
         else:
+            if row.customer_id != order.customer_id:  # the order moves to another customer
+                lock_keys(session, f"summary:{shop_id}", [row.customer_id])
             touched.add(row.customer_id)
         row.customer_id = order.customer_id
         row.paid_at = order.paid_at

@@ -182,3 +182,17 @@ def test_a_new_shop_takes_the_currency_of_its_first_order(stack: Stack, uid: str
             metadata=bearer("admin"),
         )
     assert "records orders in USD; got CNY" in details(caught.value)
+
+
+def test_concurrent_batches_for_one_customer_keep_an_exact_summary(stack: Stack, uid: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    record(stack, f"{uid}-seed", order(f"{uid}-seed", uid, datetime(2026, 4, 1, tzinfo=UTC), 1))
+    batches = [
+        [order(f"{uid}-{b}-{i}", uid, datetime(2026, 4, 2, tzinfo=UTC), 10 + b) for i in range(5)] for b in range(40)
+    ]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda b: record(stack, f"{uid}-b{b}", *batches[b]), range(len(batches))))
+    s = summary(stack, uid)
+    assert s.order_count == 1 + 5 * 40
+    assert s.total_paid.amount_minor == 1 + sum(5 * (10 + b) for b in range(40))

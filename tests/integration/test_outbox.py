@@ -1,0 +1,166 @@
+"""The transactional outbox: exactly-once effect across concurrent relays, retries, dead events, leases."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+import pytest
+from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+from sqlalchemy import select
+
+from services.common.channels import peer_channel
+from services.common.db import Database
+from services.common.migrations import upgrade
+from services.common.outbox import OutboxEvent, OutboxRelay, enqueue
+from tests.integration.test_metrics_rpc import order
+from tests.support import TOKENS, Stack, bearer, free_port, specs
+
+RECORD_ORDERS = "/loyalty.metrics.v1.MetricsService/RecordOrders"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 22, 12, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class CountingChannels:
+    """Channels to the stack that count every send per request payload."""
+
+    def __init__(self, stack: Stack, *, broken: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.sent: Counter[bytes] = Counter()
+        self.lock = threading.Lock()
+        self.channels = {
+            name: peer_channel(
+                f"127.0.0.1:{free_port()}" if name in broken else stack.services[name].address, TOKENS["peer"][0]
+            )
+            for name in ("metrics", "points")
+        }
+
+    def __call__(self, destination: str) -> Any:
+        counter = self
+
+        class Counted:
+            def unary_unary(self, method: str, **kwargs: Any) -> Callable[..., Any]:
+                call = counter.channels[destination].unary_unary(method, **kwargs)
+
+                def send(payload: bytes, **options: Any) -> Any:
+                    with counter.lock:
+                        counter.sent[payload] += 1
+                    return call(payload, **options)
+
+                return send
+
+        return Counted()
+
+
+@pytest.fixture
+def outbox_db(database_url: str) -> Iterator[Database]:
+    url = database_url.replace("{service}", "cycle_delivery")
+    upgrade(specs()["cycle_delivery"].migrations, url)
+    db = Database(url, pool_size=8)
+    yield db
+    db.dispose()
+
+
+def add_events(db: Database, uid: str, count: int, clock: FakeClock) -> None:
+    def write(session: Any) -> None:
+        for i in range(count):
+            request = metrics_pb2.RecordOrdersRequest(
+                shop_id="shop-a", orders=[order(f"{uid}-{i}", f"{uid}-c", datetime(2026, 5, 1, tzinfo=UTC), 100)]
+            )
+            enqueue(
+                session,
+                destination="metrics",
+                method=RECORD_ORDERS,
+                request=request,
+                event_id=f"{uid}-e{i}",
+                now=clock(),
+            )
+
+    db.run(write)
+
+
+def order_count(stack: Stack, customer: str) -> int:
+    stub = metrics_pb2_grpc.MetricsServiceStub(stack.channel("metrics"))
+    try:
+        return int(
+            stub.GetCustomerSummary(
+                metrics_pb2.GetCustomerSummaryRequest(shop_id="shop-a", customer_id=customer), metadata=bearer("reader")
+            ).summary.order_count
+        )
+    except grpc.RpcError:
+        return 0
+
+
+def events(db: Database) -> list[OutboxEvent]:
+    return db.run(lambda s: list(s.scalars(select(OutboxEvent).order_by(OutboxEvent.id))))
+
+
+def test_concurrent_relays_deliver_every_event_once(stack: Stack, outbox_db: Database, uid: str) -> None:
+    clock = FakeClock()
+    add_events(outbox_db, uid, 250, clock)
+    channels = CountingChannels(stack)
+    relays = [OutboxRelay(outbox_db, channels, clock, batch_size=20) for _ in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        delivered = sum(pool.map(lambda r: r.drain(), relays))
+    assert delivered == 250
+    assert all(e.delivered_at is not None and e.attempts == 1 for e in events(outbox_db))
+    assert order_count(stack, f"{uid}-c") == 250
+    assert set(channels.sent.values()) == {1}, "an event was sent twice"
+
+
+def test_refused_event_is_dead_and_never_retried(stack: Stack, outbox_db: Database, uid: str) -> None:
+    clock = FakeClock()
+    bad = metrics_pb2.RecordOrdersRequest(shop_id="shop-a", orders=[order(f"{uid}-x", "", clock(), -5)])
+    outbox_db.run(
+        lambda s: enqueue(
+            s, destination="metrics", method=RECORD_ORDERS, request=bad, event_id=f"{uid}-bad", now=clock()
+        )
+    )
+    relay = OutboxRelay(outbox_db, CountingChannels(stack), clock)
+    assert relay.drain() == 0
+    clock.now += timedelta(days=1)
+    assert relay.drain() == 0
+    [event] = events(outbox_db)
+    assert (event.dead, event.attempts, event.delivered_at) == (True, 1, None)
+    assert event.last_error.startswith("INVALID_ARGUMENT")
+
+
+def test_unreachable_destination_backs_off_then_delivers(stack: Stack, outbox_db: Database, uid: str) -> None:
+    clock = FakeClock()
+    add_events(outbox_db, uid, 3, clock)
+    down = OutboxRelay(outbox_db, CountingChannels(stack, broken={"metrics"}), clock, timeout_seconds=2)
+    assert down.drain() == 0
+    after_first = events(outbox_db)
+    assert all(e.attempts == 1 and not e.dead and e.next_attempt_at > clock() for e in after_first)
+    assert all(e.last_error.startswith("UNAVAILABLE") for e in after_first)
+    up = OutboxRelay(outbox_db, CountingChannels(stack), clock)
+    assert up.drain() == 0  # not due yet: backoff holds
+    clock.now += timedelta(minutes=10)
+    assert up.drain() == 3
+    assert order_count(stack, f"{uid}-c") == 3
+
+
+def test_a_crashed_relays_claim_expires_and_the_resend_is_absorbed(stack: Stack, outbox_db: Database, uid: str) -> None:
+    clock = FakeClock()
+    add_events(outbox_db, uid, 5, clock)
+    channels = CountingChannels(stack)
+    crashed = OutboxRelay(outbox_db, channels, clock)
+    claimed = outbox_db.run(crashed._claim)
+    for event in claimed:  # sent, then the relay dies before recording the outcome
+        crashed._send(event)
+    survivor = OutboxRelay(outbox_db, channels, clock)
+    assert survivor.drain() == 0  # still leased
+    clock.now += crashed.lease + timedelta(seconds=1)
+    assert survivor.drain() == 5
+    assert set(channels.sent.values()) == {2}  # sent twice...
+    assert order_count(stack, f"{uid}-c") == 5  # ...applied once
