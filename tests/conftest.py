@@ -13,8 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.support import Stack, database_template, postgres_available, start_stack
+
+# No time limits on examples: timings are for `make bench`, never for tests.
+settings.register_profile(
+    "loyalty", deadline=None, print_blob=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+settings.load_profile("loyalty")
 
 BACKENDS = [b for b in os.environ.get("LOYALTY_TEST_BACKENDS", "sqlite,postgresql").split(",") if b]
 REQUIRE_POSTGRES = os.environ.get("CI") == "true" or os.environ.get("LOYALTY_REQUIRE_POSTGRES") == "1"
