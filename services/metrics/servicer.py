@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import grpc
+from google.protobuf.message import Message
 from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from sqlalchemy.orm import Session
 
-from services.common.convert import to_money, to_timestamp
+from services.common.clock import local_date
+from services.common.convert import from_date, to_date, to_money, to_timestamp
 from services.common.errors import NotFound, Violations
 from services.common.idempotency import run_idempotent
 from services.common.orders import PaidOrder, parse_order
 from services.common.server import ServiceContext
 from services.common.validation import check_id
 from services.metrics import store
+from services.metrics.definitions import (
+    Grain,
+    Period,
+    Purchase,
+    Rate,
+    RepurchaseStage,
+    churn_rate,
+    cohort_retention,
+    ninety_day_repurchase,
+    repurchase_rate_by_customer,
+    repurchase_rate_by_order,
+    usable,
+)
 from services.metrics.domain import Outcome
 
 MAX_BATCH = 1000
@@ -68,6 +85,117 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
                 last_order_at=to_timestamp(summary.last_order_at),
             )
         )
+
+    # -- metric definitions ------------------------------------------------------------
+
+    def _purchases(self, shop_id: str, until: date, *, include_refunded: bool = False) -> list[Purchase]:
+        orders = self.ctx.db.run(lambda s: store.load_purchases(s, shop_id=shop_id, until=until))
+        return usable(orders, include_refunded=include_refunded)
+
+    def _today(self, shop_id: str) -> date:
+        zone = self.ctx.db.run(
+            lambda s: store.shop_zone(s, shop_id=shop_id, default_zone=self.ctx.settings.default_time_zone)
+        )
+        return local_date(self.ctx.clock(), zone)
+
+    def GetRepurchaseRate(
+        self, request: metrics_pb2.GetRepurchaseRateRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.GetRepurchaseRateResponse:
+        v = Violations()
+        period = parse_period(v, request, "period_start", "period_end")
+        v.check(request.basis in BASES, "basis", "must be REPURCHASE_BASIS_CUSTOMER or REPURCHASE_BASIS_ORDER")
+        v.raise_if_any()
+        assert period is not None
+        purchases = self._purchases(request.shop_id, period.end, include_refunded=request.include_refunded)
+        rate = BASES[request.basis](purchases, period, count_history=request.count_history)
+        return metrics_pb2.GetRepurchaseRateResponse(rate=rate_proto(rate))
+
+    def GetRepurchaseStage(
+        self, request: metrics_pb2.GetRepurchaseStageRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.GetRepurchaseStageResponse:
+        v = Violations()
+        cohort = parse_period(v, request, "cohort_start", "cohort_end")
+        as_of = from_date(v, request.as_of, "as_of") if request.HasField("as_of") else None
+        v.raise_if_any()
+        assert cohort is not None
+        as_of = as_of or self._today(request.shop_id)
+        result = ninety_day_repurchase(self._purchases(request.shop_id, as_of), cohort, as_of)
+        return metrics_pb2.GetRepurchaseStageResponse(
+            rate=rate_proto(result.rate),
+            stage=STAGES[result.stage] if result.stage else metrics_pb2.REPURCHASE_STAGE_UNSPECIFIED,
+            window_open=result.window_open,
+        )
+
+    def GetCohortRetention(
+        self, request: metrics_pb2.GetCohortRetentionRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.GetCohortRetentionResponse:
+        v = Violations()
+        v.check(request.grain in GRAINS, "grain", "must be COHORT_GRAIN_WEEK or COHORT_GRAIN_MONTH")
+        as_of = from_date(v, request.as_of, "as_of") if request.HasField("as_of") else None
+        v.raise_if_any()
+        as_of = as_of or self._today(request.shop_id)
+        rows = cohort_retention(self._purchases(request.shop_id, as_of), GRAINS[request.grain], as_of)
+        return metrics_pb2.GetCohortRetentionResponse(
+            rows=[
+                metrics_pb2.CohortRow(cohort_start=to_date(r.cohort_start), size=r.size, active=list(r.active))
+                for r in rows
+            ]
+        )
+
+    def GetChurnRate(
+        self, request: metrics_pb2.GetChurnRateRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.GetChurnRateResponse:
+        v = Violations()
+        before = parse_period(v, request, "before_start", "before_end")
+        after = parse_period(v, request, "after_start", "after_end")
+        if before and after and after.start <= before.end:
+            v.add("after_start", "must be after before_end")
+        v.raise_if_any()
+        assert before is not None
+        assert after is not None
+        rate = churn_rate(self._purchases(request.shop_id, after.end), before, after)
+        return metrics_pb2.GetChurnRateResponse(rate=rate_proto(rate))
+
+
+BASES = {
+    metrics_pb2.REPURCHASE_BASIS_CUSTOMER: repurchase_rate_by_customer,
+    metrics_pb2.REPURCHASE_BASIS_ORDER: repurchase_rate_by_order,
+}
+GRAINS = {metrics_pb2.COHORT_GRAIN_WEEK: Grain.WEEK, metrics_pb2.COHORT_GRAIN_MONTH: Grain.MONTH}
+STAGES = {
+    RepurchaseStage.ACQUISITION: metrics_pb2.REPURCHASE_STAGE_ACQUISITION,
+    RepurchaseStage.HYBRID: metrics_pb2.REPURCHASE_STAGE_HYBRID,
+    RepurchaseStage.LOYALTY: metrics_pb2.REPURCHASE_STAGE_LOYALTY,
+}
+MAX_PERIOD_DAYS = 3 * 366
+
+
+def rate_proto(rate: Rate) -> metrics_pb2.RateValue:
+    proto = metrics_pb2.RateValue(numerator=rate.numerator, denominator=rate.denominator)
+    if rate.value is not None:
+        proto.value = rate.value
+    return proto
+
+
+def parse_period(v: Violations, request: Message, start_field: str, end_field: str) -> Period | None:
+    """A required inclusive period of shop-local days, at most three years long."""
+    days: list[date | None] = []
+    for name in (start_field, end_field):
+        if not request.HasField(name):
+            v.add(name, "is required")
+            days.append(None)
+        else:
+            days.append(from_date(v, getattr(request, name), name))
+    start, end = days
+    if start is None or end is None:
+        return None
+    if end < start:
+        v.add(end_field, f"must not be before {start_field}")
+        return None
+    if (end - start).days > MAX_PERIOD_DAYS:
+        v.add(end_field, f"period must be at most {MAX_PERIOD_DAYS} days")
+        return None
+    return Period(start, end)
 
 
 def register(server: grpc.Server, ctx: ServiceContext) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from datetime import date
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, select
@@ -13,6 +14,7 @@ from services.common.db import insert_ignoring_conflicts, lock_keys
 from services.common.errors import FailedPrecondition
 from services.common.orders import PaidOrder
 from services.metrics import domain
+from services.metrics.definitions import Purchase
 from services.metrics.models import CustomerSummary, Order, Shop
 
 
@@ -118,3 +120,22 @@ def get_summary(session: Session, *, shop_id: str, customer_id: str) -> tuple[Cu
         return None
     shop = session.get(Shop, shop_id)
     return summary, shop.currency if shop else ""
+
+
+def shop_zone(session: Session, *, shop_id: str, default_zone: str) -> ZoneInfo:
+    shop = session.get(Shop, shop_id)
+    return ZoneInfo(shop.time_zone if shop else default_zone)
+
+
+def load_purchases(session: Session, *, shop_id: str, until: date) -> list[Purchase]:
+    """The shop's orders on or before `until` (shop-local), as metric facts.
+
+    A straightforward full read: correct for any shop and the reference the
+    fast path of the metrics issue is checked against.
+    """
+    rows = session.execute(
+        select(Order.order_id, Order.customer_id, Order.local_date, Order.amount_minor).where(
+            Order.shop_id == shop_id, Order.local_date <= until
+        )
+    )
+    return [Purchase(order_id, customer_id, day, amount) for order_id, customer_id, day, amount in rows]

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from loyalty.common.v1 import common_pb2 as loyalty_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n loyalty/metrics/v1/metrics.proto\x12\x12loyalty.metrics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eloyalty/common/v1/common.proto\"d\n\x13RecordOrdersRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x06orders\x18\x03 \x03(\x0b\x32\x18.loyalty.common.v1.Order\"O\n\x14RecordOrdersResponse\x12\x10\n\x08inserted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x11\n\tcorrected\x18\x03 \x01(\x05\"\xe7\x01\n\x0f\x43ustomerSummary\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x13\n\x0border_count\x18\x02 \x01(\x03\x12\x15\n\rpurchase_days\x18\x03 \x01(\x03\x12,\n\ntotal_paid\x18\x04 \x01(\x0b\x32\x18.loyalty.common.v1.Money\x12\x32\n\x0e\x66irst_order_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_order_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x19GetCustomerSummaryRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\"R\n\x1aGetCustomerSummaryResponse\x12\x34\n\x07summary\x18\x01 \x01(\x0b\x32#.loyalty.metrics.v1.CustomerSummary2\xf4\x01\n\x0eMetricsService\x12g\n\x0cRecordOrders\x12\'.loyalty.metrics.v1.RecordOrdersRequest\x1a(.loyalty.metrics.v1.RecordOrdersResponse\"\x04\xc8\xf3\x18\x02\x12y\n\x12GetCustomerSummary\x12-.loyalty.metrics.v1.GetCustomerSummaryRequest\x1a..loyalty.metrics.v1.GetCustomerSummaryResponse\"\x04\xc8\xf3\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n loyalty/metrics/v1/metrics.proto\x12\x12loyalty.metrics.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eloyalty/common/v1/common.proto\"Q\n\tRateValue\x12\x11\n\tnumerator\x18\x01 \x01(\x03\x12\x13\n\x0b\x64\x65nominator\x18\x02 \x01(\x03\x12\x12\n\x05value\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x08\n\x06_value\"\xec\x01\n\x18GetRepurchaseRateRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12-\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12+\n\nperiod_end\x18\x03 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12\x32\n\x05\x62\x61sis\x18\x04 \x01(\x0e\x32#.loyalty.metrics.v1.RepurchaseBasis\x12\x15\n\rcount_history\x18\x05 \x01(\x08\x12\x18\n\x10include_refunded\x18\x06 \x01(\x08\"H\n\x19GetRepurchaseRateResponse\x12+\n\x04rate\x18\x01 \x01(\x0b\x32\x1d.loyalty.metrics.v1.RateValue\"\xb0\x01\n\x19GetRepurchaseStageRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12-\n\x0c\x63ohort_start\x18\x02 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12+\n\ncohort_end\x18\x03 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12&\n\x05\x61s_of\x18\x04 \x01(\x0b\x32\x17.loyalty.common.v1.Date\"\x92\x01\n\x1aGetRepurchaseStageResponse\x12+\n\x04rate\x18\x01 \x01(\x0b\x32\x1d.loyalty.metrics.v1.RateValue\x12\x32\n\x05stage\x18\x02 \x01(\x0e\x32#.loyalty.metrics.v1.RepurchaseStage\x12\x13\n\x0bwindow_open\x18\x03 \x01(\x03\"\x84\x01\n\x19GetCohortRetentionRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12.\n\x05grain\x18\x02 \x01(\x0e\x32\x1f.loyalty.metrics.v1.CohortGrain\x12&\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x17.loyalty.common.v1.Date\"X\n\tCohortRow\x12-\n\x0c\x63ohort_start\x18\x01 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06\x61\x63tive\x18\x03 \x03(\x03\"I\n\x1aGetCohortRetentionResponse\x12+\n\x04rows\x18\x01 \x03(\x0b\x32\x1d.loyalty.metrics.v1.CohortRow\"\xdc\x01\n\x13GetChurnRateRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12-\n\x0c\x62\x65\x66ore_start\x18\x02 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12+\n\nbefore_end\x18\x03 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12,\n\x0b\x61\x66ter_start\x18\x04 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12*\n\tafter_end\x18\x05 \x01(\x0b\x32\x17.loyalty.common.v1.Date\"C\n\x14GetChurnRateResponse\x12+\n\x04rate\x18\x01 \x01(\x0b\x32\x1d.loyalty.metrics.v1.RateValue\"d\n\x13RecordOrdersRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12(\n\x06orders\x18\x03 \x03(\x0b\x32\x18.loyalty.common.v1.Order\"O\n\x14RecordOrdersResponse\x12\x10\n\x08inserted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12\x11\n\tcorrected\x18\x03 \x01(\x05\"\xe7\x01\n\x0f\x43ustomerSummary\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x13\n\x0border_count\x18\x02 \x01(\x03\x12\x15\n\rpurchase_days\x18\x03 \x01(\x03\x12,\n\ntotal_paid\x18\x04 \x01(\x0b\x32\x18.loyalty.common.v1.Money\x12\x32\n\x0e\x66irst_order_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rlast_order_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"A\n\x19GetCustomerSummaryRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\"R\n\x1aGetCustomerSummaryResponse\x12\x34\n\x07summary\x18\x01 \x01(\x0b\x32#.loyalty.metrics.v1.CustomerSummary*n\n\x0fRepurchaseBasis\x12 \n\x1cREPURCHASE_BASIS_UNSPECIFIED\x10\x00\x12\x1d\n\x19REPURCHASE_BASIS_CUSTOMER\x10\x01\x12\x1a\n\x16REPURCHASE_BASIS_ORDER\x10\x02*\x90\x01\n\x0fRepurchaseStage\x12 \n\x1cREPURCHASE_STAGE_UNSPECIFIED\x10\x00\x12 \n\x1cREPURCHASE_STAGE_ACQUISITION\x10\x01\x12\x1b\n\x17REPURCHASE_STAGE_HYBRID\x10\x02\x12\x1c\n\x18REPURCHASE_STAGE_LOYALTY\x10\x03*Z\n\x0b\x43ohortGrain\x12\x1c\n\x18\x43OHORT_GRAIN_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43OHORT_GRAIN_WEEK\x10\x01\x12\x16\n\x12\x43OHORT_GRAIN_MONTH\x10\x02\x32\xcb\x05\n\x0eMetricsService\x12g\n\x0cRecordOrders\x12\'.loyalty.metrics.v1.RecordOrdersRequest\x1a(.loyalty.metrics.v1.RecordOrdersResponse\"\x04\xc8\xf3\x18\x02\x12y\n\x12GetCustomerSummary\x12-.loyalty.metrics.v1.GetCustomerSummaryRequest\x1a..loyalty.metrics.v1.GetCustomerSummaryResponse\"\x04\xc8\xf3\x18\x01\x12v\n\x11GetRepurchaseRate\x12,.loyalty.metrics.v1.GetRepurchaseRateRequest\x1a-.loyalty.metrics.v1.GetRepurchaseRateResponse\"\x04\xc8\xf3\x18\x01\x12y\n\x12GetRepurchaseStage\x12-.loyalty.metrics.v1.GetRepurchaseStageRequest\x1a..loyalty.metrics.v1.GetRepurchaseStageResponse\"\x04\xc8\xf3\x18\x01\x12y\n\x12GetCohortRetention\x12-.loyalty.metrics.v1.GetCohortRetentionRequest\x1a..loyalty.metrics.v1.GetCohortRetentionResponse\"\x04\xc8\xf3\x18\x01\x12g\n\x0cGetChurnRate\x12\'.loyalty.metrics.v1.GetChurnRateRequest\x1a(.loyalty.metrics.v1.GetChurnRateResponse\"\x04\xc8\xf3\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,16 +37,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICSSERVICE'].methods_by_name['RecordOrders']._serialized_options = b'\310\363\030\002'
   _globals['_METRICSSERVICE'].methods_by_name['GetCustomerSummary']._loaded_options = None
   _globals['_METRICSSERVICE'].methods_by_name['GetCustomerSummary']._serialized_options = b'\310\363\030\001'
-  _globals['_RECORDORDERSREQUEST']._serialized_start=121
-  _globals['_RECORDORDERSREQUEST']._serialized_end=221
-  _globals['_RECORDORDERSRESPONSE']._serialized_start=223
-  _globals['_RECORDORDERSRESPONSE']._serialized_end=302
-  _globals['_CUSTOMERSUMMARY']._serialized_start=305
-  _globals['_CUSTOMERSUMMARY']._serialized_end=536
-  _globals['_GETCUSTOMERSUMMARYREQUEST']._serialized_start=538
-  _globals['_GETCUSTOMERSUMMARYREQUEST']._serialized_end=603
-  _globals['_GETCUSTOMERSUMMARYRESPONSE']._serialized_start=605
-  _globals['_GETCUSTOMERSUMMARYRESPONSE']._serialized_end=687
-  _globals['_METRICSSERVICE']._serialized_start=690
-  _globals['_METRICSSERVICE']._serialized_end=934
+  _globals['_METRICSSERVICE'].methods_by_name['GetRepurchaseRate']._loaded_options = None
+  _globals['_METRICSSERVICE'].methods_by_name['GetRepurchaseRate']._serialized_options = b'\310\363\030\001'
+  _globals['_METRICSSERVICE'].methods_by_name['GetRepurchaseStage']._loaded_options = None
+  _globals['_METRICSSERVICE'].methods_by_name['GetRepurchaseStage']._serialized_options = b'\310\363\030\001'
+  _globals['_METRICSSERVICE'].methods_by_name['GetCohortRetention']._loaded_options = None
+  _globals['_METRICSSERVICE'].methods_by_name['GetCohortRetention']._serialized_options = b'\310\363\030\001'
+  _globals['_METRICSSERVICE'].methods_by_name['GetChurnRate']._loaded_options = None
+  _globals['_METRICSSERVICE'].methods_by_name['GetChurnRate']._serialized_options = b'\310\363\030\001'
+  _globals['_REPURCHASEBASIS']._serialized_start=2005
+  _globals['_REPURCHASEBASIS']._serialized_end=2115
+  _globals['_REPURCHASESTAGE']._serialized_start=2118
+  _globals['_REPURCHASESTAGE']._serialized_end=2262
+  _globals['_COHORTGRAIN']._serialized_start=2264
+  _globals['_COHORTGRAIN']._serialized_end=2354
+  _globals['_RATEVALUE']._serialized_start=121
+  _globals['_RATEVALUE']._serialized_end=202
+  _globals['_GETREPURCHASERATEREQUEST']._serialized_start=205
+  _globals['_GETREPURCHASERATEREQUEST']._serialized_end=441
+  _globals['_GETREPURCHASERATERESPONSE']._serialized_start=443
+  _globals['_GETREPURCHASERATERESPONSE']._serialized_end=515
+  _globals['_GETREPURCHASESTAGEREQUEST']._serialized_start=518
+  _globals['_GETREPURCHASESTAGEREQUEST']._serialized_end=694
+  _globals['_GETREPURCHASESTAGERESPONSE']._serialized_start=697
+  _globals['_GETREPURCHASESTAGERESPONSE']._serialized_end=843
+  _globals['_GETCOHORTRETENTIONREQUEST']._serialized_start=846
+  _globals['_GETCOHORTRETENTIONREQUEST']._serialized_end=978
+  _globals['_COHORTROW']._serialized_start=980
+  _globals['_COHORTROW']._serialized_end=1068
+  _globals['_GETCOHORTRETENTIONRESPONSE']._serialized_start=1070
+  _globals['_GETCOHORTRETENTIONRESPONSE']._serialized_end=1143
+  _globals['_GETCHURNRATEREQUEST']._serialized_start=1146
+  _globals['_GETCHURNRATEREQUEST']._serialized_end=1366
+  _globals['_GETCHURNRATERESPONSE']._serialized_start=1368
+  _globals['_GETCHURNRATERESPONSE']._serialized_end=1435
+  _globals['_RECORDORDERSREQUEST']._serialized_start=1437
+  _globals['_RECORDORDERSREQUEST']._serialized_end=1537
+  _globals['_RECORDORDERSRESPONSE']._serialized_start=1539
+  _globals['_RECORDORDERSRESPONSE']._serialized_end=1618
+  _globals['_CUSTOMERSUMMARY']._serialized_start=1621
+  _globals['_CUSTOMERSUMMARY']._serialized_end=1852
+  _globals['_GETCUSTOMERSUMMARYREQUEST']._serialized_start=1854
+  _globals['_GETCUSTOMERSUMMARYREQUEST']._serialized_end=1919
+  _globals['_GETCUSTOMERSUMMARYRESPONSE']._serialized_start=1921
+  _globals['_GETCUSTOMERSUMMARYRESPONSE']._serialized_end=2003
+  _globals['_METRICSSERVICE']._serialized_start=2357
+  _globals['_METRICSSERVICE']._serialized_end=3072
 # @@protoc_insertion_point(module_scope)

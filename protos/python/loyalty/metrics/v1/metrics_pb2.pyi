@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from loyalty.common.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,414 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RepurchaseBasis:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RepurchaseBasisEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RepurchaseBasis.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPURCHASE_BASIS_UNSPECIFIED: _RepurchaseBasis.ValueType  # 0
+    REPURCHASE_BASIS_CUSTOMER: _RepurchaseBasis.ValueType  # 1
+    """Share of buying customers who bought at least twice."""
+    REPURCHASE_BASIS_ORDER: _RepurchaseBasis.ValueType  # 2
+    """Share of orders that were repeat orders."""
+
+class RepurchaseBasis(_RepurchaseBasis, metaclass=_RepurchaseBasisEnumTypeWrapper):
+    """RepurchaseBasis chooses what a repurchase rate counts."""
+
+REPURCHASE_BASIS_UNSPECIFIED: RepurchaseBasis.ValueType  # 0
+REPURCHASE_BASIS_CUSTOMER: RepurchaseBasis.ValueType  # 1
+"""Share of buying customers who bought at least twice."""
+REPURCHASE_BASIS_ORDER: RepurchaseBasis.ValueType  # 2
+"""Share of orders that were repeat orders."""
+Global___RepurchaseBasis: _TypeAlias = RepurchaseBasis  # noqa: Y015
+
+class _RepurchaseStage:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RepurchaseStageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RepurchaseStage.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REPURCHASE_STAGE_UNSPECIFIED: _RepurchaseStage.ValueType  # 0
+    """Also returned when the rate is undefined (no closed windows)."""
+    REPURCHASE_STAGE_ACQUISITION: _RepurchaseStage.ValueType  # 1
+    """Under 15 %: 获客模式, win new customers."""
+    REPURCHASE_STAGE_HYBRID: _RepurchaseStage.ValueType  # 2
+    """15 % to under 30 %: 混合模式, balance acquisition and retention."""
+    REPURCHASE_STAGE_LOYALTY: _RepurchaseStage.ValueType  # 3
+    """30 % and above: 忠诚模式, invest in repeat purchase."""
+
+class RepurchaseStage(_RepurchaseStage, metaclass=_RepurchaseStageEnumTypeWrapper):
+    """RepurchaseStage is what a 90-day repurchase rate says the shop should focus on."""
+
+REPURCHASE_STAGE_UNSPECIFIED: RepurchaseStage.ValueType  # 0
+"""Also returned when the rate is undefined (no closed windows)."""
+REPURCHASE_STAGE_ACQUISITION: RepurchaseStage.ValueType  # 1
+"""Under 15 %: 获客模式, win new customers."""
+REPURCHASE_STAGE_HYBRID: RepurchaseStage.ValueType  # 2
+"""15 % to under 30 %: 混合模式, balance acquisition and retention."""
+REPURCHASE_STAGE_LOYALTY: RepurchaseStage.ValueType  # 3
+"""30 % and above: 忠诚模式, invest in repeat purchase."""
+Global___RepurchaseStage: _TypeAlias = RepurchaseStage  # noqa: Y015
+
+class _CohortGrain:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CohortGrainEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CohortGrain.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COHORT_GRAIN_UNSPECIFIED: _CohortGrain.ValueType  # 0
+    COHORT_GRAIN_WEEK: _CohortGrain.ValueType  # 1
+    """ISO weeks, Monday first."""
+    COHORT_GRAIN_MONTH: _CohortGrain.ValueType  # 2
+    """Calendar months."""
+
+class CohortGrain(_CohortGrain, metaclass=_CohortGrainEnumTypeWrapper):
+    """CohortGrain is the length of a cohort period."""
+
+COHORT_GRAIN_UNSPECIFIED: CohortGrain.ValueType  # 0
+COHORT_GRAIN_WEEK: CohortGrain.ValueType  # 1
+"""ISO weeks, Monday first."""
+COHORT_GRAIN_MONTH: CohortGrain.ValueType  # 2
+"""Calendar months."""
+Global___CohortGrain: _TypeAlias = CohortGrain  # noqa: Y015
+
+@_typing.final
+class RateValue(_message.Message):
+    """RateValue is a proportion with its parts; a rate over an empty set is
+    undefined (value absent), never 0.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMERATOR_FIELD_NUMBER: _builtins.int
+    DENOMINATOR_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    numerator: _builtins.int
+    """Count that meets the condition."""
+    denominator: _builtins.int
+    """Count of the whole set."""
+    value: _builtins.float
+    """numerator / denominator; absent when the denominator is 0."""
+    def __init__(
+        self,
+        *,
+        numerator: _builtins.int = ...,
+        denominator: _builtins.int = ...,
+        value: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "denominator", b"denominator", "numerator", b"numerator", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
+    _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
+
+Global___RateValue: _TypeAlias = RateValue  # noqa: Y015
+
+@_typing.final
+class GetRepurchaseRateRequest(_message.Message):
+    """GetRepurchaseRateRequest names a period of shop-local days (inclusive)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_START_FIELD_NUMBER: _builtins.int
+    PERIOD_END_FIELD_NUMBER: _builtins.int
+    BASIS_FIELD_NUMBER: _builtins.int
+    COUNT_HISTORY_FIELD_NUMBER: _builtins.int
+    INCLUDE_REFUNDED_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    basis: Global___RepurchaseBasis.ValueType
+    """Customers or orders."""
+    count_history: _builtins.bool
+    """Count orders before the period as history (see the RPC comment)."""
+    include_refunded: _builtins.bool
+    """Also count fully refunded orders."""
+    @_builtins.property
+    def period_start(self) -> _common_pb2.Date:
+        """First day of the period."""
+
+    @_builtins.property
+    def period_end(self) -> _common_pb2.Date:
+        """Last day of the period (inclusive), at most 3 years after the start."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        period_start: _common_pb2.Date | None = ...,
+        period_end: _common_pb2.Date | None = ...,
+        basis: Global___RepurchaseBasis.ValueType = ...,
+        count_history: _builtins.bool = ...,
+        include_refunded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "count_history", b"count_history", "include_refunded", b"include_refunded", "period_end", b"period_end", "period_start", b"period_start", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRepurchaseRateRequest: _TypeAlias = GetRepurchaseRateRequest  # noqa: Y015
+
+@_typing.final
+class GetRepurchaseRateResponse(_message.Message):
+    """GetRepurchaseRateResponse carries the rate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rate(self) -> Global___RateValue:
+        """The rate and its parts."""
+
+    def __init__(
+        self,
+        *,
+        rate: Global___RateValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRepurchaseRateResponse: _TypeAlias = GetRepurchaseRateResponse  # noqa: Y015
+
+@_typing.final
+class GetRepurchaseStageRequest(_message.Message):
+    """GetRepurchaseStageRequest names the cohort period and the as-of day."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    COHORT_START_FIELD_NUMBER: _builtins.int
+    COHORT_END_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    @_builtins.property
+    def cohort_start(self) -> _common_pb2.Date:
+        """First day of the cohort period (first-ever orders on or after it)."""
+
+    @_builtins.property
+    def cohort_end(self) -> _common_pb2.Date:
+        """Last day of the cohort period (inclusive)."""
+
+    @_builtins.property
+    def as_of(self) -> _common_pb2.Date:
+        """The day the windows are judged on; unset = today in the shop's zone."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        cohort_start: _common_pb2.Date | None = ...,
+        cohort_end: _common_pb2.Date | None = ...,
+        as_of: _common_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "cohort_end", b"cohort_end", "cohort_start", b"cohort_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "cohort_end", b"cohort_end", "cohort_start", b"cohort_start", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRepurchaseStageRequest: _TypeAlias = GetRepurchaseStageRequest  # noqa: Y015
+
+@_typing.final
+class GetRepurchaseStageResponse(_message.Message):
+    """GetRepurchaseStageResponse carries the rate, the stage and what was left out."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    WINDOW_OPEN_FIELD_NUMBER: _builtins.int
+    stage: Global___RepurchaseStage.ValueType
+    """The stage; UNSPECIFIED when the rate is undefined."""
+    window_open: _builtins.int
+    """Cohort customers left out because their window is still open on as_of."""
+    @_builtins.property
+    def rate(self) -> Global___RateValue:
+        """Repeat buyers / cohort customers whose 90-day window has closed."""
+
+    def __init__(
+        self,
+        *,
+        rate: Global___RateValue | None = ...,
+        stage: Global___RepurchaseStage.ValueType = ...,
+        window_open: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate", "stage", b"stage", "window_open", b"window_open"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRepurchaseStageResponse: _TypeAlias = GetRepurchaseStageResponse  # noqa: Y015
+
+@_typing.final
+class GetCohortRetentionRequest(_message.Message):
+    """GetCohortRetentionRequest chooses the grain and the as-of day."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    GRAIN_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    grain: Global___CohortGrain.ValueType
+    """Week or month cohorts."""
+    @_builtins.property
+    def as_of(self) -> _common_pb2.Date:
+        """Orders after this day are ignored; unset = today in the shop's zone."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        grain: Global___CohortGrain.ValueType = ...,
+        as_of: _common_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "grain", b"grain", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCohortRetentionRequest: _TypeAlias = GetCohortRetentionRequest  # noqa: Y015
+
+@_typing.final
+class CohortRow(_message.Message):
+    """CohortRow is one cohort's line of the matrix."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COHORT_START_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    size: _builtins.int
+    """Customers whose first order falls in it."""
+    @_builtins.property
+    def cohort_start(self) -> _common_pb2.Date:
+        """First day of the cohort's week or month."""
+
+    @_builtins.property
+    def active(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """active[k]: of them, customers with an order k periods later (active[0] = size)."""
+
+    def __init__(
+        self,
+        *,
+        cohort_start: _common_pb2.Date | None = ...,
+        size: _builtins.int = ...,
+        active: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cohort_start", b"cohort_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "cohort_start", b"cohort_start", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CohortRow: _TypeAlias = CohortRow  # noqa: Y015
+
+@_typing.final
+class GetCohortRetentionResponse(_message.Message):
+    """GetCohortRetentionResponse is the matrix, oldest cohort first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROWS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___CohortRow]:
+        """One row per cohort; newer cohorts have shorter rows."""
+
+    def __init__(
+        self,
+        *,
+        rows: _abc.Iterable[Global___CohortRow] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCohortRetentionResponse: _TypeAlias = GetCohortRetentionResponse  # noqa: Y015
+
+@_typing.final
+class GetChurnRateRequest(_message.Message):
+    """GetChurnRateRequest names two periods of shop-local days (inclusive)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    BEFORE_START_FIELD_NUMBER: _builtins.int
+    BEFORE_END_FIELD_NUMBER: _builtins.int
+    AFTER_START_FIELD_NUMBER: _builtins.int
+    AFTER_END_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    @_builtins.property
+    def before_start(self) -> _common_pb2.Date:
+        """First day of the earlier period."""
+
+    @_builtins.property
+    def before_end(self) -> _common_pb2.Date:
+        """Last day of the earlier period."""
+
+    @_builtins.property
+    def after_start(self) -> _common_pb2.Date:
+        """First day of the later period."""
+
+    @_builtins.property
+    def after_end(self) -> _common_pb2.Date:
+        """Last day of the later period."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        before_start: _common_pb2.Date | None = ...,
+        before_end: _common_pb2.Date | None = ...,
+        after_start: _common_pb2.Date | None = ...,
+        after_end: _common_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["after_end", b"after_end", "after_start", b"after_start", "before_end", b"before_end", "before_start", b"before_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_end", b"after_end", "after_start", b"after_start", "before_end", b"before_end", "before_start", b"before_start", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetChurnRateRequest: _TypeAlias = GetChurnRateRequest  # noqa: Y015
+
+@_typing.final
+class GetChurnRateResponse(_message.Message):
+    """GetChurnRateResponse carries the churn rate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rate(self) -> Global___RateValue:
+        """Churned / active in the earlier period."""
+
+    def __init__(
+        self,
+        *,
+        rate: Global___RateValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetChurnRateResponse: _TypeAlias = GetChurnRateResponse  # noqa: Y015
 
 @_typing.final
 class RecordOrdersRequest(_message.Message):

@@ -47,6 +47,26 @@ class MetricsServiceStub:
                 request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCustomerSummaryRequest.SerializeToString,
                 response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCustomerSummaryResponse.FromString,
                 _registered_method=True)
+        self.GetRepurchaseRate = channel.unary_unary(
+                '/loyalty.metrics.v1.MetricsService/GetRepurchaseRate',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetRepurchaseRateRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetRepurchaseRateResponse.FromString,
+                _registered_method=True)
+        self.GetRepurchaseStage = channel.unary_unary(
+                '/loyalty.metrics.v1.MetricsService/GetRepurchaseStage',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetRepurchaseStageRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetRepurchaseStageResponse.FromString,
+                _registered_method=True)
+        self.GetCohortRetention = channel.unary_unary(
+                '/loyalty.metrics.v1.MetricsService/GetCohortRetention',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCohortRetentionRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCohortRetentionResponse.FromString,
+                _registered_method=True)
+        self.GetChurnRate = channel.unary_unary(
+                '/loyalty.metrics.v1.MetricsService/GetChurnRate',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateResponse.FromString,
+                _registered_method=True)
 
 
 class MetricsServiceServicer:
@@ -70,6 +90,48 @@ class MetricsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRepurchaseRate(self, request, context):
+        """Repurchase rate (复购率) of a period, by customer or by order.
+
+        By customer: customers with >= 2 orders in the period / customers with >= 1.
+        By order: orders that are not their customer's first order in the period /
+        orders in the period. With count_history, a customer who ordered before the
+        period counts as repurchasing on their first order in it.
+        Example: A orders twice in January, B once in December and once in
+        January, D once in January. By customer 1/3 (with history 2/3); by order
+        1/4 (with history 2/4).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRepurchaseStage(self, request, context):
+        """90-day repurchase rate of a cohort of first-time buyers and its stage
+        (Hillstrom): of customers whose first-ever order falls in the cohort
+        period and whose 90-day window has closed by as_of, the share who buy
+        again on a later day within 90 days. Under 15 % acquisition (获客模式),
+        15-30 % hybrid (混合模式), 30 % and above loyalty (忠诚模式).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCohortRetention(self, request, context):
+        """Cohort retention matrix: cohorts by first-order week (ISO, Monday) or
+        month; for each, how many of its customers ordered k periods later.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChurnRate(self, request, context):
+        """Churn between two periods: customers active in the first with no order
+        in the second / customers active in the first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetricsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -82,6 +144,26 @@ def add_MetricsServiceServicer_to_server(servicer, server):
                     servicer.GetCustomerSummary,
                     request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCustomerSummaryRequest.FromString,
                     response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCustomerSummaryResponse.SerializeToString,
+            ),
+            'GetRepurchaseRate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRepurchaseRate,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetRepurchaseRateRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetRepurchaseRateResponse.SerializeToString,
+            ),
+            'GetRepurchaseStage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRepurchaseStage,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetRepurchaseStageRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetRepurchaseStageResponse.SerializeToString,
+            ),
+            'GetCohortRetention': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCohortRetention,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCohortRetentionRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCohortRetentionResponse.SerializeToString,
+            ),
+            'GetChurnRate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChurnRate,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -141,6 +223,114 @@ class MetricsService:
             '/loyalty.metrics.v1.MetricsService/GetCustomerSummary',
             loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCustomerSummaryRequest.SerializeToString,
             loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCustomerSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRepurchaseRate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/GetRepurchaseRate',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetRepurchaseRateRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetRepurchaseRateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRepurchaseStage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/GetRepurchaseStage',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetRepurchaseStageRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetRepurchaseStageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCohortRetention(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/GetCohortRetention',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCohortRetentionRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCohortRetentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChurnRate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/GetChurnRate',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,32 @@ class MetricsServiceStub:
     """
     GetCustomerSummary: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetCustomerSummaryRequest, _metrics_pb2.GetCustomerSummaryResponse]
     """One customer's purchase summary, kept incrementally on ingest."""
+    GetRepurchaseRate: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetRepurchaseRateRequest, _metrics_pb2.GetRepurchaseRateResponse]
+    """Repurchase rate (复购率) of a period, by customer or by order.
+
+    By customer: customers with >= 2 orders in the period / customers with >= 1.
+    By order: orders that are not their customer's first order in the period /
+    orders in the period. With count_history, a customer who ordered before the
+    period counts as repurchasing on their first order in it.
+    Example: A orders twice in January, B once in December and once in
+    January, D once in January. By customer 1/3 (with history 2/3); by order
+    1/4 (with history 2/4).
+    """
+    GetRepurchaseStage: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetRepurchaseStageRequest, _metrics_pb2.GetRepurchaseStageResponse]
+    """90-day repurchase rate of a cohort of first-time buyers and its stage
+    (Hillstrom): of customers whose first-ever order falls in the cohort
+    period and whose 90-day window has closed by as_of, the share who buy
+    again on a later day within 90 days. Under 15 % acquisition (获客模式),
+    15-30 % hybrid (混合模式), 30 % and above loyalty (忠诚模式).
+    """
+    GetCohortRetention: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetCohortRetentionRequest, _metrics_pb2.GetCohortRetentionResponse]
+    """Cohort retention matrix: cohorts by first-order week (ISO, Monday) or
+    month; for each, how many of its customers ordered k periods later.
+    """
+    GetChurnRate: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetChurnRateRequest, _metrics_pb2.GetChurnRateResponse]
+    """Churn between two periods: customers active in the first with no order
+    in the second / customers active in the first.
+    """
 
 @_typing.type_check_only
 class MetricsServiceAsyncStub(MetricsServiceStub):
@@ -57,6 +83,32 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
     """
     GetCustomerSummary: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetCustomerSummaryRequest, _metrics_pb2.GetCustomerSummaryResponse]  # type: ignore[assignment]
     """One customer's purchase summary, kept incrementally on ingest."""
+    GetRepurchaseRate: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetRepurchaseRateRequest, _metrics_pb2.GetRepurchaseRateResponse]  # type: ignore[assignment]
+    """Repurchase rate (复购率) of a period, by customer or by order.
+
+    By customer: customers with >= 2 orders in the period / customers with >= 1.
+    By order: orders that are not their customer's first order in the period /
+    orders in the period. With count_history, a customer who ordered before the
+    period counts as repurchasing on their first order in it.
+    Example: A orders twice in January, B once in December and once in
+    January, D once in January. By customer 1/3 (with history 2/3); by order
+    1/4 (with history 2/4).
+    """
+    GetRepurchaseStage: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetRepurchaseStageRequest, _metrics_pb2.GetRepurchaseStageResponse]  # type: ignore[assignment]
+    """90-day repurchase rate of a cohort of first-time buyers and its stage
+    (Hillstrom): of customers whose first-ever order falls in the cohort
+    period and whose 90-day window has closed by as_of, the share who buy
+    again on a later day within 90 days. Under 15 % acquisition (获客模式),
+    15-30 % hybrid (混合模式), 30 % and above loyalty (忠诚模式).
+    """
+    GetCohortRetention: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetCohortRetentionRequest, _metrics_pb2.GetCohortRetentionResponse]  # type: ignore[assignment]
+    """Cohort retention matrix: cohorts by first-order week (ISO, Monday) or
+    month; for each, how many of its customers ordered k periods later.
+    """
+    GetChurnRate: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetChurnRateRequest, _metrics_pb2.GetChurnRateResponse]  # type: ignore[assignment]
+    """Churn between two periods: customers active in the first with no order
+    in the second / customers active in the first.
+    """
 
 class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
     """MetricsService ingests orders and answers repurchase, retention and value
@@ -81,5 +133,55 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_metrics_pb2.GetCustomerSummaryResponse, _abc.Awaitable[_metrics_pb2.GetCustomerSummaryResponse]]:
         """One customer's purchase summary, kept incrementally on ingest."""
+
+    @_abc_1.abstractmethod
+    def GetRepurchaseRate(
+        self,
+        request: _metrics_pb2.GetRepurchaseRateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.GetRepurchaseRateResponse, _abc.Awaitable[_metrics_pb2.GetRepurchaseRateResponse]]:
+        """Repurchase rate (复购率) of a period, by customer or by order.
+
+        By customer: customers with >= 2 orders in the period / customers with >= 1.
+        By order: orders that are not their customer's first order in the period /
+        orders in the period. With count_history, a customer who ordered before the
+        period counts as repurchasing on their first order in it.
+        Example: A orders twice in January, B once in December and once in
+        January, D once in January. By customer 1/3 (with history 2/3); by order
+        1/4 (with history 2/4).
+        """
+
+    @_abc_1.abstractmethod
+    def GetRepurchaseStage(
+        self,
+        request: _metrics_pb2.GetRepurchaseStageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.GetRepurchaseStageResponse, _abc.Awaitable[_metrics_pb2.GetRepurchaseStageResponse]]:
+        """90-day repurchase rate of a cohort of first-time buyers and its stage
+        (Hillstrom): of customers whose first-ever order falls in the cohort
+        period and whose 90-day window has closed by as_of, the share who buy
+        again on a later day within 90 days. Under 15 % acquisition (获客模式),
+        15-30 % hybrid (混合模式), 30 % and above loyalty (忠诚模式).
+        """
+
+    @_abc_1.abstractmethod
+    def GetCohortRetention(
+        self,
+        request: _metrics_pb2.GetCohortRetentionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.GetCohortRetentionResponse, _abc.Awaitable[_metrics_pb2.GetCohortRetentionResponse]]:
+        """Cohort retention matrix: cohorts by first-order week (ISO, Monday) or
+        month; for each, how many of its customers ordered k periods later.
+        """
+
+    @_abc_1.abstractmethod
+    def GetChurnRate(
+        self,
+        request: _metrics_pb2.GetChurnRateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.GetChurnRateResponse, _abc.Awaitable[_metrics_pb2.GetChurnRateResponse]]:
+        """Churn between two periods: customers active in the first with no order
+        in the second / customers active in the first.
+        """
 
 def add_MetricsServiceServicer_to_server(servicer: MetricsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
