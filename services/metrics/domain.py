@@ -16,6 +16,12 @@ class OrderFact:
     paid_at: datetime
     local_date: date
     amount_minor: int
+    refunded_minor: int = 0
+
+    @property
+    def counts(self) -> bool:
+        """A fully refunded order leaves the customer's summary."""
+        return not (self.amount_minor > 0 and self.refunded_minor >= self.amount_minor)
 
 
 @dataclass(frozen=True)
@@ -29,15 +35,18 @@ class Summary:
 
 
 def summarize(customer_id: str, orders: Iterable[OrderFact]) -> Summary | None:
-    """A customer's summary; purchase days count shop-local calendar days, so same-day orders count once."""
-    facts = list(orders)
+    """A customer's summary over orders that count, with amounts net of refunds.
+
+    Purchase days are shop-local calendar days, so same-day orders count once.
+    """
+    facts = [f for f in orders if f.counts]
     if not facts:
         return None
     return Summary(
         customer_id=customer_id,
         order_count=len(facts),
         purchase_days=len({f.local_date for f in facts}),
-        total_minor=sum(f.amount_minor for f in facts),
+        total_minor=sum(f.amount_minor - min(f.refunded_minor, f.amount_minor) for f in facts),
         first_order_at=min(f.paid_at for f in facts),
         last_order_at=max(f.paid_at for f in facts),
     )

@@ -34,9 +34,22 @@ class Order(Base):
     paid_at: Mapped[datetime] = mapped_column(UtcDateTime)
     local_date: Mapped[date] = mapped_column(Date)
     amount_minor: Mapped[int] = mapped_column(BigInteger)
+    refunded_minor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     channel: Mapped[str] = mapped_column(String(32))
     source: Mapped[int] = mapped_column(Integer)
     fingerprint: Mapped[str] = mapped_column(String(64))
+
+
+class Refund(Base):
+    """One refund; an order's `refunded_minor` is the sum of its refunds."""
+
+    __tablename__ = "refunds"
+
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    refund_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(64))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    refunded_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class CustomerSummary(Base):

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from datetime import date
+from functools import partial
 
 import grpc
 from google.protobuf.message import Message
+from loyalty.common.v1 import common_pb2
 from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from sqlalchemy.orm import Session
 
 from services.common.clock import local_date
-from services.common.convert import from_date, to_date, to_money, to_timestamp
+from services.common.convert import from_date, from_timestamp, to_date, to_money, to_timestamp
 from services.common.errors import NotFound, Violations
 from services.common.idempotency import run_idempotent
 from services.common.orders import PaidOrder, parse_order
 from services.common.server import ServiceContext
-from services.common.validation import check_id
+from services.common.validation import check_amount, check_currency, check_id, check_instant
 from services.metrics import store
 from services.metrics.definitions import (
     Grain,
@@ -42,26 +45,65 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
     def RecordOrders(
         self, request: metrics_pb2.RecordOrdersRequest, context: grpc.ServicerContext
     ) -> metrics_pb2.RecordOrdersResponse:
+        parsed = parse_orders(request.orders)
+        return run_idempotent(
+            self.ctx.db,
+            request,
+            metrics_pb2.RecordOrdersResponse,
+            lambda session: self._record(session, request.shop_id, parsed),
+            clock=self.ctx.clock,
+        )
+
+    def _record(self, session: Session, shop_id: str, orders: list[PaidOrder]) -> metrics_pb2.RecordOrdersResponse:
+        counts = store.record_orders(
+            session, shop_id=shop_id, orders=orders, default_zone=self.ctx.settings.default_time_zone
+        )
+        return metrics_pb2.RecordOrdersResponse(
+            inserted=counts[Outcome.INSERTED], duplicates=counts[Outcome.DUPLICATE], corrected=counts[Outcome.CORRECTED]
+        )
+
+    def StreamOrders(
+        self, request_iterator: Iterator[metrics_pb2.StreamOrdersRequest], context: grpc.ServicerContext
+    ) -> metrics_pb2.StreamOrdersResponse:
+        totals = metrics_pb2.StreamOrdersResponse()
+        for chunk in request_iterator:
+            apply = partial(self._record, shop_id=chunk.shop_id, orders=parse_orders(chunk.orders))
+            done = run_idempotent(self.ctx.db, chunk, metrics_pb2.RecordOrdersResponse, apply, clock=self.ctx.clock)
+            totals.chunks += 1
+            totals.inserted += done.inserted
+            totals.duplicates += done.duplicates
+            totals.corrected += done.corrected
+        return totals
+
+    def RecordRefunds(
+        self, request: metrics_pb2.RecordRefundsRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.RecordRefundsResponse:
         v = Violations()
-        v.check(0 < len(request.orders) <= MAX_BATCH, "orders", f"must hold 1..{MAX_BATCH} orders")
-        parsed: list[PaidOrder] = []
-        for i, order in enumerate(request.orders[:MAX_BATCH]):
-            result = parse_order(v, order, f"orders[{i}]")
-            if result is not None:
-                parsed.append(result)
+        v.check(0 < len(request.refunds) <= MAX_BATCH, "refunds", f"must hold 1..{MAX_BATCH} refunds")
+        refunds: list[store.RefundFact] = []
+        for i, refund in enumerate(request.refunds[:MAX_BATCH]):
+            path = f"refunds[{i}]"
+            check_id(v, refund.refund_id, f"{path}.refund_id")
+            check_id(v, refund.order_id, f"{path}.order_id")
+            check_amount(v, refund.amount.amount_minor, f"{path}.amount.amount_minor", allow_zero=False)
+            check_currency(v, refund.amount.currency, f"{path}.amount.currency")
+            at = from_timestamp(v, refund.refunded_at, f"{path}.refunded_at", present=refund.HasField("refunded_at"))
+            if at is not None:
+                check_instant(v, at, f"{path}.refunded_at")
+                refunds.append(
+                    store.RefundFact(
+                        refund.refund_id, refund.order_id, refund.amount.amount_minor, refund.amount.currency, at
+                    )
+                )
+        ids = [r.refund_id for r in request.refunds]
+        v.check(len(set(ids)) == len(ids), "refunds", "a refund_id appears twice in the batch")
         v.raise_if_any()
 
-        def apply(session: Session) -> metrics_pb2.RecordOrdersResponse:
-            counts = store.record_orders(
-                session, shop_id=request.shop_id, orders=parsed, default_zone=self.ctx.settings.default_time_zone
-            )
-            return metrics_pb2.RecordOrdersResponse(
-                inserted=counts[Outcome.INSERTED],
-                duplicates=counts[Outcome.DUPLICATE],
-                corrected=counts[Outcome.CORRECTED],
-            )
+        def apply(session: Session) -> metrics_pb2.RecordRefundsResponse:
+            counts = store.record_refunds(session, shop_id=request.shop_id, refunds=refunds)
+            return metrics_pb2.RecordRefundsResponse(applied=counts["applied"], duplicates=counts["duplicate"])
 
-        return run_idempotent(self.ctx.db, request, metrics_pb2.RecordOrdersResponse, apply, clock=self.ctx.clock)
+        return run_idempotent(self.ctx.db, request, metrics_pb2.RecordRefundsResponse, apply, clock=self.ctx.clock)
 
     def GetCustomerSummary(
         self, request: metrics_pb2.GetCustomerSummaryRequest, context: grpc.ServicerContext
@@ -155,6 +197,19 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         assert after is not None
         rate = churn_rate(self._purchases(request.shop_id, after.end), before, after)
         return metrics_pb2.GetChurnRateResponse(rate=rate_proto(rate))
+
+
+def parse_orders(orders: Sequence[common_pb2.Order]) -> list[PaidOrder]:
+    """1..MAX_BATCH valid orders, or INVALID_ARGUMENT naming every bad field."""
+    v = Violations()
+    v.check(0 < len(orders) <= MAX_BATCH, "orders", f"must hold 1..{MAX_BATCH} orders")
+    parsed: list[PaidOrder] = []
+    for i, order in enumerate(orders[:MAX_BATCH]):
+        result = parse_order(v, order, f"orders[{i}]")
+        if result is not None:
+            parsed.append(result)
+    v.raise_if_any()
+    return parsed
 
 
 BASES = {

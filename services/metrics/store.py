@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date
+from dataclasses import dataclass
+from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import delete, select
@@ -11,11 +12,11 @@ from sqlalchemy.orm import Session
 
 from services.common.clock import local_date
 from services.common.db import insert_ignoring_conflicts, lock_keys
-from services.common.errors import FailedPrecondition
+from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.common.orders import PaidOrder
 from services.metrics import domain
 from services.metrics.definitions import Purchase
-from services.metrics.models import CustomerSummary, Order, Shop
+from services.metrics.models import CustomerSummary, Order, Refund, Shop
 
 
 class CurrencyMismatch(FailedPrecondition):
@@ -89,12 +90,12 @@ def refresh_summaries(session: Session, *, shop_id: str, customer_ids: list[str]
         return
     facts: dict[str, list[domain.OrderFact]] = {c: [] for c in customer_ids}
     rows = session.execute(
-        select(Order.customer_id, Order.paid_at, Order.local_date, Order.amount_minor).where(
+        select(Order.customer_id, Order.paid_at, Order.local_date, Order.amount_minor, Order.refunded_minor).where(
             Order.shop_id == shop_id, Order.customer_id.in_(customer_ids)
         )
     )
-    for customer_id, paid_at, day, amount in rows:
-        facts[customer_id].append(domain.OrderFact(customer_id, paid_at, day, amount))
+    for customer_id, paid_at, day, amount, refunded in rows:
+        facts[customer_id].append(domain.OrderFact(customer_id, paid_at, day, amount, refunded))
     session.execute(
         delete(CustomerSummary).where(CustomerSummary.shop_id == shop_id, CustomerSummary.customer_id.in_(customer_ids))
     )
@@ -134,8 +135,95 @@ def load_purchases(session: Session, *, shop_id: str, until: date) -> list[Purch
     fast path of the metrics issue is checked against.
     """
     rows = session.execute(
-        select(Order.order_id, Order.customer_id, Order.local_date, Order.amount_minor).where(
+        select(Order.order_id, Order.customer_id, Order.local_date, Order.amount_minor, Order.refunded_minor).where(
             Order.shop_id == shop_id, Order.local_date <= until
         )
     )
-    return [Purchase(order_id, customer_id, day, amount) for order_id, customer_id, day, amount in rows]
+    return [Purchase(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class RefundFact:
+    refund_id: str
+    order_id: str
+    amount_minor: int
+    currency: str
+    refunded_at: datetime
+
+
+class RefundExceedsPayment(FailedPrecondition):
+    reason = "REFUND_EXCEEDS_PAYMENT"
+
+
+def record_refunds(session: Session, *, shop_id: str, refunds: list[RefundFact]) -> Counter[str]:
+    """Applies new refunds (once per refund_id) and refreshes the customers they touch."""
+    outcomes: Counter[str] = Counter()
+    order_ids = sorted({r.order_id for r in refunds})
+    # Lock the customers first (as record_orders does), then the orders themselves.
+    customers = set(
+        session.scalars(select(Order.customer_id).where(Order.shop_id == shop_id, Order.order_id.in_(order_ids)))
+    )
+    lock_keys(session, f"summary:{shop_id}", sorted(customers))
+    orders = {
+        o.order_id: o
+        for o in session.scalars(
+            select(Order).where(Order.shop_id == shop_id, Order.order_id.in_(order_ids)).with_for_update()
+        )
+    }
+    missing = [i for i in order_ids if i not in orders]
+    if missing:
+        raise NotFound(
+            f"refunds name unrecorded orders: {', '.join(missing[:10])}",
+            reason="ORDER_NOT_FOUND",
+            metadata={"order_ids": ",".join(missing[:10])},
+        )
+    lock_keys(session, f"summary:{shop_id}", sorted({o.customer_id for o in orders.values()} - customers))
+    shop = session.get(Shop, shop_id)
+    known = {
+        r.refund_id: r
+        for r in session.scalars(
+            select(Refund).where(Refund.shop_id == shop_id, Refund.refund_id.in_([r.refund_id for r in refunds]))
+        )
+    }
+    for refund in refunds:
+        if shop is not None and refund.currency != shop.currency:
+            raise CurrencyMismatch(
+                f"shop {shop_id} records orders in {shop.currency}; got {refund.currency}",
+                metadata={"shop_currency": shop.currency, "refund_currency": refund.currency},
+            )
+        existing = known.get(refund.refund_id)
+        if existing is not None:
+            same = (existing.order_id, existing.amount_minor, existing.refunded_at) == (
+                refund.order_id,
+                refund.amount_minor,
+                refund.refunded_at,
+            )
+            if not same:
+                raise AlreadyExists(
+                    f"refund_id {refund.refund_id!r} was recorded with other details",
+                    reason="REFUND_ID_REUSED",
+                    metadata={"refund_id": refund.refund_id},
+                )
+            outcomes["duplicate"] += 1
+            continue
+        order = orders[refund.order_id]
+        if order.refunded_minor + refund.amount_minor > order.amount_minor:
+            raise RefundExceedsPayment(
+                f"order {order.order_id} was paid {order.amount_minor}, already refunded {order.refunded_minor}; "
+                f"refund {refund.refund_id} of {refund.amount_minor} would exceed it",
+                metadata={"order_id": order.order_id, "refundable": str(order.amount_minor - order.refunded_minor)},
+            )
+        order.refunded_minor += refund.amount_minor
+        row = Refund(
+            shop_id=shop_id,
+            refund_id=refund.refund_id,
+            order_id=refund.order_id,
+            amount_minor=refund.amount_minor,
+            refunded_at=refund.refunded_at,
+        )
+        session.add(row)
+        known[refund.refund_id] = row
+        outcomes["applied"] += 1
+    session.flush()
+    refresh_summaries(session, shop_id=shop_id, customer_ids=sorted({o.customer_id for o in orders.values()}))
+    return outcomes

@@ -40,3 +40,15 @@ def test_classify_order() -> None:
     assert classify_order(None, "x") is Outcome.INSERTED
     assert classify_order("x", "x") is Outcome.DUPLICATE
     assert classify_order("x", "y") is Outcome.CORRECTED
+
+
+def test_refunds_net_the_total_and_full_refunds_leave_the_summary() -> None:
+    day = datetime(2026, 5, 1, 4, tzinfo=UTC)
+    orders = [
+        OrderFact("c", day, date(2026, 5, 1), 1000, refunded_minor=250),
+        OrderFact("c", day, date(2026, 5, 2), 400, refunded_minor=400),
+    ]
+    s = summarize("c", orders)
+    assert s is not None
+    assert (s.order_count, s.purchase_days, s.total_minor) == (1, 1, 750)
+    assert summarize("c", orders[1:]) is None

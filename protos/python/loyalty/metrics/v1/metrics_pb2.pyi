@@ -492,6 +492,168 @@ class RecordOrdersResponse(_message.Message):
 Global___RecordOrdersResponse: _TypeAlias = RecordOrdersResponse  # noqa: Y015
 
 @_typing.final
+class StreamOrdersRequest(_message.Message):
+    """StreamOrdersRequest is one chunk of a bulk load."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ORDERS_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant; the same in every chunk of a stream."""
+    request_id: _builtins.str
+    """Idempotency key of this chunk (AIP-155)."""
+    @_builtins.property
+    def orders(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Order]:
+        """At most 1,000 orders."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        orders: _abc.Iterable[_common_pb2.Order] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["orders", b"orders", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamOrdersRequest: _TypeAlias = StreamOrdersRequest  # noqa: Y015
+
+@_typing.final
+class StreamOrdersResponse(_message.Message):
+    """StreamOrdersResponse totals the whole stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    INSERTED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    CORRECTED_FIELD_NUMBER: _builtins.int
+    chunks: _builtins.int
+    """Chunks committed."""
+    inserted: _builtins.int
+    """Orders seen for the first time."""
+    duplicates: _builtins.int
+    """Orders already recorded with the same payload."""
+    corrected: _builtins.int
+    """Orders already recorded with another payload, now replaced."""
+    def __init__(
+        self,
+        *,
+        chunks: _builtins.int = ...,
+        inserted: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+        corrected: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunks", b"chunks", "corrected", b"corrected", "duplicates", b"duplicates", "inserted", b"inserted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamOrdersResponse: _TypeAlias = StreamOrdersResponse  # noqa: Y015
+
+@_typing.final
+class Refund(_message.Message):
+    """Refund is money returned on one order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUND_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REFUNDED_AT_FIELD_NUMBER: _builtins.int
+    refund_id: _builtins.str
+    """Shop-unique refund id; the idempotency key of this refund."""
+    order_id: _builtins.str
+    """The refunded order, which must be recorded already."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """Amount refunded, in the order's currency; more than 0."""
+
+    @_builtins.property
+    def refunded_at(self) -> _timestamp_pb2.Timestamp:
+        """When the refund happened."""
+
+    def __init__(
+        self,
+        *,
+        refund_id: _builtins.str = ...,
+        order_id: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        refunded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "refunded_at", b"refunded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "order_id", b"order_id", "refund_id", b"refund_id", "refunded_at", b"refunded_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Refund: _TypeAlias = Refund  # noqa: Y015
+
+@_typing.final
+class RecordRefundsRequest(_message.Message):
+    """RecordRefundsRequest carries at most 1,000 refunds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REFUNDS_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key of the batch (AIP-155)."""
+    @_builtins.property
+    def refunds(self) -> _containers.RepeatedCompositeFieldContainer[Global___Refund]:
+        """The refunds."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        refunds: _abc.Iterable[Global___Refund] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refunds", b"refunds", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordRefundsRequest: _TypeAlias = RecordRefundsRequest  # noqa: Y015
+
+@_typing.final
+class RecordRefundsResponse(_message.Message):
+    """RecordRefundsResponse counts what happened."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    applied: _builtins.int
+    """Refunds recorded now."""
+    duplicates: _builtins.int
+    """Refunds already recorded with the same payload."""
+    def __init__(
+        self,
+        *,
+        applied: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "duplicates", b"duplicates"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordRefundsResponse: _TypeAlias = RecordRefundsResponse  # noqa: Y015
+
+@_typing.final
 class CustomerSummary(_message.Message):
     """CustomerSummary is what the shop knows of one customer's purchases."""
 
@@ -511,7 +673,9 @@ class CustomerSummary(_message.Message):
     """Distinct shop-local days with at least one order (active days)."""
     @_builtins.property
     def total_paid(self) -> _common_pb2.Money:
-        """Sum of paid amounts."""
+        """Sum of paid amounts net of refunds; fully refunded orders are left out of
+        every field of the summary.
+        """
 
     @_builtins.property
     def first_order_at(self) -> _timestamp_pb2.Timestamp:

@@ -42,6 +42,16 @@ class MetricsServiceStub:
                 request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordOrdersRequest.SerializeToString,
                 response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordOrdersResponse.FromString,
                 _registered_method=True)
+        self.StreamOrders = channel.stream_unary(
+                '/loyalty.metrics.v1.MetricsService/StreamOrders',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamOrdersRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamOrdersResponse.FromString,
+                _registered_method=True)
+        self.RecordRefunds = channel.unary_unary(
+                '/loyalty.metrics.v1.MetricsService/RecordRefunds',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordRefundsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordRefundsResponse.FromString,
+                _registered_method=True)
         self.GetCustomerSummary = channel.unary_unary(
                 '/loyalty.metrics.v1.MetricsService/GetCustomerSummary',
                 request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCustomerSummaryRequest.SerializeToString,
@@ -78,6 +88,25 @@ class MetricsServiceServicer:
     def RecordOrders(self, request, context):
         """Ingests a batch of paid orders. Idempotent per (shop, order_id): the same
         payload again counts as a duplicate; a changed payload is a correction.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamOrders(self, request_iterator, context):
+        """Bulk ingestion: a client stream of chunks of at most 1,000 orders, each
+        chunk committed on its own and idempotent by its request_id and by order
+        id, so a broken stream is resumed by sending it again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordRefunds(self, request, context):
+        """Full and partial refunds, idempotent per refund_id. Refunds of one order
+        may not exceed what was paid. A fully refunded order leaves every metric
+        (unless a request asks to include refunded orders); a partial refund
+        lowers net revenue.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,6 +169,16 @@ def add_MetricsServiceServicer_to_server(servicer, server):
                     request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordOrdersRequest.FromString,
                     response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordOrdersResponse.SerializeToString,
             ),
+            'StreamOrders': grpc.stream_unary_rpc_method_handler(
+                    servicer.StreamOrders,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamOrdersRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamOrdersResponse.SerializeToString,
+            ),
+            'RecordRefunds': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordRefunds,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordRefundsRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordRefundsResponse.SerializeToString,
+            ),
             'GetCustomerSummary': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCustomerSummary,
                     request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCustomerSummaryRequest.FromString,
@@ -196,6 +235,60 @@ class MetricsService:
             '/loyalty.metrics.v1.MetricsService/RecordOrders',
             loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordOrdersRequest.SerializeToString,
             loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamOrders(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/loyalty.metrics.v1.MetricsService/StreamOrders',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamOrdersRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordRefunds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/RecordRefunds',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordRefundsRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordRefundsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,17 @@ class MetricsServiceStub:
     """Ingests a batch of paid orders. Idempotent per (shop, order_id): the same
     payload again counts as a duplicate; a changed payload is a correction.
     """
+    StreamOrders: _grpc.StreamUnaryMultiCallable[_metrics_pb2.StreamOrdersRequest, _metrics_pb2.StreamOrdersResponse]
+    """Bulk ingestion: a client stream of chunks of at most 1,000 orders, each
+    chunk committed on its own and idempotent by its request_id and by order
+    id, so a broken stream is resumed by sending it again.
+    """
+    RecordRefunds: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.RecordRefundsRequest, _metrics_pb2.RecordRefundsResponse]
+    """Full and partial refunds, idempotent per refund_id. Refunds of one order
+    may not exceed what was paid. A fully refunded order leaves every metric
+    (unless a request asks to include refunded orders); a partial refund
+    lowers net revenue.
+    """
     GetCustomerSummary: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetCustomerSummaryRequest, _metrics_pb2.GetCustomerSummaryResponse]
     """One customer's purchase summary, kept incrementally on ingest."""
     GetRepurchaseRate: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetRepurchaseRateRequest, _metrics_pb2.GetRepurchaseRateResponse]
@@ -80,6 +91,17 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
     RecordOrders: _aio.UnaryUnaryMultiCallable[_metrics_pb2.RecordOrdersRequest, _metrics_pb2.RecordOrdersResponse]  # type: ignore[assignment]
     """Ingests a batch of paid orders. Idempotent per (shop, order_id): the same
     payload again counts as a duplicate; a changed payload is a correction.
+    """
+    StreamOrders: _aio.StreamUnaryMultiCallable[_metrics_pb2.StreamOrdersRequest, _metrics_pb2.StreamOrdersResponse]  # type: ignore[assignment]
+    """Bulk ingestion: a client stream of chunks of at most 1,000 orders, each
+    chunk committed on its own and idempotent by its request_id and by order
+    id, so a broken stream is resumed by sending it again.
+    """
+    RecordRefunds: _aio.UnaryUnaryMultiCallable[_metrics_pb2.RecordRefundsRequest, _metrics_pb2.RecordRefundsResponse]  # type: ignore[assignment]
+    """Full and partial refunds, idempotent per refund_id. Refunds of one order
+    may not exceed what was paid. A fully refunded order leaves every metric
+    (unless a request asks to include refunded orders); a partial refund
+    lowers net revenue.
     """
     GetCustomerSummary: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetCustomerSummaryRequest, _metrics_pb2.GetCustomerSummaryResponse]  # type: ignore[assignment]
     """One customer's purchase summary, kept incrementally on ingest."""
@@ -124,6 +146,29 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_metrics_pb2.RecordOrdersResponse, _abc.Awaitable[_metrics_pb2.RecordOrdersResponse]]:
         """Ingests a batch of paid orders. Idempotent per (shop, order_id): the same
         payload again counts as a duplicate; a changed payload is a correction.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamOrders(
+        self,
+        request_iterator: _MaybeAsyncIterator[_metrics_pb2.StreamOrdersRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.StreamOrdersResponse, _abc.Awaitable[_metrics_pb2.StreamOrdersResponse]]:
+        """Bulk ingestion: a client stream of chunks of at most 1,000 orders, each
+        chunk committed on its own and idempotent by its request_id and by order
+        id, so a broken stream is resumed by sending it again.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordRefunds(
+        self,
+        request: _metrics_pb2.RecordRefundsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.RecordRefundsResponse, _abc.Awaitable[_metrics_pb2.RecordRefundsResponse]]:
+        """Full and partial refunds, idempotent per refund_id. Refunds of one order
+        may not exceed what was paid. A fully refunded order leaves every metric
+        (unless a request asks to include refunded orders); a partial refund
+        lowers net revenue.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,181 @@
+"""Refunds and bulk streams through gRPC."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, date, datetime
+
+import grpc
+import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
+from loyalty.common.v1 import common_pb2
+from loyalty.metrics.v1 import metrics_pb2 as m
+from loyalty.metrics.v1 import metrics_pb2_grpc
+
+from tests.integration.test_metrics_definitions_rpc import d, rate_request
+from tests.integration.test_metrics_rpc import order
+from tests.support import Stack, bearer, details
+
+A = bearer("admin")
+PAID = datetime(2026, 1, 10, 4, tzinfo=UTC)
+
+
+def metrics(stack: Stack) -> metrics_pb2_grpc.MetricsServiceStub:
+    return metrics_pb2_grpc.MetricsServiceStub(stack.channel("metrics"))
+
+
+def refund(refund_id: str, order_id: str, amount: int, currency: str = "CNY") -> m.Refund:
+    stamp = Timestamp()
+    stamp.FromDatetime(datetime(2026, 1, 12, tzinfo=UTC))
+    return m.Refund(
+        refund_id=refund_id,
+        order_id=order_id,
+        refunded_at=stamp,
+        amount=common_pb2.Money(amount_minor=amount, currency=currency),
+    )
+
+
+def refunds(stack: Stack, shop: str, request_id: str, *items: m.Refund) -> m.RecordRefundsResponse:
+    response: m.RecordRefundsResponse = metrics(stack).RecordRefunds(
+        m.RecordRefundsRequest(shop_id=shop, request_id=request_id, refunds=list(items)), metadata=A
+    )
+    return response
+
+
+def seed(stack: Stack, shop: str) -> None:
+    metrics(stack).RecordOrders(
+        m.RecordOrdersRequest(
+            shop_id=shop,
+            request_id="seed",
+            orders=[
+                order("o1", "X", PAID, 1000),
+                order("o2", "X", datetime(2026, 1, 20, 4, tzinfo=UTC), 500),
+                order("o3", "Y", PAID, 300),
+            ],
+        ),
+        metadata=A,
+    )
+
+
+def total(stack: Stack, shop: str, customer: str) -> tuple[int, int]:
+    s = (
+        metrics(stack)
+        .GetCustomerSummary(m.GetCustomerSummaryRequest(shop_id=shop, customer_id=customer), metadata=A)
+        .summary
+    )
+    return s.order_count, s.total_paid.amount_minor
+
+
+def test_partial_then_full_refund(stack: Stack, uid: str) -> None:
+    shop = f"rf-{uid}"
+    seed(stack, shop)
+    assert refunds(stack, shop, "r1", refund("rf1", "o1", 200)).applied == 1
+    assert total(stack, shop, "X") == (2, 1300)
+    refunds(stack, shop, "r2", refund("rf2", "o2", 500))  # o2 fully refunded: it leaves the summary
+    assert total(stack, shop, "X") == (1, 800)
+    january = {"period_start": d(date(2026, 1, 1)), "period_end": d(date(2026, 1, 31))}
+    plain = (
+        metrics(stack)
+        .GetRepurchaseRate(rate_request(shop_id=shop, basis=m.REPURCHASE_BASIS_CUSTOMER, **january), metadata=A)
+        .rate
+    )
+    with_refunded = (
+        metrics(stack)
+        .GetRepurchaseRate(
+            rate_request(shop_id=shop, basis=m.REPURCHASE_BASIS_CUSTOMER, include_refunded=True, **january),
+            metadata=A,
+        )
+        .rate
+    )
+    assert (plain.numerator, plain.denominator) == (0, 2)
+    assert (with_refunded.numerator, with_refunded.denominator) == (1, 2)
+
+
+def test_refund_replay_and_conflict(stack: Stack, uid: str) -> None:
+    shop = f"rf-{uid}"
+    seed(stack, shop)
+    refunds(stack, shop, "r1", refund("rf1", "o1", 100))
+    assert refunds(stack, shop, "r2", refund("rf1", "o1", 100)).duplicates == 1  # same refund, new batch
+    assert total(stack, shop, "X") == (2, 1400)
+    with pytest.raises(grpc.RpcError) as caught:
+        refunds(stack, shop, "r3", refund("rf1", "o1", 150))
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+@pytest.mark.parametrize(
+    ("items", "code", "text"),
+    [
+        ([refund("a", "o3", 301)], grpc.StatusCode.FAILED_PRECONDITION, "exceed"),
+        ([refund("a", "o3", 200), refund("b", "o3", 101)], grpc.StatusCode.FAILED_PRECONDITION, "exceed"),
+        ([refund("a", "nope", 1)], grpc.StatusCode.NOT_FOUND, "nope"),
+        ([refund("a", "o3", 1, "USD")], grpc.StatusCode.FAILED_PRECONDITION, "USD"),
+        ([refund("a", "o3", 0)], grpc.StatusCode.INVALID_ARGUMENT, "amount_minor"),
+        ([refund("a", "o3", 1), refund("a", "o3", 2)], grpc.StatusCode.INVALID_ARGUMENT, "twice"),
+    ],
+)
+def test_bad_refunds_change_nothing(
+    stack: Stack, uid: str, items: list[m.Refund], code: grpc.StatusCode, text: str
+) -> None:
+    shop = f"rf-{uid}"
+    seed(stack, shop)
+    with pytest.raises(grpc.RpcError) as caught:
+        refunds(stack, shop, "bad", *items)
+    assert caught.value.code() == code
+    assert text in details(caught.value)
+    assert total(stack, shop, "Y") == (1, 300)
+
+
+def test_concurrent_partial_refunds_never_exceed_the_payment(stack: Stack, uid: str) -> None:
+    shop = f"rf-{uid}"
+    seed(stack, shop)
+
+    def attempt(i: int) -> bool:
+        try:
+            refunds(stack, shop, f"c{i}", refund(f"rf{i}", "o1", 70))
+            return True
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.FAILED_PRECONDITION, details(exc)
+            return False
+
+    with ThreadPoolExecutor(8) as pool:
+        applied = sum(pool.map(attempt, range(20)))
+    assert applied == 14  # 14 × 70 = 980 ≤ 1000 < 15 × 70
+    assert total(stack, shop, "X") == (2, 1000 - 980 + 500)
+
+
+def chunk(request_id: str, shop: str, *orders: common_pb2.Order) -> m.StreamOrdersRequest:
+    return m.StreamOrdersRequest(shop_id=shop, request_id=request_id, orders=list(orders))
+
+
+def test_stream_totals_and_resend_is_all_duplicates(stack: Stack, uid: str) -> None:
+    shop = f"st-{uid}"
+    chunks = [
+        chunk(f"c{c}", shop, *[order(f"o{c}-{i}", f"cust{i % 7}", PAID, 10) for i in range(300)]) for c in range(4)
+    ]
+    first = metrics(stack).StreamOrders(iter(chunks), metadata=A)
+    assert (first.chunks, first.inserted, first.duplicates) == (4, 1200, 0)
+    again = metrics(stack).StreamOrders(iter(chunks), metadata=A)
+    assert (again.chunks, again.inserted, again.duplicates) == (4, 1200, 0)  # chunk replay: the first answers
+    renamed = [chunk(f"new{c.request_id}", shop, *c.orders) for c in chunks]
+    assert metrics(stack).StreamOrders(iter(renamed), metadata=A).duplicates == 1200
+
+
+def test_a_bad_chunk_stops_the_stream_and_keeps_what_was_committed(stack: Stack, uid: str) -> None:
+    shop = f"st-{uid}"
+    good = chunk("g", shop, order("o1", "c", PAID, 10))
+    bad = chunk("b", shop, order("o2", "c", PAID, -10))
+    with pytest.raises(grpc.RpcError) as caught:
+        metrics(stack).StreamOrders(iter([good, bad, chunk("never", shop, order("o3", "c", PAID, 1))]), metadata=A)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert total(stack, shop, "c") == (1, 10)
+
+
+def test_a_stream_may_not_switch_shops(stack: Stack, uid: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        metrics(stack).StreamOrders(
+            iter(
+                [chunk("a", f"s1-{uid}", order("o1", "c", PAID, 1)), chunk("b", f"s2-{uid}", order("o2", "c", PAID, 1))]
+            ),
+            metadata=A,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
