@@ -333,3 +333,59 @@ def clv_summaries(purchases: Iterable[Purchase], as_of: date, unit: TimeUnit = T
             )
         )
     return rows
+
+
+# -- per-customer features for segmentation -----------------------------------------
+
+
+@dataclass(frozen=True)
+class CustomerFeatures:
+    """Everything segmentation scores a customer on, as of one day (days are shop-local)."""
+
+    customer_id: str
+    order_count: int
+    net_revenue_minor: int
+    purchase_days: int  # active days
+    frequency: int  # repeat purchase days (lifetimes)
+    recency_days: int  # first to last purchase day (lifetimes)
+    age_days: int  # first purchase day to as_of (lifetimes T)
+    days_since_last_order: int
+    monetary_minor: float  # mean spend of repeat purchase days
+    first_day: date
+    last_day: date
+
+    @property
+    def aov_minor(self) -> float:
+        return self.net_revenue_minor / self.order_count
+
+    @property
+    def mean_interval_days(self) -> float | None:
+        """Mean days between consecutive purchase days (= recency ÷ frequency); None for one-day customers."""
+        return self.recency_days / self.frequency if self.frequency else None
+
+
+def customer_features(purchases: Iterable[Purchase], as_of: date) -> list[CustomerFeatures]:
+    """One row per customer with an order on or before `as_of`, sorted by customer id."""
+    rows = []
+    for customer, orders in sorted(_by_customer(p for p in purchases if p.day <= as_of).items()):
+        spend: dict[date, int] = defaultdict(int)
+        for p in orders:
+            spend[p.day] += p.net_minor
+        days = sorted(spend)
+        repeat = [spend[d] for d in days[1:]]
+        rows.append(
+            CustomerFeatures(
+                customer_id=customer,
+                order_count=len(orders),
+                net_revenue_minor=sum(spend.values()),
+                purchase_days=len(days),
+                frequency=len(days) - 1,
+                recency_days=(days[-1] - days[0]).days,
+                age_days=(as_of - days[0]).days,
+                days_since_last_order=(as_of - days[-1]).days,
+                monetary_minor=statistics.fmean(repeat) if repeat else 0.0,
+                first_day=days[0],
+                last_day=days[-1],
+            )
+        )
+    return rows

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, Date, Float, Index, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.db import UtcDateTime
@@ -62,3 +62,32 @@ class CustomerSummary(Base):
     total_minor: Mapped[int] = mapped_column(BigInteger)
     first_order_at: Mapped[datetime] = mapped_column(UtcDateTime)
     last_order_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ClvModelRecord(Base):
+    """A fitted BG/NBD + Gamma-Gamma model; the newest per shop is the shop's current model.
+
+    Parameters are NULL when a fit had nothing to fit (no customers, no repeat buyers).
+    """
+
+    __tablename__ = "clv_models"
+    __table_args__ = (Index("ix_clv_models_shop", "shop_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    shop_id: Mapped[str] = mapped_column(String(64))
+    as_of: Mapped[date] = mapped_column(Date)
+    fitted_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    r: Mapped[float | None] = mapped_column(Float, nullable=True)
+    alpha: Mapped[float | None] = mapped_column(Float, nullable=True)
+    a: Mapped[float | None] = mapped_column(Float, nullable=True)
+    b: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bg_nbd_log_likelihood: Mapped[float | None] = mapped_column(Float, nullable=True)
+    bg_nbd_converged: Mapped[bool] = mapped_column(Boolean)
+    p: Mapped[float | None] = mapped_column(Float, nullable=True)
+    q: Mapped[float | None] = mapped_column(Float, nullable=True)
+    v: Mapped[float | None] = mapped_column(Float, nullable=True)
+    gamma_gamma_log_likelihood: Mapped[float | None] = mapped_column(Float, nullable=True)
+    gamma_gamma_converged: Mapped[bool] = mapped_column(Boolean)
+    customers: Mapped[int] = mapped_column(Integer)
+    repeat_customers: Mapped[int] = mapped_column(Integer)
+    message: Mapped[str] = mapped_column(String(500))

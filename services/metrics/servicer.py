@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
-from datetime import date
+from datetime import date, datetime
 from functools import partial
 
 import grpc
+import numpy as np
 from google.protobuf.message import Message
 from loyalty.common.v1 import common_pb2
 from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
@@ -14,13 +16,16 @@ from sqlalchemy.orm import Session
 
 from services.common.clock import local_date
 from services.common.convert import from_date, from_timestamp, to_date, to_money, to_timestamp
-from services.common.errors import NotFound, Violations
+from services.common.errors import FailedPrecondition, NotFound, Violations
 from services.common.idempotency import run_idempotent
 from services.common.orders import PaidOrder, parse_order
+from services.common.paging import Cursor, decode_token, encode_token
 from services.common.server import ServiceContext
 from services.common.validation import check_amount, check_currency, check_id, check_instant
 from services.metrics import store
+from services.metrics.clv import Array, BgNbd, GammaGamma, customer_lifetime_value, fit_bg_nbd, fit_gamma_gamma
 from services.metrics.definitions import (
+    CustomerFeatures,
     Grain,
     Period,
     Purchase,
@@ -28,12 +33,14 @@ from services.metrics.definitions import (
     RepurchaseStage,
     churn_rate,
     cohort_retention,
+    customer_features,
     ninety_day_repurchase,
     repurchase_rate_by_customer,
     repurchase_rate_by_order,
     usable,
 )
 from services.metrics.domain import Outcome
+from services.metrics.models import ClvModelRecord
 
 MAX_BATCH = 1000
 
@@ -184,6 +191,111 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
             ]
         )
 
+    def FitClvModel(
+        self, request: metrics_pb2.FitClvModelRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.FitClvModelResponse:
+        v = Violations()
+        as_of = from_date(v, request.as_of, "as_of") if request.HasField("as_of") else None
+        v.raise_if_any()
+        as_of = as_of or self._today(request.shop_id)
+        # Fitted before the write transaction, so the fit never holds a database lock.
+        features = customer_features(self._purchases(request.shop_id, as_of), as_of)
+        record = fit_record(request.shop_id, as_of, features, self.ctx.clock())
+
+        def apply(session: Session) -> metrics_pb2.FitClvModelResponse:
+            return metrics_pb2.FitClvModelResponse(model=model_proto(store.save_clv_model(session, record)))
+
+        return run_idempotent(self.ctx.db, request, metrics_pb2.FitClvModelResponse, apply, clock=self.ctx.clock)
+
+    def _converged_model(self, shop_id: str) -> ClvModelRecord | None:
+        record = self.ctx.db.run(lambda s: store.current_clv_model(s, shop_id=shop_id))
+        usable_fit = record is not None and record.bg_nbd_converged and record.gamma_gamma_converged
+        return record if usable_fit else None
+
+    def PredictCustomerValue(
+        self, request: metrics_pb2.PredictCustomerValueRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.PredictCustomerValueResponse:
+        v = Violations()
+        check_id(v, request.customer_id, "customer_id")
+        v.check(0 <= request.horizon_days <= 3650, "horizon_days", "must be 0..3650")
+        v.check(0 <= request.months <= 120, "months", "must be 0..120")
+        v.check(0 <= request.monthly_discount_rate < 1, "monthly_discount_rate", "must be at least 0 and below 1")
+        v.raise_if_any()
+        record = self._converged_model(request.shop_id)
+        if record is None:
+            raise FailedPrecondition(
+                "the shop has no converged CLV model: call FitClvModel first", reason="NO_CLV_MODEL"
+            )
+        today = self._today(request.shop_id)
+        orders = self.ctx.db.run(
+            lambda s: store.load_purchases(s, shop_id=request.shop_id, until=today, customer_id=request.customer_id)
+        )
+        features = customer_features(usable(orders), today)
+        if not features:
+            raise NotFound(f"customer {request.customer_id!r} has no recorded orders", reason="CUSTOMER_NOT_FOUND")
+        x, t_x, t, m = feature_arrays(features)
+        transactions, spend = models_of(record)
+        value = customer_lifetime_value(
+            transactions,
+            spend,
+            x,
+            t_x,
+            t,
+            m,
+            months=request.months or 12,
+            monthly_discount_rate=request.monthly_discount_rate,
+        )
+        currency = self.ctx.db.run(lambda s: store.shop_currency(s, shop_id=request.shop_id))
+        return metrics_pb2.PredictCustomerValueResponse(
+            probability_alive=float(transactions.probability_alive(x, t_x, t)[0]),
+            expected_purchases=float(transactions.expected_purchases(request.horizon_days or 90, x, t_x, t)[0]),
+            expected_average_value_minor=float(spend.expected_average_value(x, m)[0]),
+            lifetime_value=to_money(round(float(value[0])), currency),
+            model=model_proto(record),
+        )
+
+    def StreamCustomerFeatures(
+        self, request: metrics_pb2.StreamCustomerFeaturesRequest, context: grpc.ServicerContext
+    ) -> Iterator[metrics_pb2.StreamCustomerFeaturesResponse]:
+        v = Violations()
+        as_of = from_date(v, request.as_of, "as_of") if request.HasField("as_of") else None
+        v.check(request.max_rows >= 0, "max_rows", "must not be negative")
+        v.raise_if_any()
+        as_of = as_of or self._today(request.shop_id)
+        query = f"features:{request.shop_id}:{as_of.isoformat()}"
+        position = decode_token(request.resume_token, query=query)
+        after = str(position.get("after", "")) if position else ""
+        rows = [f for f in customer_features(self._purchases(request.shop_id, as_of), as_of) if f.customer_id > after]
+        if request.max_rows:
+            rows = rows[: request.max_rows]
+        record = self._converged_model(request.shop_id)
+        alive = expected = None
+        if record is not None and rows:
+            x, t_x, t, _ = feature_arrays(rows)
+            model, _ = models_of(record)
+            alive, expected = model.probability_alive(x, t_x, t), model.expected_purchases(90, x, t_x, t)
+        currency = self.ctx.db.run(lambda s: store.shop_currency(s, shop_id=request.shop_id))
+        for i, row in enumerate(rows):
+            features = metrics_pb2.CustomerFeatures(
+                customer_id=row.customer_id,
+                order_count=row.order_count,
+                net_revenue=to_money(row.net_revenue_minor, currency),
+                aov_minor=row.aov_minor,
+                purchase_days=row.purchase_days,
+                frequency=row.frequency,
+                recency_days=row.recency_days,
+                age_days=row.age_days,
+                days_since_last_order=row.days_since_last_order,
+                monetary_minor=row.monetary_minor,
+            )
+            if row.mean_interval_days is not None:
+                features.mean_interval_days = row.mean_interval_days
+            if alive is not None and expected is not None:
+                features.probability_alive = float(alive[i])
+                features.expected_purchases_90d = float(expected[i])
+            token = encode_token(Cursor(query, {"after": row.customer_id}))
+            yield metrics_pb2.StreamCustomerFeaturesResponse(features=features, resume_token=token)
+
     def GetChurnRate(
         self, request: metrics_pb2.GetChurnRateRequest, context: grpc.ServicerContext
     ) -> metrics_pb2.GetChurnRateResponse:
@@ -197,6 +309,77 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         assert after is not None
         rate = churn_rate(self._purchases(request.shop_id, after.end), before, after)
         return metrics_pb2.GetChurnRateResponse(rate=rate_proto(rate))
+
+
+def finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def model_proto(record: ClvModelRecord) -> metrics_pb2.ClvModel:
+    n = nan_if_none
+    return metrics_pb2.ClvModel(
+        as_of=to_date(record.as_of),
+        fitted_at=to_timestamp(record.fitted_at),
+        r=n(record.r),
+        alpha=n(record.alpha),
+        a=n(record.a),
+        b=n(record.b),
+        bg_nbd_log_likelihood=n(record.bg_nbd_log_likelihood),
+        bg_nbd_converged=record.bg_nbd_converged,
+        p=n(record.p),
+        q=n(record.q),
+        v=n(record.v),
+        gamma_gamma_log_likelihood=n(record.gamma_gamma_log_likelihood),
+        gamma_gamma_converged=record.gamma_gamma_converged,
+        customers=record.customers,
+        repeat_customers=record.repeat_customers,
+        message=record.message,
+    )
+
+
+def fit_record(shop_id: str, as_of: date, features: list[CustomerFeatures], now: datetime) -> ClvModelRecord:
+    """Fits both models on the customers' features; a failed fit is recorded as such (NaN parameters)."""
+    x, t_x, t, m = feature_arrays(features)
+    transactions, spend = fit_bg_nbd(x, t_x, t), fit_gamma_gamma(x, m)
+    nan = float("nan")
+    return ClvModelRecord(
+        shop_id=shop_id,
+        as_of=as_of,
+        fitted_at=now,
+        r=transactions.params.get("r", nan),
+        alpha=transactions.params.get("alpha", nan),
+        a=transactions.params.get("a", nan),
+        b=transactions.params.get("b", nan),
+        bg_nbd_log_likelihood=transactions.log_likelihood,
+        bg_nbd_converged=transactions.converged,
+        p=spend.params.get("p", nan),
+        q=spend.params.get("q", nan),
+        v=spend.params.get("v", nan),
+        gamma_gamma_log_likelihood=spend.log_likelihood,
+        gamma_gamma_converged=spend.converged,
+        customers=transactions.customers,
+        repeat_customers=spend.customers,
+        message=f"bg/nbd: {transactions.message}; gamma-gamma: {spend.message}"[:500],
+    )
+
+
+def models_of(record: ClvModelRecord) -> tuple[BgNbd, GammaGamma]:
+    n = nan_if_none
+    return BgNbd(n(record.r), n(record.alpha), n(record.a), n(record.b)), GammaGamma(
+        n(record.p), n(record.q), n(record.v)
+    )
+
+
+def feature_arrays(features: list[CustomerFeatures]) -> tuple[Array, Array, Array, Array]:
+    x = np.array([f.frequency for f in features], dtype=float)
+    t_x = np.array([f.recency_days for f in features], dtype=float)
+    t = np.array([f.age_days for f in features], dtype=float)
+    m = np.array([f.monetary_minor for f in features], dtype=float)
+    return x, t_x, t, m
 
 
 def parse_orders(orders: Sequence[common_pb2.Order]) -> list[PaidOrder]:

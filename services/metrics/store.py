@@ -16,7 +16,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.common.orders import PaidOrder
 from services.metrics import domain
 from services.metrics.definitions import Purchase
-from services.metrics.models import CustomerSummary, Order, Refund, Shop
+from services.metrics.models import ClvModelRecord, CustomerSummary, Order, Refund, Shop
 
 
 class CurrencyMismatch(FailedPrecondition):
@@ -128,7 +128,7 @@ def shop_zone(session: Session, *, shop_id: str, default_zone: str) -> ZoneInfo:
     return ZoneInfo(shop.time_zone if shop else default_zone)
 
 
-def load_purchases(session: Session, *, shop_id: str, until: date) -> list[Purchase]:
+def load_purchases(session: Session, *, shop_id: str, until: date, customer_id: str | None = None) -> list[Purchase]:
     """The shop's orders on or before `until` (shop-local), as metric facts.
 
     A straightforward full read: correct for any shop and the reference the
@@ -136,10 +136,24 @@ def load_purchases(session: Session, *, shop_id: str, until: date) -> list[Purch
     """
     rows = session.execute(
         select(Order.order_id, Order.customer_id, Order.local_date, Order.amount_minor, Order.refunded_minor).where(
-            Order.shop_id == shop_id, Order.local_date <= until
+            Order.shop_id == shop_id,
+            Order.local_date <= until,
+            *([Order.customer_id == customer_id] if customer_id is not None else []),
         )
     )
     return [Purchase(*row) for row in rows]
+
+
+def save_clv_model(session: Session, record: ClvModelRecord) -> ClvModelRecord:
+    session.add(record)
+    session.flush()
+    return record
+
+
+def current_clv_model(session: Session, *, shop_id: str) -> ClvModelRecord | None:
+    return session.scalars(
+        select(ClvModelRecord).where(ClvModelRecord.shop_id == shop_id).order_by(ClvModelRecord.id.desc()).limit(1)
+    ).first()
 
 
 @dataclass(frozen=True)
@@ -227,3 +241,8 @@ def record_refunds(session: Session, *, shop_id: str, refunds: list[RefundFact])
     session.flush()
     refresh_summaries(session, shop_id=shop_id, customer_ids=sorted({o.customer_id for o in orders.values()}))
     return outcomes
+
+
+def shop_currency(session: Session, *, shop_id: str) -> str:
+    shop = session.get(Shop, shop_id)
+    return shop.currency if shop else ""

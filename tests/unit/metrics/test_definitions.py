@@ -220,3 +220,29 @@ def test_cohort_sizes_add_up_to_customers_and_offset_zero_is_everyone(items: lis
     rows = cohort_retention(items, grain, as_of=date(2026, 6, 1))
     assert sum(r.size for r in rows) == len({p.customer_id for p in items})
     assert all(r.active[0] == r.size and max(r.active) <= r.size for r in rows)
+
+
+def test_customer_features_by_hand() -> None:
+    from services.metrics.definitions import customer_features
+
+    rows = {r.customer_id: r for r in customer_features(ORDERS, as_of=date(2026, 3, 31))}
+    a = rows["A"]
+    assert (a.order_count, a.net_revenue_minor, a.purchase_days, a.frequency, a.recency_days) == (3, 350, 2, 1, 36)
+    assert (a.age_days, a.days_since_last_order, a.monetary_minor) == (85, 49, 200)
+    assert a.aov_minor == pytest.approx(350 / 3)
+    assert a.mean_interval_days == 36
+    d = rows["D"]
+    assert (d.net_revenue_minor, d.frequency, d.mean_interval_days, d.days_since_last_order) == (100, 0, None, 65)
+    assert list(rows) == sorted(rows)
+
+
+@given(purchases, st.dates(date(2025, 6, 1), date(2026, 9, 1)))
+def test_features_agree_with_clv_summaries(items: list[Purchase], as_of: date) -> None:
+    from services.metrics.definitions import customer_features
+
+    features = customer_features(items, as_of)
+    summaries = clv_summaries(items, as_of)
+    assert [(f.customer_id, f.frequency, f.recency_days, f.age_days) for f in features] == [
+        (s.customer_id, s.frequency, s.recency, s.T) for s in summaries
+    ]
+    assert [f.monetary_minor for f in features] == pytest.approx([s.monetary_minor for s in summaries])

@@ -752,3 +752,372 @@ class GetCustomerSummaryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCustomerSummaryResponse: _TypeAlias = GetCustomerSummaryResponse  # noqa: Y015
+
+@_typing.final
+class FitClvModelRequest(_message.Message):
+    """FitClvModelRequest chooses the as-of day of the summaries."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    @_builtins.property
+    def as_of(self) -> _common_pb2.Date:
+        """Summaries as of this day; unset = today in the shop's zone."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        as_of: _common_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FitClvModelRequest: _TypeAlias = FitClvModelRequest  # noqa: Y015
+
+@_typing.final
+class ClvModel(_message.Message):
+    """ClvModel is a fitted BG/NBD + Gamma-Gamma model (time unit: days)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AS_OF_FIELD_NUMBER: _builtins.int
+    FITTED_AT_FIELD_NUMBER: _builtins.int
+    R_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
+    A_FIELD_NUMBER: _builtins.int
+    B_FIELD_NUMBER: _builtins.int
+    BG_NBD_LOG_LIKELIHOOD_FIELD_NUMBER: _builtins.int
+    BG_NBD_CONVERGED_FIELD_NUMBER: _builtins.int
+    P_FIELD_NUMBER: _builtins.int
+    Q_FIELD_NUMBER: _builtins.int
+    V_FIELD_NUMBER: _builtins.int
+    GAMMA_GAMMA_LOG_LIKELIHOOD_FIELD_NUMBER: _builtins.int
+    GAMMA_GAMMA_CONVERGED_FIELD_NUMBER: _builtins.int
+    CUSTOMERS_FIELD_NUMBER: _builtins.int
+    REPEAT_CUSTOMERS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    r: _builtins.float
+    """BG/NBD shape of the purchase-rate gamma."""
+    alpha: _builtins.float
+    """BG/NBD scale of the purchase-rate gamma."""
+    a: _builtins.float
+    """BG/NBD first shape of the dropout beta."""
+    b: _builtins.float
+    """BG/NBD second shape of the dropout beta."""
+    bg_nbd_log_likelihood: _builtins.float
+    """Total BG/NBD log-likelihood at the fit."""
+    bg_nbd_converged: _builtins.bool
+    """Whether the BG/NBD optimiser converged."""
+    p: _builtins.float
+    """Gamma-Gamma shape of spend per purchase."""
+    q: _builtins.float
+    """Gamma-Gamma shape of the spend-scale gamma."""
+    v: _builtins.float
+    """Gamma-Gamma scale of the spend-scale gamma."""
+    gamma_gamma_log_likelihood: _builtins.float
+    """Total Gamma-Gamma log-likelihood at the fit."""
+    gamma_gamma_converged: _builtins.bool
+    """Whether the Gamma-Gamma optimiser converged."""
+    customers: _builtins.int
+    """Customers in the BG/NBD fit."""
+    repeat_customers: _builtins.int
+    """Repeat customers in the Gamma-Gamma fit."""
+    message: _builtins.str
+    """The optimisers' messages, for a fit that did not converge."""
+    @_builtins.property
+    def as_of(self) -> _common_pb2.Date:
+        """Day the customer summaries were taken on."""
+
+    @_builtins.property
+    def fitted_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was fitted."""
+
+    def __init__(
+        self,
+        *,
+        as_of: _common_pb2.Date | None = ...,
+        fitted_at: _timestamp_pb2.Timestamp | None = ...,
+        r: _builtins.float = ...,
+        alpha: _builtins.float = ...,
+        a: _builtins.float = ...,
+        b: _builtins.float = ...,
+        bg_nbd_log_likelihood: _builtins.float = ...,
+        bg_nbd_converged: _builtins.bool = ...,
+        p: _builtins.float = ...,
+        q: _builtins.float = ...,
+        v: _builtins.float = ...,
+        gamma_gamma_log_likelihood: _builtins.float = ...,
+        gamma_gamma_converged: _builtins.bool = ...,
+        customers: _builtins.int = ...,
+        repeat_customers: _builtins.int = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "fitted_at", b"fitted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "alpha", b"alpha", "as_of", b"as_of", "b", b"b", "bg_nbd_converged", b"bg_nbd_converged", "bg_nbd_log_likelihood", b"bg_nbd_log_likelihood", "customers", b"customers", "fitted_at", b"fitted_at", "gamma_gamma_converged", b"gamma_gamma_converged", "gamma_gamma_log_likelihood", b"gamma_gamma_log_likelihood", "message", b"message", "p", b"p", "q", b"q", "r", b"r", "repeat_customers", b"repeat_customers", "v", b"v"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClvModel: _TypeAlias = ClvModel  # noqa: Y015
+
+@_typing.final
+class FitClvModelResponse(_message.Message):
+    """FitClvModelResponse carries the new model."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def model(self) -> Global___ClvModel:
+        """The fitted model, now the shop's current one."""
+
+    def __init__(
+        self,
+        *,
+        model: Global___ClvModel | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FitClvModelResponse: _TypeAlias = FitClvModelResponse  # noqa: Y015
+
+@_typing.final
+class PredictCustomerValueRequest(_message.Message):
+    """PredictCustomerValueRequest names the customer and the horizons."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    HORIZON_DAYS_FIELD_NUMBER: _builtins.int
+    MONTHS_FIELD_NUMBER: _builtins.int
+    MONTHLY_DISCOUNT_RATE_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    customer_id: _builtins.str
+    """The customer."""
+    horizon_days: _builtins.int
+    """Days ahead for expected purchases, 1..3650; 0 = 90."""
+    months: _builtins.int
+    """Months of value in the CLV, 1..120; 0 = 12."""
+    monthly_discount_rate: _builtins.float
+    """Monthly discount rate for the CLV, 0 <= rate < 1."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        horizon_days: _builtins.int = ...,
+        months: _builtins.int = ...,
+        monthly_discount_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "horizon_days", b"horizon_days", "monthly_discount_rate", b"monthly_discount_rate", "months", b"months", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictCustomerValueRequest: _TypeAlias = PredictCustomerValueRequest  # noqa: Y015
+
+@_typing.final
+class PredictCustomerValueResponse(_message.Message):
+    """PredictCustomerValueResponse carries the predictions and the model used."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROBABILITY_ALIVE_FIELD_NUMBER: _builtins.int
+    EXPECTED_PURCHASES_FIELD_NUMBER: _builtins.int
+    EXPECTED_AVERAGE_VALUE_MINOR_FIELD_NUMBER: _builtins.int
+    LIFETIME_VALUE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    probability_alive: _builtins.float
+    """Probability the customer is still active."""
+    expected_purchases: _builtins.float
+    """Purchases (purchase days) expected in the next horizon_days."""
+    expected_average_value_minor: _builtins.float
+    """Expected spend per purchase (minor units), shrunk to the shop's mean."""
+    @_builtins.property
+    def lifetime_value(self) -> _common_pb2.Money:
+        """Discounted value of the next `months` months (minor units, rounded)."""
+
+    @_builtins.property
+    def model(self) -> Global___ClvModel:
+        """The model the predictions came from."""
+
+    def __init__(
+        self,
+        *,
+        probability_alive: _builtins.float = ...,
+        expected_purchases: _builtins.float = ...,
+        expected_average_value_minor: _builtins.float = ...,
+        lifetime_value: _common_pb2.Money | None = ...,
+        model: Global___ClvModel | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lifetime_value", b"lifetime_value", "model", b"model"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expected_average_value_minor", b"expected_average_value_minor", "expected_purchases", b"expected_purchases", "lifetime_value", b"lifetime_value", "model", b"model", "probability_alive", b"probability_alive"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PredictCustomerValueResponse: _TypeAlias = PredictCustomerValueResponse  # noqa: Y015
+
+@_typing.final
+class StreamCustomerFeaturesRequest(_message.Message):
+    """StreamCustomerFeaturesRequest chooses the day and where to resume."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    MAX_ROWS_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    resume_token: _builtins.str
+    """resume_token of the last row received; empty = from the start."""
+    max_rows: _builtins.int
+    """At most this many rows; 0 = all."""
+    @_builtins.property
+    def as_of(self) -> _common_pb2.Date:
+        """Features as of this day; unset = today in the shop's zone."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        as_of: _common_pb2.Date | None = ...,
+        resume_token: _builtins.str = ...,
+        max_rows: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "max_rows", b"max_rows", "resume_token", b"resume_token", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamCustomerFeaturesRequest: _TypeAlias = StreamCustomerFeaturesRequest  # noqa: Y015
+
+@_typing.final
+class CustomerFeatures(_message.Message):
+    """CustomerFeatures is one customer's row (days are shop-local calendar days)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    ORDER_COUNT_FIELD_NUMBER: _builtins.int
+    NET_REVENUE_FIELD_NUMBER: _builtins.int
+    AOV_MINOR_FIELD_NUMBER: _builtins.int
+    PURCHASE_DAYS_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    RECENCY_DAYS_FIELD_NUMBER: _builtins.int
+    AGE_DAYS_FIELD_NUMBER: _builtins.int
+    DAYS_SINCE_LAST_ORDER_FIELD_NUMBER: _builtins.int
+    MONETARY_MINOR_FIELD_NUMBER: _builtins.int
+    MEAN_INTERVAL_DAYS_FIELD_NUMBER: _builtins.int
+    PROBABILITY_ALIVE_FIELD_NUMBER: _builtins.int
+    EXPECTED_PURCHASES_90D_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The customer."""
+    order_count: _builtins.int
+    """Orders on or before as_of (fully refunded ones left out)."""
+    aov_minor: _builtins.float
+    """Average order value in minor units."""
+    purchase_days: _builtins.int
+    """Distinct days with an order (active days)."""
+    frequency: _builtins.int
+    """Repeat purchase days (BG/NBD frequency)."""
+    recency_days: _builtins.int
+    """Days from the first to the last purchase day (BG/NBD recency)."""
+    age_days: _builtins.int
+    """Days from the first purchase day to as_of (BG/NBD T)."""
+    days_since_last_order: _builtins.int
+    """Days from the last purchase day to as_of."""
+    monetary_minor: _builtins.float
+    """Mean spend of repeat purchase days (0 without repeats)."""
+    mean_interval_days: _builtins.float
+    """Mean days between purchase days; absent with one purchase day."""
+    probability_alive: _builtins.float
+    """From the shop's current converged CLV model; absent without one."""
+    expected_purchases_90d: _builtins.float
+    """Purchases expected in the next 90 days, from the same model."""
+    @_builtins.property
+    def net_revenue(self) -> _common_pb2.Money:
+        """Paid minus refunded."""
+
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        order_count: _builtins.int = ...,
+        net_revenue: _common_pb2.Money | None = ...,
+        aov_minor: _builtins.float = ...,
+        purchase_days: _builtins.int = ...,
+        frequency: _builtins.int = ...,
+        recency_days: _builtins.int = ...,
+        age_days: _builtins.int = ...,
+        days_since_last_order: _builtins.int = ...,
+        monetary_minor: _builtins.float = ...,
+        mean_interval_days: _builtins.float | None = ...,
+        probability_alive: _builtins.float | None = ...,
+        expected_purchases_90d: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_purchases_90d", b"_expected_purchases_90d", "_mean_interval_days", b"_mean_interval_days", "_probability_alive", b"_probability_alive", "expected_purchases_90d", b"expected_purchases_90d", "mean_interval_days", b"mean_interval_days", "net_revenue", b"net_revenue", "probability_alive", b"probability_alive"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_purchases_90d", b"_expected_purchases_90d", "_mean_interval_days", b"_mean_interval_days", "_probability_alive", b"_probability_alive", "age_days", b"age_days", "aov_minor", b"aov_minor", "customer_id", b"customer_id", "days_since_last_order", b"days_since_last_order", "expected_purchases_90d", b"expected_purchases_90d", "frequency", b"frequency", "mean_interval_days", b"mean_interval_days", "monetary_minor", b"monetary_minor", "net_revenue", b"net_revenue", "order_count", b"order_count", "probability_alive", b"probability_alive", "purchase_days", b"purchase_days", "recency_days", b"recency_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_purchases_90d: _TypeAlias = _typing.Literal["expected_purchases_90d"]  # noqa: Y015
+    _WhichOneofArgType__expected_purchases_90d: _TypeAlias = _typing.Literal["_expected_purchases_90d", b"_expected_purchases_90d"]  # noqa: Y015
+    _WhichOneofReturnType__mean_interval_days: _TypeAlias = _typing.Literal["mean_interval_days"]  # noqa: Y015
+    _WhichOneofArgType__mean_interval_days: _TypeAlias = _typing.Literal["_mean_interval_days", b"_mean_interval_days"]  # noqa: Y015
+    _WhichOneofReturnType__probability_alive: _TypeAlias = _typing.Literal["probability_alive"]  # noqa: Y015
+    _WhichOneofArgType__probability_alive: _TypeAlias = _typing.Literal["_probability_alive", b"_probability_alive"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_purchases_90d) -> _WhichOneofReturnType__expected_purchases_90d | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__mean_interval_days) -> _WhichOneofReturnType__mean_interval_days | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__probability_alive) -> _WhichOneofReturnType__probability_alive | None: ...
+
+Global___CustomerFeatures: _TypeAlias = CustomerFeatures  # noqa: Y015
+
+@_typing.final
+class StreamCustomerFeaturesResponse(_message.Message):
+    """StreamCustomerFeaturesResponse is one row of the stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEATURES_FIELD_NUMBER: _builtins.int
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Pass back as the request's resume_token to continue after this row."""
+    @_builtins.property
+    def features(self) -> Global___CustomerFeatures:
+        """The customer's features."""
+
+    def __init__(
+        self,
+        *,
+        features: Global___CustomerFeatures | None = ...,
+        resume_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["features", b"features"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamCustomerFeaturesResponse: _TypeAlias = StreamCustomerFeaturesResponse  # noqa: Y015

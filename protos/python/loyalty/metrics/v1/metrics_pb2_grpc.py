@@ -72,6 +72,21 @@ class MetricsServiceStub:
                 request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCohortRetentionRequest.SerializeToString,
                 response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCohortRetentionResponse.FromString,
                 _registered_method=True)
+        self.FitClvModel = channel.unary_unary(
+                '/loyalty.metrics.v1.MetricsService/FitClvModel',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.FitClvModelRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.FitClvModelResponse.FromString,
+                _registered_method=True)
+        self.PredictCustomerValue = channel.unary_unary(
+                '/loyalty.metrics.v1.MetricsService/PredictCustomerValue',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.PredictCustomerValueRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.PredictCustomerValueResponse.FromString,
+                _registered_method=True)
+        self.StreamCustomerFeatures = channel.unary_stream(
+                '/loyalty.metrics.v1.MetricsService/StreamCustomerFeatures',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamCustomerFeaturesRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamCustomerFeaturesResponse.FromString,
+                _registered_method=True)
         self.GetChurnRate = channel.unary_unary(
                 '/loyalty.metrics.v1.MetricsService/GetChurnRate',
                 request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateRequest.SerializeToString,
@@ -153,6 +168,33 @@ class MetricsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FitClvModel(self, request, context):
+        """Fits BG/NBD (purchases, dropout) and Gamma-Gamma (spend) by maximum
+        likelihood on every customer's summary as of a day, in days, and keeps it
+        as the shop's current model. A fit that does not converge is returned
+        and kept with converged = false; predictions then refuse to use it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictCustomerValue(self, request, context):
+        """One customer's P(alive), expected purchases and discounted CLV from the
+        shop's current model. FAILED_PRECONDITION when there is no converged model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamCustomerFeatures(self, request, context):
+        """One row per customer (sorted by customer id) with the features
+        segmentation scores on. Resumable: pass the resume_token of the last row
+        received to continue after it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetChurnRate(self, request, context):
         """Churn between two periods: customers active in the first with no order
         in the second / customers active in the first.
@@ -198,6 +240,21 @@ def add_MetricsServiceServicer_to_server(servicer, server):
                     servicer.GetCohortRetention,
                     request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCohortRetentionRequest.FromString,
                     response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCohortRetentionResponse.SerializeToString,
+            ),
+            'FitClvModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.FitClvModel,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.FitClvModelRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.FitClvModelResponse.SerializeToString,
+            ),
+            'PredictCustomerValue': grpc.unary_unary_rpc_method_handler(
+                    servicer.PredictCustomerValue,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.PredictCustomerValueRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.PredictCustomerValueResponse.SerializeToString,
+            ),
+            'StreamCustomerFeatures': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamCustomerFeatures,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamCustomerFeaturesRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamCustomerFeaturesResponse.SerializeToString,
             ),
             'GetChurnRate': grpc.unary_unary_rpc_method_handler(
                     servicer.GetChurnRate,
@@ -397,6 +454,87 @@ class MetricsService:
             '/loyalty.metrics.v1.MetricsService/GetCohortRetention',
             loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCohortRetentionRequest.SerializeToString,
             loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetCohortRetentionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FitClvModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/FitClvModel',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.FitClvModelRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.FitClvModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictCustomerValue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/PredictCustomerValue',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.PredictCustomerValueRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.PredictCustomerValueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamCustomerFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/StreamCustomerFeatures',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamCustomerFeaturesRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamCustomerFeaturesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -75,6 +75,21 @@ class MetricsServiceStub:
     """Cohort retention matrix: cohorts by first-order week (ISO, Monday) or
     month; for each, how many of its customers ordered k periods later.
     """
+    FitClvModel: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.FitClvModelRequest, _metrics_pb2.FitClvModelResponse]
+    """Fits BG/NBD (purchases, dropout) and Gamma-Gamma (spend) by maximum
+    likelihood on every customer's summary as of a day, in days, and keeps it
+    as the shop's current model. A fit that does not converge is returned
+    and kept with converged = false; predictions then refuse to use it.
+    """
+    PredictCustomerValue: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.PredictCustomerValueRequest, _metrics_pb2.PredictCustomerValueResponse]
+    """One customer's P(alive), expected purchases and discounted CLV from the
+    shop's current model. FAILED_PRECONDITION when there is no converged model.
+    """
+    StreamCustomerFeatures: _grpc.UnaryStreamMultiCallable[_metrics_pb2.StreamCustomerFeaturesRequest, _metrics_pb2.StreamCustomerFeaturesResponse]
+    """One row per customer (sorted by customer id) with the features
+    segmentation scores on. Resumable: pass the resume_token of the last row
+    received to continue after it.
+    """
     GetChurnRate: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetChurnRateRequest, _metrics_pb2.GetChurnRateResponse]
     """Churn between two periods: customers active in the first with no order
     in the second / customers active in the first.
@@ -126,6 +141,21 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
     GetCohortRetention: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetCohortRetentionRequest, _metrics_pb2.GetCohortRetentionResponse]  # type: ignore[assignment]
     """Cohort retention matrix: cohorts by first-order week (ISO, Monday) or
     month; for each, how many of its customers ordered k periods later.
+    """
+    FitClvModel: _aio.UnaryUnaryMultiCallable[_metrics_pb2.FitClvModelRequest, _metrics_pb2.FitClvModelResponse]  # type: ignore[assignment]
+    """Fits BG/NBD (purchases, dropout) and Gamma-Gamma (spend) by maximum
+    likelihood on every customer's summary as of a day, in days, and keeps it
+    as the shop's current model. A fit that does not converge is returned
+    and kept with converged = false; predictions then refuse to use it.
+    """
+    PredictCustomerValue: _aio.UnaryUnaryMultiCallable[_metrics_pb2.PredictCustomerValueRequest, _metrics_pb2.PredictCustomerValueResponse]  # type: ignore[assignment]
+    """One customer's P(alive), expected purchases and discounted CLV from the
+    shop's current model. FAILED_PRECONDITION when there is no converged model.
+    """
+    StreamCustomerFeatures: _aio.UnaryStreamMultiCallable[_metrics_pb2.StreamCustomerFeaturesRequest, _metrics_pb2.StreamCustomerFeaturesResponse]  # type: ignore[assignment]
+    """One row per customer (sorted by customer id) with the features
+    segmentation scores on. Resumable: pass the resume_token of the last row
+    received to continue after it.
     """
     GetChurnRate: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetChurnRateRequest, _metrics_pb2.GetChurnRateResponse]  # type: ignore[assignment]
     """Churn between two periods: customers active in the first with no order
@@ -217,6 +247,39 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_metrics_pb2.GetCohortRetentionResponse, _abc.Awaitable[_metrics_pb2.GetCohortRetentionResponse]]:
         """Cohort retention matrix: cohorts by first-order week (ISO, Monday) or
         month; for each, how many of its customers ordered k periods later.
+        """
+
+    @_abc_1.abstractmethod
+    def FitClvModel(
+        self,
+        request: _metrics_pb2.FitClvModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.FitClvModelResponse, _abc.Awaitable[_metrics_pb2.FitClvModelResponse]]:
+        """Fits BG/NBD (purchases, dropout) and Gamma-Gamma (spend) by maximum
+        likelihood on every customer's summary as of a day, in days, and keeps it
+        as the shop's current model. A fit that does not converge is returned
+        and kept with converged = false; predictions then refuse to use it.
+        """
+
+    @_abc_1.abstractmethod
+    def PredictCustomerValue(
+        self,
+        request: _metrics_pb2.PredictCustomerValueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.PredictCustomerValueResponse, _abc.Awaitable[_metrics_pb2.PredictCustomerValueResponse]]:
+        """One customer's P(alive), expected purchases and discounted CLV from the
+        shop's current model. FAILED_PRECONDITION when there is no converged model.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamCustomerFeatures(
+        self,
+        request: _metrics_pb2.StreamCustomerFeaturesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_metrics_pb2.StreamCustomerFeaturesResponse], _abc.AsyncIterator[_metrics_pb2.StreamCustomerFeaturesResponse]]:
+        """One row per customer (sorted by customer id) with the features
+        segmentation scores on. Resumable: pass the resume_token of the last row
+        received to continue after it.
         """
 
     @_abc_1.abstractmethod

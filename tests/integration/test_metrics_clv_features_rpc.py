@@ -1,0 +1,164 @@
+"""FitClvModel, PredictCustomerValue and StreamCustomerFeatures through gRPC."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import grpc
+import numpy as np
+import pytest
+from loyalty.common.v1 import common_pb2
+from loyalty.metrics.v1 import metrics_pb2 as m
+from loyalty.metrics.v1 import metrics_pb2_grpc
+
+from services.metrics.clv import BgNbd
+from tests.integration.test_metrics_definitions_rpc import d
+from tests.integration.test_metrics_rpc import order
+from tests.support import Stack, bearer, details
+
+A = bearer("admin")
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+AS_OF = date(2026, 9, 30)
+
+
+def metrics(stack: Stack) -> metrics_pb2_grpc.MetricsServiceStub:
+    return metrics_pb2_grpc.MetricsServiceStub(stack.channel("metrics"))
+
+
+def simulated_orders(seed: int, customers: int) -> list[common_pb2.Order]:
+    rng = random.Random(seed)
+    orders = []
+    for c in range(customers):
+        day = date(2025, 1, 1) + timedelta(days=rng.randint(0, 500))
+        rate = rng.choice([0.005, 0.02, 0.05])
+        n = 0
+        while day <= AS_OF and n < 40:
+            orders.append(
+                order(f"c{c}-{n}", f"cust{c:04d}", datetime.combine(day, time(4), UTC), rng.randint(1000, 20000))
+            )
+            n += 1
+            if rng.random() < 0.15:
+                break
+            day += timedelta(days=max(1, int(rng.expovariate(rate))))
+    return orders
+
+
+def load(stack: Stack, shop: str, orders: list[common_pb2.Order]) -> None:
+    chunks = [
+        m.StreamOrdersRequest(shop_id=shop, request_id=f"load{i}", orders=orders[i : i + 1000])
+        for i in range(0, len(orders), 1000)
+    ]
+    metrics(stack).StreamOrders(iter(chunks), metadata=A)
+
+
+def fit(stack: Stack, shop: str, request_id: str = "fit") -> m.ClvModel:
+    model: m.ClvModel = (
+        metrics(stack)
+        .FitClvModel(m.FitClvModelRequest(shop_id=shop, request_id=request_id, as_of=d(AS_OF)), metadata=A)
+        .model
+    )
+    return model
+
+
+@pytest.fixture(scope="module")
+def shop(stack: Stack) -> str:
+    load(stack, "clv-shop", simulated_orders(3, 400))
+    return "clv-shop"
+
+
+def test_prediction_needs_a_model(stack: Stack, uid: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        metrics(stack).PredictCustomerValue(
+            m.PredictCustomerValueRequest(shop_id=f"none-{uid}", customer_id="c"), metadata=A
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "FitClvModel" in details(caught.value)
+
+
+def test_fit_converges_and_replays(stack: Stack, shop: str) -> None:
+    model = fit(stack, shop)
+    assert (model.bg_nbd_converged, model.gamma_gamma_converged) == (True, True), model.message
+    assert model.customers == 400
+    assert 0 < model.repeat_customers < 400
+    assert all(v > 0 for v in (model.r, model.alpha, model.a, model.b, model.p, model.q, model.v))
+    assert np.isfinite(model.bg_nbd_log_likelihood)
+    assert fit(stack, shop) == model  # same request_id: the stored answer
+
+
+def test_prediction_matches_the_model(stack: Stack, shop: str) -> None:
+    model = fit(stack, shop)
+    response = metrics(stack).PredictCustomerValue(
+        m.PredictCustomerValueRequest(
+            shop_id=shop, customer_id="cust0007", horizon_days=180, months=12, monthly_discount_rate=0.01
+        ),
+        metadata=A,
+    )
+    assert response.model == model
+    assert 0 < response.probability_alive <= 1
+    assert response.expected_purchases >= 0
+    assert response.lifetime_value.currency == "CNY"
+    rows = [
+        r.features
+        for r in metrics(stack).StreamCustomerFeatures(
+            m.StreamCustomerFeaturesRequest(shop_id=shop, as_of=d(datetime.now(SHANGHAI).date())), metadata=A
+        )
+        if r.features.customer_id == "cust0007"
+    ]
+    f = rows[0]
+    arrays = [np.array([float(v)]) for v in (f.frequency, f.recency_days, f.age_days)]
+    expected = BgNbd(model.r, model.alpha, model.a, model.b).probability_alive(*arrays)[0]
+    assert response.probability_alive == pytest.approx(expected, rel=1e-6)
+
+
+def test_only_one_time_buyers_cannot_fit_spend(stack: Stack, uid: str) -> None:
+    shop = f"once-{uid}"
+    load(stack, shop, [order(f"o{i}", f"c{i}", datetime(2026, 1, 1 + i % 28, tzinfo=UTC), 100) for i in range(30)])
+    model = fit(stack, shop)
+    assert (model.gamma_gamma_converged, model.repeat_customers) == (False, 0)
+    assert "no repeat buyers" in model.message
+    with pytest.raises(grpc.RpcError) as caught:
+        metrics(stack).PredictCustomerValue(m.PredictCustomerValueRequest(shop_id=shop, customer_id="c1"), metadata=A)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def stream(stack: Stack, shop: str, **fields: Any) -> list[m.StreamCustomerFeaturesResponse]:
+    return list(
+        metrics(stack).StreamCustomerFeatures(
+            m.StreamCustomerFeaturesRequest(shop_id=shop, as_of=d(AS_OF), **fields), metadata=A
+        )
+    )
+
+
+def test_features_stream_is_sorted_and_resumable(stack: Stack, shop: str) -> None:
+    everything = stream(stack, shop)
+    ids = [r.features.customer_id for r in everything]
+    assert ids == sorted(ids)
+    assert len(ids) == 400
+    first = stream(stack, shop, max_rows=150)
+    rest = stream(stack, shop, resume_token=first[-1].resume_token)
+    assert [r.features for r in first + rest] == [r.features for r in everything]
+
+
+def test_features_carry_clv_predictions_once_a_model_exists(stack: Stack, shop: str, uid: str) -> None:
+    other = f"nofit-{uid}"
+    load(stack, other, [order("o1", "c1", datetime(2026, 1, 5, tzinfo=UTC), 100)])
+    assert not stream(stack, other)[0].features.HasField("probability_alive")
+    fit(stack, shop)
+    row = stream(stack, shop)[0].features
+    assert row.HasField("probability_alive")
+    assert row.HasField("expected_purchases_90d")
+
+
+def test_resume_token_of_another_day_is_refused(stack: Stack, shop: str) -> None:
+    token = stream(stack, shop, max_rows=1)[0].resume_token
+    with pytest.raises(grpc.RpcError) as caught:
+        list(
+            metrics(stack).StreamCustomerFeatures(
+                m.StreamCustomerFeaturesRequest(shop_id=shop, as_of=d(date(2026, 9, 29)), resume_token=token),
+                metadata=A,
+            )
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
