@@ -389,3 +389,44 @@ def customer_features(purchases: Iterable[Purchase], as_of: date) -> list[Custom
             )
         )
     return rows
+
+
+# -- satisfaction and recommendation ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Satisfaction:
+    """Scores 0–10 of a period: promoters 9–10, passives 7–8, detractors 0–6."""
+
+    responses: int
+    promoters: int
+    passives: int
+    detractors: int
+    score_sum: int
+
+    @property
+    def nps(self) -> float | None:
+        """Net Promoter Score: % promoters − % detractors, from −100 to 100."""
+        return 100 * (self.promoters - self.detractors) / self.responses if self.responses else None
+
+    @property
+    def average_score(self) -> float | None:
+        return self.score_sum / self.responses if self.responses else None
+
+    @property
+    def recommendation_rate(self) -> Rate:
+        """推荐率: share of respondents who would recommend (promoters)."""
+        return Rate(self.promoters, self.responses)
+
+
+def satisfaction(scores: Iterable[int]) -> Satisfaction:
+    values = list(scores)
+    if any(not 0 <= s <= 10 for s in values):
+        raise ValueError("scores are 0..10")
+    return Satisfaction(
+        responses=len(values),
+        promoters=sum(s >= 9 for s in values),
+        passives=sum(7 <= s <= 8 for s in values),
+        detractors=sum(s <= 6 for s in values),
+        score_sum=sum(values),
+    )

@@ -91,3 +91,19 @@ class ClvModelRecord(Base):
     customers: Mapped[int] = mapped_column(Integer)
     repeat_customers: Mapped[int] = mapped_column(Integer)
     message: Mapped[str] = mapped_column(String(500))
+
+
+class FeedbackRecord(Base):
+    """A satisfaction answer; the comment is personal data and never logged."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_day", "shop_id", "local_date"),)
+
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    feedback_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64))
+    order_id: Mapped[str] = mapped_column(String(64))
+    score: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(String(500))
+    given_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    local_date: Mapped[date] = mapped_column(Date)

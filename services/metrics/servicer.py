@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import partial
 
 import grpc
@@ -21,7 +21,7 @@ from services.common.idempotency import run_idempotent
 from services.common.orders import PaidOrder, parse_order
 from services.common.paging import Cursor, decode_token, encode_token
 from services.common.server import ServiceContext
-from services.common.validation import check_amount, check_currency, check_id, check_instant
+from services.common.validation import check_amount, check_currency, check_id, check_instant, check_text
 from services.metrics import store
 from services.metrics.clv import Array, BgNbd, GammaGamma, customer_lifetime_value, fit_bg_nbd, fit_gamma_gamma
 from services.metrics.definitions import (
@@ -31,13 +31,16 @@ from services.metrics.definitions import (
     Purchase,
     Rate,
     RepurchaseStage,
+    Satisfaction,
     churn_rate,
     cohort_retention,
     customer_features,
     ninety_day_repurchase,
     repurchase_rate_by_customer,
     repurchase_rate_by_order,
+    satisfaction,
     usable,
+    value_summary,
 )
 from services.metrics.domain import Outcome
 from services.metrics.models import ClvModelRecord
@@ -295,6 +298,94 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
                 features.expected_purchases_90d = float(expected[i])
             token = encode_token(Cursor(query, {"after": row.customer_id}))
             yield metrics_pb2.StreamCustomerFeaturesResponse(features=features, resume_token=token)
+
+    def RecordFeedback(
+        self, request: metrics_pb2.RecordFeedbackRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.RecordFeedbackResponse:
+        v = Violations()
+        v.check(0 < len(request.feedback) <= MAX_BATCH, "feedback", f"must hold 1..{MAX_BATCH} answers")
+        answers: list[store.FeedbackFact] = []
+        for i, item in enumerate(request.feedback[:MAX_BATCH]):
+            path = f"feedback[{i}]"
+            check_id(v, item.feedback_id, f"{path}.feedback_id")
+            check_id(v, item.customer_id, f"{path}.customer_id")
+            if item.order_id:
+                check_id(v, item.order_id, f"{path}.order_id")
+            v.check(0 <= item.score <= 10, f"{path}.score", "must be 0..10")
+            check_text(v, item.comment, f"{path}.comment", max_length=500)
+            at = from_timestamp(v, item.given_at, f"{path}.given_at", present=item.HasField("given_at"))
+            if at is not None:
+                check_instant(v, at, f"{path}.given_at")
+                answers.append(
+                    store.FeedbackFact(item.feedback_id, item.customer_id, item.order_id, item.score, item.comment, at)
+                )
+        ids = [f.feedback_id for f in request.feedback]
+        v.check(len(set(ids)) == len(ids), "feedback", "a feedback_id appears twice in the batch")
+        v.raise_if_any()
+
+        def apply(session: Session) -> metrics_pb2.RecordFeedbackResponse:
+            counts = store.record_feedback(
+                session, shop_id=request.shop_id, answers=answers, default_zone=self.ctx.settings.default_time_zone
+            )
+            return metrics_pb2.RecordFeedbackResponse(recorded=counts["recorded"], duplicates=counts["duplicate"])
+
+        return run_idempotent(self.ctx.db, request, metrics_pb2.RecordFeedbackResponse, apply, clock=self.ctx.clock)
+
+    def _satisfaction(self, shop_id: str, period: Period) -> Satisfaction:
+        scores = self.ctx.db.run(lambda s: store.scores_between(s, shop_id=shop_id, start=period.start, end=period.end))
+        return satisfaction(scores)
+
+    def GetSatisfaction(
+        self, request: metrics_pb2.GetSatisfactionRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.GetSatisfactionResponse:
+        v = Violations()
+        period = parse_period(v, request, "period_start", "period_end")
+        v.raise_if_any()
+        assert period is not None
+        result = self._satisfaction(request.shop_id, period)
+        response = metrics_pb2.GetSatisfactionResponse(
+            responses=result.responses,
+            promoters=result.promoters,
+            passives=result.passives,
+            detractors=result.detractors,
+            recommendation_rate=rate_proto(result.recommendation_rate),
+        )
+        if result.nps is not None and result.average_score is not None:
+            response.nps = result.nps
+            response.average_score = result.average_score
+        return response
+
+    def GetShopOverview(
+        self, request: metrics_pb2.GetShopOverviewRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.GetShopOverviewResponse:
+        v = Violations()
+        period = parse_period(v, request, "period_start", "period_end")
+        v.raise_if_any()
+        assert period is not None
+        today = self._today(request.shop_id)
+        purchases = self._purchases(request.shop_id, max(today, period.end))
+        length = period.end - period.start
+        previous = Period(period.start - length - timedelta(days=1), period.start - timedelta(days=1))
+        value = value_summary(purchases, period)
+        ninety = ninety_day_repurchase(purchases, period, today)
+        currency = self.ctx.db.run(lambda s: store.shop_currency(s, shop_id=request.shop_id))
+        response = metrics_pb2.GetShopOverviewResponse(
+            orders=value.orders,
+            customers=value.customers,
+            net_revenue=to_money(value.net_revenue_minor, currency),
+            repurchase_by_customer=rate_proto(repurchase_rate_by_customer(purchases, period)),
+            repurchase_by_order=rate_proto(repurchase_rate_by_order(purchases, period)),
+            ninety_day_repurchase=rate_proto(ninety.rate),
+            stage=STAGES[ninety.stage] if ninety.stage else metrics_pb2.REPURCHASE_STAGE_UNSPECIFIED,
+            churn_from_previous_period=rate_proto(churn_rate(purchases, previous, period)),
+        )
+        if value.aov_minor is not None and value.purchase_frequency is not None:
+            response.aov_minor = value.aov_minor
+            response.purchase_frequency = value.purchase_frequency
+        nps = self._satisfaction(request.shop_id, period).nps
+        if nps is not None:
+            response.nps = nps
+        return response
 
     def GetChurnRate(
         self, request: metrics_pb2.GetChurnRateRequest, context: grpc.ServicerContext

@@ -16,7 +16,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.common.orders import PaidOrder
 from services.metrics import domain
 from services.metrics.definitions import Purchase
-from services.metrics.models import ClvModelRecord, CustomerSummary, Order, Refund, Shop
+from services.metrics.models import ClvModelRecord, CustomerSummary, FeedbackRecord, Order, Refund, Shop
 
 
 class CurrencyMismatch(FailedPrecondition):
@@ -246,3 +246,83 @@ def record_refunds(session: Session, *, shop_id: str, refunds: list[RefundFact])
 def shop_currency(session: Session, *, shop_id: str) -> str:
     shop = session.get(Shop, shop_id)
     return shop.currency if shop else ""
+
+
+@dataclass(frozen=True)
+class FeedbackFact:
+    feedback_id: str
+    customer_id: str
+    order_id: str
+    score: int
+    comment: str
+    given_at: datetime
+
+
+def record_feedback(session: Session, *, shop_id: str, answers: list[FeedbackFact], default_zone: str) -> Counter[str]:
+    zone = shop_zone(session, shop_id=shop_id, default_zone=default_zone)
+    known = {
+        f.feedback_id: f
+        for f in session.scalars(
+            select(FeedbackRecord).where(
+                FeedbackRecord.shop_id == shop_id, FeedbackRecord.feedback_id.in_([a.feedback_id for a in answers])
+            )
+        )
+    }
+    outcomes: Counter[str] = Counter()
+    for answer in answers:
+        existing = known.get(answer.feedback_id)
+        if existing is not None:
+            same = (existing.customer_id, existing.order_id, existing.score, existing.comment, existing.given_at) == (
+                answer.customer_id,
+                answer.order_id,
+                answer.score,
+                answer.comment,
+                answer.given_at,
+            )
+            if not same:
+                raise AlreadyExists(
+                    f"feedback_id {answer.feedback_id!r} was recorded with other content",
+                    reason="FEEDBACK_ID_REUSED",
+                    metadata={"feedback_id": answer.feedback_id},
+                )
+            outcomes["duplicate"] += 1
+            continue
+        row = FeedbackRecord(
+            shop_id=shop_id,
+            feedback_id=answer.feedback_id,
+            customer_id=answer.customer_id,
+            order_id=answer.order_id,
+            score=answer.score,
+            comment=answer.comment,
+            given_at=answer.given_at,
+            local_date=local_date(answer.given_at, zone),
+        )
+        session.add(row)
+        known[answer.feedback_id] = row
+        outcomes["recorded"] += 1
+    session.flush()
+    return outcomes
+
+
+def scores_between(session: Session, *, shop_id: str, start: date, end: date) -> list[int]:
+    return list(
+        session.scalars(
+            select(FeedbackRecord.score).where(
+                FeedbackRecord.shop_id == shop_id, FeedbackRecord.local_date >= start, FeedbackRecord.local_date <= end
+            )
+        )
+    )
+
+
+def rebuild_summaries(session: Session, *, shop_id: str) -> int:
+    """Recomputes every customer summary of a shop from its orders; returns how many customers it saw."""
+    customers = sorted(set(session.scalars(select(Order.customer_id).where(Order.shop_id == shop_id))))
+    lock_keys(session, f"summary:{shop_id}", customers)
+    session.execute(delete(CustomerSummary).where(CustomerSummary.shop_id == shop_id))
+    for start in range(0, len(customers), 500):
+        refresh_summaries(session, shop_id=shop_id, customer_ids=customers[start : start + 500])
+    return len(customers)
+
+
+def shop_ids(session: Session) -> list[str]:
+    return list(session.scalars(select(Shop.shop_id).order_by(Shop.shop_id)))

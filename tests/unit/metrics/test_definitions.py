@@ -246,3 +246,17 @@ def test_features_agree_with_clv_summaries(items: list[Purchase], as_of: date) -
         (s.customer_id, s.frequency, s.recency, s.T) for s in summaries
     ]
     assert [f.monetary_minor for f in features] == pytest.approx([s.monetary_minor for s in summaries])
+
+
+def test_nps_by_hand() -> None:
+    from services.metrics.definitions import satisfaction
+
+    # 10, 9 promoters; 8, 7 passives; 6, 0 detractors -> NPS (2 - 2) / 6 = 0; one more 10 -> (3 - 2) / 7.
+    s = satisfaction([10, 9, 8, 7, 6, 0])
+    assert (s.promoters, s.passives, s.detractors, s.nps, s.average_score) == (2, 2, 2, 0.0, 40 / 6)
+    assert satisfaction([10, 9, 8, 7, 6, 0, 10]).nps == pytest.approx(100 / 7)
+    assert satisfaction([10, 9, 8, 7, 6, 0]).recommendation_rate == Rate(2, 6)
+    empty = satisfaction([])
+    assert (empty.nps, empty.average_score, empty.recommendation_rate.value) == (None, None, None)
+    with pytest.raises(ValueError, match=r"0\.\.10"):
+        satisfaction([11])

@@ -1121,3 +1121,311 @@ class StreamCustomerFeaturesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamCustomerFeaturesResponse: _TypeAlias = StreamCustomerFeaturesResponse  # noqa: Y015
+
+@_typing.final
+class Feedback(_message.Message):
+    """Feedback is one customer's answer to "how likely are you to recommend us" (0-10)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FEEDBACK_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    GIVEN_AT_FIELD_NUMBER: _builtins.int
+    feedback_id: _builtins.str
+    """Shop-unique id; the idempotency key of this answer."""
+    customer_id: _builtins.str
+    """Who answered."""
+    order_id: _builtins.str
+    """The order it is about, if any."""
+    score: _builtins.int
+    """0..10."""
+    comment: _builtins.str
+    """Free text, at most 500 characters; never logged."""
+    @_builtins.property
+    def given_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was given."""
+
+    def __init__(
+        self,
+        *,
+        feedback_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        order_id: _builtins.str = ...,
+        score: _builtins.int = ...,
+        comment: _builtins.str = ...,
+        given_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["given_at", b"given_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "customer_id", b"customer_id", "feedback_id", b"feedback_id", "given_at", b"given_at", "order_id", b"order_id", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Feedback: _TypeAlias = Feedback  # noqa: Y015
+
+@_typing.final
+class RecordFeedbackRequest(_message.Message):
+    """RecordFeedbackRequest carries at most 1,000 answers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FEEDBACK_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key of the batch (AIP-155)."""
+    @_builtins.property
+    def feedback(self) -> _containers.RepeatedCompositeFieldContainer[Global___Feedback]:
+        """The answers."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        feedback: _abc.Iterable[Global___Feedback] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feedback", b"feedback", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordFeedbackRequest: _TypeAlias = RecordFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class RecordFeedbackResponse(_message.Message):
+    """RecordFeedbackResponse counts what happened."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    recorded: _builtins.int
+    """Answers recorded now."""
+    duplicates: _builtins.int
+    """Answers already recorded with the same content."""
+    def __init__(
+        self,
+        *,
+        recorded: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicates", b"duplicates", "recorded", b"recorded"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordFeedbackResponse: _TypeAlias = RecordFeedbackResponse  # noqa: Y015
+
+@_typing.final
+class GetSatisfactionRequest(_message.Message):
+    """GetSatisfactionRequest names a period of shop-local days (inclusive)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_START_FIELD_NUMBER: _builtins.int
+    PERIOD_END_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    @_builtins.property
+    def period_start(self) -> _common_pb2.Date:
+        """First day."""
+
+    @_builtins.property
+    def period_end(self) -> _common_pb2.Date:
+        """Last day."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        period_start: _common_pb2.Date | None = ...,
+        period_end: _common_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSatisfactionRequest: _TypeAlias = GetSatisfactionRequest  # noqa: Y015
+
+@_typing.final
+class GetSatisfactionResponse(_message.Message):
+    """GetSatisfactionResponse carries the period's satisfaction."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESPONSES_FIELD_NUMBER: _builtins.int
+    PROMOTERS_FIELD_NUMBER: _builtins.int
+    PASSIVES_FIELD_NUMBER: _builtins.int
+    DETRACTORS_FIELD_NUMBER: _builtins.int
+    NPS_FIELD_NUMBER: _builtins.int
+    AVERAGE_SCORE_FIELD_NUMBER: _builtins.int
+    RECOMMENDATION_RATE_FIELD_NUMBER: _builtins.int
+    responses: _builtins.int
+    """Answers in the period."""
+    promoters: _builtins.int
+    """Scores 9-10."""
+    passives: _builtins.int
+    """Scores 7-8."""
+    detractors: _builtins.int
+    """Scores 0-6."""
+    nps: _builtins.float
+    """-100..100; absent without answers."""
+    average_score: _builtins.float
+    """0..10; absent without answers."""
+    @_builtins.property
+    def recommendation_rate(self) -> Global___RateValue:
+        """Promoters / responses."""
+
+    def __init__(
+        self,
+        *,
+        responses: _builtins.int = ...,
+        promoters: _builtins.int = ...,
+        passives: _builtins.int = ...,
+        detractors: _builtins.int = ...,
+        nps: _builtins.float | None = ...,
+        average_score: _builtins.float | None = ...,
+        recommendation_rate: Global___RateValue | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_average_score", b"_average_score", "_nps", b"_nps", "average_score", b"average_score", "nps", b"nps", "recommendation_rate", b"recommendation_rate"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_average_score", b"_average_score", "_nps", b"_nps", "average_score", b"average_score", "detractors", b"detractors", "nps", b"nps", "passives", b"passives", "promoters", b"promoters", "recommendation_rate", b"recommendation_rate", "responses", b"responses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__average_score: _TypeAlias = _typing.Literal["average_score"]  # noqa: Y015
+    _WhichOneofArgType__average_score: _TypeAlias = _typing.Literal["_average_score", b"_average_score"]  # noqa: Y015
+    _WhichOneofReturnType__nps: _TypeAlias = _typing.Literal["nps"]  # noqa: Y015
+    _WhichOneofArgType__nps: _TypeAlias = _typing.Literal["_nps", b"_nps"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__average_score) -> _WhichOneofReturnType__average_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__nps) -> _WhichOneofReturnType__nps | None: ...
+
+Global___GetSatisfactionResponse: _TypeAlias = GetSatisfactionResponse  # noqa: Y015
+
+@_typing.final
+class GetShopOverviewRequest(_message.Message):
+    """GetShopOverviewRequest names the period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_START_FIELD_NUMBER: _builtins.int
+    PERIOD_END_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    @_builtins.property
+    def period_start(self) -> _common_pb2.Date:
+        """First day."""
+
+    @_builtins.property
+    def period_end(self) -> _common_pb2.Date:
+        """Last day."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        period_start: _common_pb2.Date | None = ...,
+        period_end: _common_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetShopOverviewRequest: _TypeAlias = GetShopOverviewRequest  # noqa: Y015
+
+@_typing.final
+class GetShopOverviewResponse(_message.Message):
+    """GetShopOverviewResponse is the dashboard's headline numbers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDERS_FIELD_NUMBER: _builtins.int
+    CUSTOMERS_FIELD_NUMBER: _builtins.int
+    NET_REVENUE_FIELD_NUMBER: _builtins.int
+    AOV_MINOR_FIELD_NUMBER: _builtins.int
+    PURCHASE_FREQUENCY_FIELD_NUMBER: _builtins.int
+    REPURCHASE_BY_CUSTOMER_FIELD_NUMBER: _builtins.int
+    REPURCHASE_BY_ORDER_FIELD_NUMBER: _builtins.int
+    NINETY_DAY_REPURCHASE_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
+    CHURN_FROM_PREVIOUS_PERIOD_FIELD_NUMBER: _builtins.int
+    NPS_FIELD_NUMBER: _builtins.int
+    orders: _builtins.int
+    """Orders in the period (fully refunded left out)."""
+    customers: _builtins.int
+    """Customers with an order in the period."""
+    aov_minor: _builtins.float
+    """Average order value (客单价) in minor units; absent without orders."""
+    purchase_frequency: _builtins.float
+    """Orders per customer; absent without orders."""
+    stage: Global___RepurchaseStage.ValueType
+    """Its stage."""
+    nps: _builtins.float
+    """Net Promoter Score of the period; absent without answers."""
+    @_builtins.property
+    def net_revenue(self) -> _common_pb2.Money:
+        """Paid minus refunded."""
+
+    @_builtins.property
+    def repurchase_by_customer(self) -> Global___RateValue:
+        """Repurchase rate by customer."""
+
+    @_builtins.property
+    def repurchase_by_order(self) -> Global___RateValue:
+        """Repurchase rate by order."""
+
+    @_builtins.property
+    def ninety_day_repurchase(self) -> Global___RateValue:
+        """90-day repurchase of the period's first-time buyers, as of today."""
+
+    @_builtins.property
+    def churn_from_previous_period(self) -> Global___RateValue:
+        """Churn from the equally long period just before into this one."""
+
+    def __init__(
+        self,
+        *,
+        orders: _builtins.int = ...,
+        customers: _builtins.int = ...,
+        net_revenue: _common_pb2.Money | None = ...,
+        aov_minor: _builtins.float | None = ...,
+        purchase_frequency: _builtins.float | None = ...,
+        repurchase_by_customer: Global___RateValue | None = ...,
+        repurchase_by_order: Global___RateValue | None = ...,
+        ninety_day_repurchase: Global___RateValue | None = ...,
+        stage: Global___RepurchaseStage.ValueType = ...,
+        churn_from_previous_period: Global___RateValue | None = ...,
+        nps: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_aov_minor", b"_aov_minor", "_nps", b"_nps", "_purchase_frequency", b"_purchase_frequency", "aov_minor", b"aov_minor", "churn_from_previous_period", b"churn_from_previous_period", "net_revenue", b"net_revenue", "ninety_day_repurchase", b"ninety_day_repurchase", "nps", b"nps", "purchase_frequency", b"purchase_frequency", "repurchase_by_customer", b"repurchase_by_customer", "repurchase_by_order", b"repurchase_by_order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_aov_minor", b"_aov_minor", "_nps", b"_nps", "_purchase_frequency", b"_purchase_frequency", "aov_minor", b"aov_minor", "churn_from_previous_period", b"churn_from_previous_period", "customers", b"customers", "net_revenue", b"net_revenue", "ninety_day_repurchase", b"ninety_day_repurchase", "nps", b"nps", "orders", b"orders", "purchase_frequency", b"purchase_frequency", "repurchase_by_customer", b"repurchase_by_customer", "repurchase_by_order", b"repurchase_by_order", "stage", b"stage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__aov_minor: _TypeAlias = _typing.Literal["aov_minor"]  # noqa: Y015
+    _WhichOneofArgType__aov_minor: _TypeAlias = _typing.Literal["_aov_minor", b"_aov_minor"]  # noqa: Y015
+    _WhichOneofReturnType__nps: _TypeAlias = _typing.Literal["nps"]  # noqa: Y015
+    _WhichOneofArgType__nps: _TypeAlias = _typing.Literal["_nps", b"_nps"]  # noqa: Y015
+    _WhichOneofReturnType__purchase_frequency: _TypeAlias = _typing.Literal["purchase_frequency"]  # noqa: Y015
+    _WhichOneofArgType__purchase_frequency: _TypeAlias = _typing.Literal["_purchase_frequency", b"_purchase_frequency"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__aov_minor) -> _WhichOneofReturnType__aov_minor | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__nps) -> _WhichOneofReturnType__nps | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__purchase_frequency) -> _WhichOneofReturnType__purchase_frequency | None: ...
+
+Global___GetShopOverviewResponse: _TypeAlias = GetShopOverviewResponse  # noqa: Y015

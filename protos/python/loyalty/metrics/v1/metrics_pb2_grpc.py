@@ -87,6 +87,21 @@ class MetricsServiceStub:
                 request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamCustomerFeaturesRequest.SerializeToString,
                 response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamCustomerFeaturesResponse.FromString,
                 _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/loyalty.metrics.v1.MetricsService/RecordFeedback',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordFeedbackResponse.FromString,
+                _registered_method=True)
+        self.GetSatisfaction = channel.unary_unary(
+                '/loyalty.metrics.v1.MetricsService/GetSatisfaction',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetSatisfactionRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetSatisfactionResponse.FromString,
+                _registered_method=True)
+        self.GetShopOverview = channel.unary_unary(
+                '/loyalty.metrics.v1.MetricsService/GetShopOverview',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetShopOverviewRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetShopOverviewResponse.FromString,
+                _registered_method=True)
         self.GetChurnRate = channel.unary_unary(
                 '/loyalty.metrics.v1.MetricsService/GetChurnRate',
                 request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateRequest.SerializeToString,
@@ -195,6 +210,29 @@ class MetricsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordFeedback(self, request, context):
+        """Records customers' satisfaction scores (0-10), idempotent per feedback_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSatisfaction(self, request, context):
+        """Satisfaction of a period: NPS = % promoters (9-10) - % detractors (0-6),
+        average score, and recommendation rate (推荐率) = promoters / responses.
+        Example: scores 10, 9, 8, 7, 6, 0 give NPS 0, average 6.67, rate 2/6.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetShopOverview(self, request, context):
+        """The headline numbers of a period in one call, for a dashboard.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetChurnRate(self, request, context):
         """Churn between two periods: customers active in the first with no order
         in the second / customers active in the first.
@@ -255,6 +293,21 @@ def add_MetricsServiceServicer_to_server(servicer, server):
                     servicer.StreamCustomerFeatures,
                     request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamCustomerFeaturesRequest.FromString,
                     response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamCustomerFeaturesResponse.SerializeToString,
+            ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordFeedbackRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordFeedbackResponse.SerializeToString,
+            ),
+            'GetSatisfaction': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSatisfaction,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetSatisfactionRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetSatisfactionResponse.SerializeToString,
+            ),
+            'GetShopOverview': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShopOverview,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetShopOverviewRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetShopOverviewResponse.SerializeToString,
             ),
             'GetChurnRate': grpc.unary_unary_rpc_method_handler(
                     servicer.GetChurnRate,
@@ -535,6 +588,87 @@ class MetricsService:
             '/loyalty.metrics.v1.MetricsService/StreamCustomerFeatures',
             loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamCustomerFeaturesRequest.SerializeToString,
             loyalty_dot_metrics_dot_v1_dot_metrics__pb2.StreamCustomerFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/RecordFeedback',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordFeedbackRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.RecordFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSatisfaction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/GetSatisfaction',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetSatisfactionRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetSatisfactionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShopOverview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/GetShopOverview',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetShopOverviewRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetShopOverviewResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -90,6 +90,15 @@ class MetricsServiceStub:
     segmentation scores on. Resumable: pass the resume_token of the last row
     received to continue after it.
     """
+    RecordFeedback: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.RecordFeedbackRequest, _metrics_pb2.RecordFeedbackResponse]
+    """Records customers' satisfaction scores (0-10), idempotent per feedback_id."""
+    GetSatisfaction: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetSatisfactionRequest, _metrics_pb2.GetSatisfactionResponse]
+    """Satisfaction of a period: NPS = % promoters (9-10) - % detractors (0-6),
+    average score, and recommendation rate (推荐率) = promoters / responses.
+    Example: scores 10, 9, 8, 7, 6, 0 give NPS 0, average 6.67, rate 2/6.
+    """
+    GetShopOverview: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetShopOverviewRequest, _metrics_pb2.GetShopOverviewResponse]
+    """The headline numbers of a period in one call, for a dashboard."""
     GetChurnRate: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetChurnRateRequest, _metrics_pb2.GetChurnRateResponse]
     """Churn between two periods: customers active in the first with no order
     in the second / customers active in the first.
@@ -157,6 +166,15 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
     segmentation scores on. Resumable: pass the resume_token of the last row
     received to continue after it.
     """
+    RecordFeedback: _aio.UnaryUnaryMultiCallable[_metrics_pb2.RecordFeedbackRequest, _metrics_pb2.RecordFeedbackResponse]  # type: ignore[assignment]
+    """Records customers' satisfaction scores (0-10), idempotent per feedback_id."""
+    GetSatisfaction: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetSatisfactionRequest, _metrics_pb2.GetSatisfactionResponse]  # type: ignore[assignment]
+    """Satisfaction of a period: NPS = % promoters (9-10) - % detractors (0-6),
+    average score, and recommendation rate (推荐率) = promoters / responses.
+    Example: scores 10, 9, 8, 7, 6, 0 give NPS 0, average 6.67, rate 2/6.
+    """
+    GetShopOverview: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetShopOverviewRequest, _metrics_pb2.GetShopOverviewResponse]  # type: ignore[assignment]
+    """The headline numbers of a period in one call, for a dashboard."""
     GetChurnRate: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetChurnRateRequest, _metrics_pb2.GetChurnRateResponse]  # type: ignore[assignment]
     """Churn between two periods: customers active in the first with no order
     in the second / customers active in the first.
@@ -281,6 +299,33 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
         segmentation scores on. Resumable: pass the resume_token of the last row
         received to continue after it.
         """
+
+    @_abc_1.abstractmethod
+    def RecordFeedback(
+        self,
+        request: _metrics_pb2.RecordFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.RecordFeedbackResponse, _abc.Awaitable[_metrics_pb2.RecordFeedbackResponse]]:
+        """Records customers' satisfaction scores (0-10), idempotent per feedback_id."""
+
+    @_abc_1.abstractmethod
+    def GetSatisfaction(
+        self,
+        request: _metrics_pb2.GetSatisfactionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.GetSatisfactionResponse, _abc.Awaitable[_metrics_pb2.GetSatisfactionResponse]]:
+        """Satisfaction of a period: NPS = % promoters (9-10) - % detractors (0-6),
+        average score, and recommendation rate (推荐率) = promoters / responses.
+        Example: scores 10, 9, 8, 7, 6, 0 give NPS 0, average 6.67, rate 2/6.
+        """
+
+    @_abc_1.abstractmethod
+    def GetShopOverview(
+        self,
+        request: _metrics_pb2.GetShopOverviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.GetShopOverviewResponse, _abc.Awaitable[_metrics_pb2.GetShopOverviewResponse]]:
+        """The headline numbers of a period in one call, for a dashboard."""
 
     @_abc_1.abstractmethod
     def GetChurnRate(
