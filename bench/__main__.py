@@ -10,9 +10,11 @@ import argparse
 import json
 import os
 import platform
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import metrics_bench
 from bench.baselines import echo_client, echo_server, empty_pg_database, raw_pg_client, raw_pg_database
 from bench.load import LoadResult, run_load
 from bench.services import adjust_client, get_account_client, points_service
@@ -39,10 +41,24 @@ def table(results: list[LoadResult], baseline: LoadResult) -> str:
     return "\n".join(lines)
 
 
+def metrics_table(result: metrics_bench.MetricsBenchResult) -> str:
+    return "\n".join(
+        [
+            "| metrics at scale (repurchase ×2, 90-day, monthly cohorts) | orders | customers | numpy s | DuckDB s "
+            "| numpy ÷ DuckDB | peak RSS MB |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            f"| same answers checked | {result.orders} | {result.customers} | {result.numpy_seconds:.3f} | "
+            f"{result.duckdb_seconds:.3f} | {result.ratio:.2f} | {result.peak_rss_mb:.0f} |",
+        ]
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--metrics-orders", type=int, default=10_000_000)
+    parser.add_argument("--metrics-customers", type=int, default=1_000_000)
     options = parser.parse_args()
     results: list[LoadResult] = []
     with echo_server() as address:
@@ -79,15 +95,17 @@ def main() -> int:
                 seconds=options.seconds,
             )
         )
+    metrics = metrics_bench.run(orders=options.metrics_orders, customers=options.metrics_customers)
     RESULTS.mkdir(exist_ok=True)
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "results": [r.as_dict() for r in results],
         "ratios_to_echo_rps": {r.name: round(r.rps / echo.rps, 3) if echo.rps else None for r in results},
+        "metrics_vs_duckdb": {**asdict(metrics), "ratio": round(metrics.ratio, 3)},
     }
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    markdown = table(results, echo)
+    markdown = table(results, echo) + "\n\n" + metrics_table(metrics)
     (RESULTS / "latest.md").write_text(markdown + "\n")
     print(markdown)
     return 0

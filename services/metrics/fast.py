@@ -1,0 +1,145 @@
+"""The metric definitions vectorised with numpy, for shops with millions of orders.
+
+Same definitions as `services.metrics.definitions` (which is the reference:
+tests hold this module to it on random data); here orders are columns sorted
+once by (customer, day), and each metric is a few array passes instead of a
+loop over customers. Days are integers: days since 1970-01-01 on the shop's
+calendar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+
+import numpy as np
+from numpy.typing import NDArray
+
+from services.metrics.definitions import CohortRow, Grain, NinetyDayRepurchase, Period, Purchase, Rate
+
+EPOCH = date(1970, 1, 1)
+Int = NDArray[np.int64]
+
+
+def day_number(day: date) -> int:
+    return (day - EPOCH).days
+
+
+@dataclass(frozen=True)
+class OrderColumns:
+    """Orders as columns; `group` numbers customers densely 0..customers-1 (no sorting needed)."""
+
+    group: Int  # per order: its customer's number
+    day: Int  # per order: shop-local day number
+    first_day: Int  # per customer: first order's day
+    customer_ids: list[str]
+
+    @property
+    def customers(self) -> int:
+        return len(self.first_day)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        group: NDArray[np.integer],
+        days: NDArray[np.integer],
+        customers: int,
+        customer_ids: list[str] | None = None,
+    ) -> OrderColumns:
+        """From dense customer numbers (0..customers-1) and day numbers, in any order."""
+        codes = np.asarray(group, dtype=np.int64)
+        day = np.asarray(days, dtype=np.int64)
+        first = np.full(customers, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, codes, day)
+        return cls(group=codes, day=day, first_day=first, customer_ids=customer_ids or [])
+
+    @classmethod
+    def from_purchases(cls, purchases: Iterable[Purchase]) -> OrderColumns:
+        items = list(purchases)
+        names = sorted({p.customer_id for p in items})
+        code_of = {name: i for i, name in enumerate(names)}
+        codes = np.array([code_of[p.customer_id] for p in items], dtype=np.int64)
+        days = np.array([day_number(p.day) for p in items], dtype=np.int64)
+        return cls.from_arrays(codes, days, len(names), names)
+
+
+def _orders_in(columns: OrderColumns, period: Period) -> tuple[NDArray[np.bool_], Int]:
+    inside = (columns.day >= day_number(period.start)) & (columns.day <= day_number(period.end))
+    return inside, np.bincount(columns.group[inside], minlength=columns.customers)
+
+
+def repurchase_rate_by_customer(columns: OrderColumns, period: Period, *, count_history: bool = False) -> Rate:
+    _, per_customer = _orders_in(columns, period)
+    buyers = per_customer > 0
+    repeaters = per_customer >= 2
+    if count_history:
+        repeaters |= buyers & (columns.first_day < day_number(period.start))
+    return Rate(int(repeaters.sum()), int(buyers.sum()))
+
+
+def repurchase_rate_by_order(columns: OrderColumns, period: Period, *, count_history: bool = False) -> Rate:
+    inside, per_customer = _orders_in(columns, period)
+    buyers = per_customer > 0
+    first_is_repeat = count_history & (columns.first_day < day_number(period.start))
+    non_repeats = int((buyers & ~first_is_repeat).sum())
+    orders = int(inside.sum())
+    return Rate(orders - non_repeats, orders)
+
+
+def ninety_day_repurchase(columns: OrderColumns, cohort: Period, as_of: date, *, days: int = 90) -> NinetyDayRepurchase:
+    first = columns.first_day
+    in_cohort = (first >= day_number(cohort.start)) & (first <= day_number(cohort.end))
+    closed = in_cohort & (first + days <= day_number(as_of))
+    first_of_order = first[columns.group]
+    later = (columns.day > first_of_order) & (columns.day <= first_of_order + days)
+    repeated = np.zeros(columns.customers, dtype=bool)
+    repeated[columns.group[later]] = True
+    return NinetyDayRepurchase(
+        Rate(int((closed & repeated).sum()), int(closed.sum())), int((in_cohort & ~closed).sum())
+    )
+
+
+def _period_index(day: Int, grain: Grain) -> Int:
+    if grain is Grain.WEEK:
+        return (day + 3) // 7  # weeks start on Monday; 1970-01-01 was a Thursday
+    months: Int = day.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64)
+    return months
+
+
+def _period_start(index: int, grain: Grain) -> date:
+    if grain is Grain.WEEK:
+        return date.fromordinal(EPOCH.toordinal() + index * 7 - 3)
+    year, month = divmod(index, 12)
+    return date(1970 + year, month + 1, 1)
+
+
+def cohort_retention(columns: OrderColumns, grain: Grain, as_of: date) -> list[CohortRow]:
+    keep = columns.day <= day_number(as_of)
+    group, day = columns.group[keep], columns.day[keep]
+    if len(day) == 0:
+        return []
+    order_period = _period_index(day, grain)
+    cohort_of_customer = _period_index(columns.first_day, grain)
+    last = int(_period_index(np.array([day_number(as_of)], dtype=np.int64), grain)[0])
+    low = int(cohort_of_customer[group].min())
+    width = last - low + 1
+    offset = order_period - cohort_of_customer[group]
+    # Distinct (customer, offset) pairs through a bitmap rather than a sort.
+    active = np.zeros(columns.customers * width, dtype=bool)
+    active[group * width + offset] = True
+    pairs = np.flatnonzero(active)
+    pair_cohort = cohort_of_customer[pairs // width] - low
+    matrix = np.bincount(pair_cohort * width + pairs % width, minlength=width * width).reshape(width, width)
+    seen = np.zeros(columns.customers, dtype=bool)
+    seen[group] = True
+    sizes = np.bincount(cohort_of_customer[seen] - low, minlength=width)
+    rows = []
+    for index in np.flatnonzero(sizes):
+        span = last - (low + int(index)) + 1
+        rows.append(
+            CohortRow(
+                _period_start(low + int(index), grain), int(sizes[index]), tuple(int(v) for v in matrix[index, :span])
+            )
+        )
+    return rows
