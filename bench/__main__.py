@@ -53,6 +53,18 @@ def metrics_table(result: metrics_bench.MetricsBenchResult) -> str:
     )
 
 
+def summaries_table(result: metrics_bench.SummariesBenchResult) -> str:
+    return "\n".join(
+        [
+            "| CLV summaries (frequency, recency, T, monetary) | orders | customers | numpy s | lifetimes s "
+            "| speedup |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| same rows checked | {result.orders} | {result.customers} | {result.numpy_seconds:.3f} | "
+            f"{result.lifetimes_seconds:.3f} | {result.speedup:.1f}× |",
+        ]
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=32)
@@ -96,6 +108,7 @@ def main() -> int:
             )
         )
     metrics = metrics_bench.run(orders=options.metrics_orders, customers=options.metrics_customers)
+    summaries = metrics_bench.run_summaries(orders=options.metrics_orders, customers=options.metrics_customers)
     RESULTS.mkdir(exist_ok=True)
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -103,9 +116,10 @@ def main() -> int:
         "results": [r.as_dict() for r in results],
         "ratios_to_echo_rps": {r.name: round(r.rps / echo.rps, 3) if echo.rps else None for r in results},
         "metrics_vs_duckdb": {**asdict(metrics), "ratio": round(metrics.ratio, 3)},
+        "clv_summaries_vs_lifetimes": {**asdict(summaries), "speedup": round(summaries.speedup, 1)},
     }
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    markdown = table(results, echo) + "\n\n" + metrics_table(metrics)
+    markdown = table(results, echo) + "\n\n" + metrics_table(metrics) + "\n\n" + summaries_table(summaries)
     (RESULTS / "latest.md").write_text(markdown + "\n")
     print(markdown)
     return 0

@@ -114,3 +114,49 @@ def run(orders: int = 10_000_000, customers: int = 1_000_000, runs: int = 3) -> 
 if __name__ == "__main__":
     result = run(orders=1_000_000, customers=100_000)
     print(result, f"ratio {result.ratio:.2f}")
+
+
+@dataclass(frozen=True)
+class SummariesBenchResult:
+    orders: int
+    customers: int
+    numpy_seconds: float
+    lifetimes_seconds: float
+
+    @property
+    def speedup(self) -> float:
+        return self.lifetimes_seconds / self.numpy_seconds
+
+
+def run_summaries(orders: int = 1_000_000, customers: int = 100_000) -> SummariesBenchResult:
+    """CLV summaries (frequency, recency, T, monetary) vs lifetimes' summary_data_from_transaction_data."""
+    import pandas as pd
+    from lifetimes.utils import summary_data_from_transaction_data
+
+    codes, days = generate(orders, customers)
+    amounts = np.random.default_rng(7).integers(100, 50_000, orders)
+    frame = pd.DataFrame({"customer": codes, "day": days.astype("datetime64[D]"), "amount": amounts.astype(float)})
+    end = pd.Timestamp(AS_OF)
+
+    def ours() -> fast.SummaryColumns:
+        columns = fast.OrderColumns.from_arrays(codes, days, int(codes.max()) + 1, amounts=amounts)
+        return fast.clv_summary_columns(columns, AS_OF)
+
+    numpy_seconds, table = best_of(3, ours)
+    lifetimes_seconds, theirs = best_of(
+        1,
+        lambda: summary_data_from_transaction_data(
+            frame, "customer", "day", monetary_value_col="amount", observation_period_end=end
+        ),
+    )
+    theirs = theirs.sort_index()
+    same = (
+        np.array_equal(table.group, theirs.index.to_numpy())
+        and np.array_equal(table.frequency, theirs["frequency"].to_numpy())
+        and np.array_equal(table.recency, theirs["recency"].to_numpy())
+        and np.array_equal(table.age, theirs["T"].to_numpy())
+        and np.allclose(table.monetary, theirs["monetary_value"].to_numpy())
+    )
+    if not same:
+        raise AssertionError("numpy and lifetimes summaries disagree")
+    return SummariesBenchResult(orders, len(table.group), round(numpy_seconds, 3), round(lifetimes_seconds, 3))

@@ -12,11 +12,21 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
 
-from services.metrics.definitions import CohortRow, Grain, NinetyDayRepurchase, Period, Purchase, Rate
+from services.metrics.definitions import (
+    CohortRow,
+    Grain,
+    NinetyDayRepurchase,
+    Period,
+    Purchase,
+    Rate,
+    RfmSummary,
+    TimeUnit,
+)
 
 EPOCH = date(1970, 1, 1)
 Int = NDArray[np.int64]
@@ -32,12 +42,16 @@ class OrderColumns:
 
     group: Int  # per order: its customer's number
     day: Int  # per order: shop-local day number
-    first_day: Int  # per customer: first order's day
+    customers: int
     customer_ids: list[str]
+    amount: Int | None = None  # per order: net paid amount, when a metric needs money
 
-    @property
-    def customers(self) -> int:
-        return len(self.first_day)
+    @cached_property
+    def first_day(self) -> Int:
+        """Per customer: the first order's day (computed once, only by metrics that need it)."""
+        first = np.full(self.customers, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, self.group, self.day)
+        return first
 
     @classmethod
     def from_arrays(
@@ -46,13 +60,13 @@ class OrderColumns:
         days: NDArray[np.integer],
         customers: int,
         customer_ids: list[str] | None = None,
+        amounts: NDArray[np.integer] | None = None,
     ) -> OrderColumns:
         """From dense customer numbers (0..customers-1) and day numbers, in any order."""
-        codes = np.asarray(group, dtype=np.int64)
-        day = np.asarray(days, dtype=np.int64)
-        first = np.full(customers, np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(first, codes, day)
-        return cls(group=codes, day=day, first_day=first, customer_ids=customer_ids or [])
+        money = None if amounts is None else np.asarray(amounts, dtype=np.int64)
+        return cls(
+            np.asarray(group, dtype=np.int64), np.asarray(days, dtype=np.int64), customers, customer_ids or [], money
+        )
 
     @classmethod
     def from_purchases(cls, purchases: Iterable[Purchase]) -> OrderColumns:
@@ -61,7 +75,8 @@ class OrderColumns:
         code_of = {name: i for i, name in enumerate(names)}
         codes = np.array([code_of[p.customer_id] for p in items], dtype=np.int64)
         days = np.array([day_number(p.day) for p in items], dtype=np.int64)
-        return cls.from_arrays(codes, days, len(names), names)
+        amounts = np.array([p.net_minor for p in items], dtype=np.int64)
+        return cls.from_arrays(codes, days, len(names), names, amounts)
 
 
 def _orders_in(columns: OrderColumns, period: Period) -> tuple[NDArray[np.bool_], Int]:
@@ -143,3 +158,67 @@ def cohort_retention(columns: OrderColumns, grain: Grain, as_of: date) -> list[C
             )
         )
     return rows
+
+
+@dataclass(frozen=True)
+class SummaryColumns:
+    """BG/NBD inputs per customer who ordered by as_of, in customer-number order."""
+
+    group: Int
+    frequency: Int
+    recency: Int
+    age: Int  # T
+    monetary: NDArray[np.float64]
+
+
+def clv_summary_columns(columns: OrderColumns, as_of: date, unit: TimeUnit = TimeUnit.DAYS) -> SummaryColumns:
+    """As `definitions.clv_summaries`: purchases in one period count once, their amounts add up.
+
+    Only the count of distinct purchase periods needs a sort; first and last
+    periods come from per-customer min/max days, and repeat spend is total
+    spend minus first-period spend.
+    """
+    if columns.amount is None:
+        raise ValueError("clv summaries need order amounts")
+    keep = columns.day <= day_number(as_of)
+    if keep.all():  # the usual case: no copies
+        group, day, amount = columns.group, columns.day, columns.amount
+    else:
+        group, day, amount = columns.group[keep], columns.day[keep], columns.amount[keep]
+    empty = np.zeros(0, dtype=np.int64)
+    if len(day) == 0:
+        return SummaryColumns(empty, empty, empty, empty, np.zeros(0))
+    customers = columns.customers
+    period = day + 3 if unit.value == 1 else (day + 3) // unit.value  # periods from Monday 1969-12-29
+    low = int(period.min())
+    width = (day_number(as_of) + 3) // unit.value - low + 1
+    keys = group * width + (period - low)
+    if customers * width < np.iinfo(np.int32).max:
+        keys = keys.astype(np.int32)  # a 32-bit sort is markedly faster
+    keys = np.sort(keys)
+    distinct = keys[np.r_[True, keys[1:] != keys[:-1]]]
+    owner = distinct // width
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    ends = np.r_[starts[1:] - 1, len(distinct) - 1]
+    present = owner[starts].astype(np.int64)
+    first = (distinct[starts] % width).astype(np.int64)  # period offsets from `low`
+    last = (distinct[ends] % width).astype(np.int64)
+    first_of_customer = np.zeros(customers, dtype=np.int64)
+    first_of_customer[present] = first
+    in_first = (period - low) == first_of_customer[group]
+    total = np.bincount(group, weights=amount, minlength=customers)
+    first_spend = np.bincount(group[in_first], weights=amount[in_first], minlength=customers)
+    frequency = (ends - starts).astype(np.int64)
+    repeat_spend = (total - first_spend)[present]
+    monetary = np.where(frequency > 0, repeat_spend / np.maximum(frequency, 1), 0.0)
+    now = (day_number(as_of) + 3) // unit.value - low
+    return SummaryColumns(group=present, frequency=frequency, recency=last - first, age=now - first, monetary=monetary)
+
+
+def clv_summaries(columns: OrderColumns, as_of: date, unit: TimeUnit = TimeUnit.DAYS) -> list[RfmSummary]:
+    """The same rows as `definitions.clv_summaries`, for small shops and for tests."""
+    table = clv_summary_columns(columns, as_of, unit)
+    return [
+        RfmSummary(columns.customer_ids[int(g)], int(f), float(r), float(t), float(m))
+        for g, f, r, t, m in zip(table.group, table.frequency, table.recency, table.age, table.monetary, strict=True)
+    ]

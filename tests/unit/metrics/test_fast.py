@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -59,3 +60,43 @@ def test_week_and_month_starts() -> None:
     assert fast._period_start(
         int(fast._period_index(fast.np.array([fast.day_number(date(2026, 1, 7))]), Grain.MONTH)[0]), Grain.MONTH
     ) == date(2026, 1, 1)
+
+
+@settings(max_examples=400)
+@given(purchases, st.dates(date(2025, 1, 1), date(2027, 1, 31)), st.sampled_from(list(reference.TimeUnit)))
+def test_clv_summaries(items: list[Purchase], as_of: date, unit: reference.TimeUnit) -> None:
+    columns = fast.OrderColumns.from_purchases(items)
+    got, expected = fast.clv_summaries(columns, as_of, unit), reference.clv_summaries(items, as_of, unit)
+    assert [(r.customer_id, r.frequency, r.recency, r.T) for r in got] == [
+        (r.customer_id, r.frequency, r.recency, r.T) for r in expected
+    ]
+    assert [r.monetary_minor for r in got] == pytest.approx([r.monetary_minor for r in expected])
+
+
+@settings(max_examples=60, deadline=None)
+@given(purchases.filter(bool), st.dates(date(2025, 6, 1), date(2027, 1, 31)), st.sampled_from(["D", "W"]))
+def test_clv_summaries_match_the_lifetimes_package(items: list[Purchase], as_of: date, freq: str) -> None:
+    """The real `lifetimes.utils.summary_data_from_transaction_data`, not a re-implementation of it."""
+    pd = pytest.importorskip("pandas")
+    lifetimes_utils = pytest.importorskip("lifetimes.utils")
+    frame = pd.DataFrame(
+        {
+            "customer": [p.customer_id for p in items],
+            "day": pd.to_datetime([p.day for p in items]),
+            "amount": [float(p.amount_minor) for p in items],
+        }
+    )
+    frame = frame[frame["day"] <= pd.Timestamp(as_of)]
+    unit = reference.TimeUnit.DAYS if freq == "D" else reference.TimeUnit.WEEKS
+    ours = fast.clv_summaries(fast.OrderColumns.from_purchases(items), as_of, unit)
+    if frame.empty:
+        assert ours == []
+        return
+    theirs = lifetimes_utils.summary_data_from_transaction_data(
+        frame, "customer", "day", monetary_value_col="amount", observation_period_end=pd.Timestamp(as_of), freq=freq
+    )
+    assert [r.customer_id for r in ours] == list(theirs.index)
+    assert [r.frequency for r in ours] == list(theirs["frequency"])
+    assert [r.recency for r in ours] == list(theirs["recency"])
+    assert [r.T for r in ours] == list(theirs["T"])
+    assert [r.monetary_minor for r in ours] == pytest.approx(list(theirs["monetary_value"]))
