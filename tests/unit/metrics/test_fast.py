@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, timedelta
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -55,10 +56,10 @@ def test_cohort_retention(items: list[Purchase], grain: Grain, as_of: date) -> N
 
 def test_week_and_month_starts() -> None:
     assert fast._period_start(
-        int(fast._period_index(fast.np.array([fast.day_number(date(2026, 1, 7))]), Grain.WEEK)[0]), Grain.WEEK
+        int(fast._period_index(np.array([fast.day_number(date(2026, 1, 7))]), Grain.WEEK)[0]), Grain.WEEK
     ) == date(2026, 1, 5)
     assert fast._period_start(
-        int(fast._period_index(fast.np.array([fast.day_number(date(2026, 1, 7))]), Grain.MONTH)[0]), Grain.MONTH
+        int(fast._period_index(np.array([fast.day_number(date(2026, 1, 7))]), Grain.MONTH)[0]), Grain.MONTH
     ) == date(2026, 1, 1)
 
 
