@@ -22,7 +22,7 @@ from services.common.orders import PaidOrder, parse_order
 from services.common.paging import Cursor, decode_token, encode_token
 from services.common.server import ServiceContext
 from services.common.validation import check_amount, check_currency, check_id, check_instant, check_text
-from services.metrics import store
+from services.metrics import fast, store
 from services.metrics.clv import Array, BgNbd, GammaGamma, customer_lifetime_value, fit_bg_nbd, fit_gamma_gamma
 from services.metrics.definitions import (
     CustomerFeatures,
@@ -33,7 +33,6 @@ from services.metrics.definitions import (
     RepurchaseStage,
     Satisfaction,
     churn_rate,
-    cohort_retention,
     customer_features,
     ninety_day_repurchase,
     repurchase_rate_by_customer,
@@ -144,6 +143,11 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         orders = self.ctx.db.run(lambda s: store.load_purchases(s, shop_id=shop_id, until=until))
         return usable(orders, include_refunded=include_refunded)
 
+    def _columns(self, shop_id: str, until: date, *, include_refunded: bool = False) -> fast.OrderColumns:
+        return self.ctx.db.run(
+            lambda s: store.load_columns(s, shop_id=shop_id, until=until, include_refunded=include_refunded)
+        )
+
     def _today(self, shop_id: str) -> date:
         zone = self.ctx.db.run(
             lambda s: store.shop_zone(s, shop_id=shop_id, default_zone=self.ctx.settings.default_time_zone)
@@ -158,8 +162,8 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         v.check(request.basis in BASES, "basis", "must be REPURCHASE_BASIS_CUSTOMER or REPURCHASE_BASIS_ORDER")
         v.raise_if_any()
         assert period is not None
-        purchases = self._purchases(request.shop_id, period.end, include_refunded=request.include_refunded)
-        rate = BASES[request.basis](purchases, period, count_history=request.count_history)
+        columns = self._columns(request.shop_id, period.end, include_refunded=request.include_refunded)
+        rate = BASES[request.basis](columns, period, count_history=request.count_history)
         return metrics_pb2.GetRepurchaseRateResponse(rate=rate_proto(rate))
 
     def GetRepurchaseStage(
@@ -171,7 +175,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         v.raise_if_any()
         assert cohort is not None
         as_of = as_of or self._today(request.shop_id)
-        result = ninety_day_repurchase(self._purchases(request.shop_id, as_of), cohort, as_of)
+        result = fast.ninety_day_repurchase(self._columns(request.shop_id, as_of), cohort, as_of)
         return metrics_pb2.GetRepurchaseStageResponse(
             rate=rate_proto(result.rate),
             stage=STAGES[result.stage] if result.stage else metrics_pb2.REPURCHASE_STAGE_UNSPECIFIED,
@@ -186,7 +190,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         as_of = from_date(v, request.as_of, "as_of") if request.HasField("as_of") else None
         v.raise_if_any()
         as_of = as_of or self._today(request.shop_id)
-        rows = cohort_retention(self._purchases(request.shop_id, as_of), GRAINS[request.grain], as_of)
+        rows = fast.cohort_retention(self._columns(request.shop_id, as_of), GRAINS[request.grain], as_of)
         return metrics_pb2.GetCohortRetentionResponse(
             rows=[
                 metrics_pb2.CohortRow(cohort_start=to_date(r.cohort_start), size=r.size, active=list(r.active))
@@ -487,8 +491,8 @@ def parse_orders(orders: Sequence[common_pb2.Order]) -> list[PaidOrder]:
 
 
 BASES = {
-    metrics_pb2.REPURCHASE_BASIS_CUSTOMER: repurchase_rate_by_customer,
-    metrics_pb2.REPURCHASE_BASIS_ORDER: repurchase_rate_by_order,
+    metrics_pb2.REPURCHASE_BASIS_CUSTOMER: fast.repurchase_rate_by_customer,
+    metrics_pb2.REPURCHASE_BASIS_ORDER: fast.repurchase_rate_by_order,
 }
 GRAINS = {metrics_pb2.COHORT_GRAIN_WEEK: Grain.WEEK, metrics_pb2.COHORT_GRAIN_MONTH: Grain.MONTH}
 STAGES = {

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
+import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
@@ -16,6 +17,7 @@ from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.common.orders import PaidOrder
 from services.metrics import domain
 from services.metrics.definitions import Purchase
+from services.metrics.fast import OrderColumns
 from services.metrics.models import ClvModelRecord, CustomerSummary, FeedbackRecord, Order, Refund, Shop
 
 
@@ -326,3 +328,21 @@ def rebuild_summaries(session: Session, *, shop_id: str) -> int:
 
 def shop_ids(session: Session) -> list[str]:
     return list(session.scalars(select(Shop.shop_id).order_by(Shop.shop_id)))
+
+
+def load_columns(session: Session, *, shop_id: str, until: date, include_refunded: bool = False) -> OrderColumns:
+    """The shop's orders on or before `until` as numpy columns for `services.metrics.fast`.
+
+    Customers are numbered in sorted id order, as the reference definitions list them.
+    """
+    query = select(Order.customer_id, Order.local_date).where(Order.shop_id == shop_id, Order.local_date <= until)
+    if not include_refunded:
+        query = query.where((Order.refunded_minor < Order.amount_minor) | (Order.amount_minor == 0))
+    rows = session.execute(query).all()
+    if not rows:
+        empty = np.zeros(0, dtype=np.int64)
+        return OrderColumns.from_arrays(empty, empty, 0)
+    ids, days = zip(*rows, strict=True)
+    names, codes = np.unique(np.array(ids, dtype=object), return_inverse=True)
+    day_numbers = np.array(days, dtype="datetime64[D]").astype(np.int64)
+    return OrderColumns.from_arrays(codes.astype(np.int64), day_numbers, len(names), [str(n) for n in names])
