@@ -32,7 +32,9 @@ from services.metrics.definitions import (
     Rate,
     RepurchaseStage,
     Satisfaction,
+    TimeUnit,
     churn_rate,
+    clv_summaries,
     customer_features,
     ninety_day_repurchase,
     repurchase_rate_by_customer,
@@ -119,6 +121,8 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
     ) -> metrics_pb2.GetCustomerSummaryResponse:
         v = Violations()
         check_id(v, request.customer_id, "customer_id")
+        as_of = from_date(v, request.as_of, "as_of") if request.HasField("as_of") else None
+        v.check(request.time_unit in metrics_pb2.TimeUnit.values(), "time_unit", "unknown time unit")
         v.raise_if_any()
         found = self.ctx.db.run(
             lambda s: store.get_summary(s, shop_id=request.shop_id, customer_id=request.customer_id)
@@ -126,6 +130,19 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         if found is None:
             raise NotFound(f"customer {request.customer_id!r} has no recorded orders", reason="CUSTOMER_NOT_FOUND")
         summary, currency = found
+        as_of = as_of or self._today(request.shop_id)
+        unit = TimeUnit.WEEKS if request.time_unit == metrics_pb2.TIME_UNIT_WEEKS else TimeUnit.DAYS
+        orders = self.ctx.db.run(
+            lambda s: store.load_purchases(s, shop_id=request.shop_id, until=as_of, customer_id=request.customer_id)
+        )
+        rows = clv_summaries(usable(orders), as_of, unit)
+        clv = metrics_pb2.ClvSummary(
+            time_unit=metrics_pb2.TIME_UNIT_WEEKS if unit is TimeUnit.WEEKS else metrics_pb2.TIME_UNIT_DAYS,
+            as_of=to_date(as_of),
+        )
+        if rows:
+            clv.frequency, clv.recency, clv.t = rows[0].frequency, int(rows[0].recency), int(rows[0].T)
+            clv.monetary_value_minor = rows[0].monetary_minor
         return metrics_pb2.GetCustomerSummaryResponse(
             summary=metrics_pb2.CustomerSummary(
                 customer_id=summary.customer_id,
@@ -134,6 +151,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
                 total_paid=to_money(summary.total_minor, currency),
                 first_order_at=to_timestamp(summary.first_order_at),
                 last_order_at=to_timestamp(summary.last_order_at),
+                clv=clv,
             )
         )
 

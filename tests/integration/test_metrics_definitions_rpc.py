@@ -214,3 +214,36 @@ def test_overlapping_churn_periods_are_invalid(stack: Stack) -> None:
             metadata=R,
         )
     assert "after_start" in details(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("unit", "expected"),
+    [
+        (m.TIME_UNIT_UNSPECIFIED, (1, 36, 85, 200.0)),
+        (m.TIME_UNIT_DAYS, (1, 36, 85, 200.0)),
+        (m.TIME_UNIT_WEEKS, (1, 5, 12, 200.0)),
+    ],
+)
+def test_clv_summary_in_days_and_weeks(
+    stack: Stack, shop: str, unit: m.TimeUnit.ValueType, expected: tuple[int, int, int, float]
+) -> None:
+    summary = (
+        metrics(stack)
+        .GetCustomerSummary(
+            m.GetCustomerSummaryRequest(shop_id=shop, customer_id="A", as_of=d(date(2026, 3, 31)), time_unit=unit),
+            metadata=R,
+        )
+        .summary
+    )
+    clv = summary.clv
+    assert (clv.frequency, clv.recency, clv.t, clv.monetary_value_minor) == expected
+    assert (clv.as_of.year, clv.as_of.month, clv.as_of.day) == (2026, 3, 31)
+
+
+def test_unknown_time_unit_is_invalid(stack: Stack, shop: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        metrics(stack).GetCustomerSummary(
+            m.GetCustomerSummaryRequest(shop_id=shop, customer_id="A", time_unit=9),  # type: ignore[arg-type]
+            metadata=R,
+        )
+    assert "time_unit" in details(caught.value)

@@ -93,6 +93,30 @@ COHORT_GRAIN_MONTH: CohortGrain.ValueType  # 2
 """Calendar months."""
 Global___CohortGrain: _TypeAlias = CohortGrain  # noqa: Y015
 
+class _TimeUnit:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TimeUnitEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TimeUnit.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TIME_UNIT_UNSPECIFIED: _TimeUnit.ValueType  # 0
+    """Days."""
+    TIME_UNIT_DAYS: _TimeUnit.ValueType  # 1
+    """Shop-local calendar days."""
+    TIME_UNIT_WEEKS: _TimeUnit.ValueType  # 2
+    """ISO weeks starting on Monday."""
+
+class TimeUnit(_TimeUnit, metaclass=_TimeUnitEnumTypeWrapper):
+    """TimeUnit is the unit of the CLV summary (purchases in one unit count once)."""
+
+TIME_UNIT_UNSPECIFIED: TimeUnit.ValueType  # 0
+"""Days."""
+TIME_UNIT_DAYS: TimeUnit.ValueType  # 1
+"""Shop-local calendar days."""
+TIME_UNIT_WEEKS: TimeUnit.ValueType  # 2
+"""ISO weeks starting on Monday."""
+Global___TimeUnit: _TypeAlias = TimeUnit  # noqa: Y015
+
 @_typing.final
 class RateValue(_message.Message):
     """RateValue is a proportion with its parts; a rate over an empty set is
@@ -665,6 +689,7 @@ class CustomerSummary(_message.Message):
     TOTAL_PAID_FIELD_NUMBER: _builtins.int
     FIRST_ORDER_AT_FIELD_NUMBER: _builtins.int
     LAST_ORDER_AT_FIELD_NUMBER: _builtins.int
+    CLV_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """The customer."""
     order_count: _builtins.int
@@ -685,6 +710,10 @@ class CustomerSummary(_message.Message):
     def last_order_at(self) -> _timestamp_pb2.Timestamp:
         """Last order's payment instant."""
 
+    @_builtins.property
+    def clv(self) -> Global___ClvSummary:
+        """The BG/NBD summary as of the requested day and unit."""
+
     def __init__(
         self,
         *,
@@ -694,10 +723,11 @@ class CustomerSummary(_message.Message):
         total_paid: _common_pb2.Money | None = ...,
         first_order_at: _timestamp_pb2.Timestamp | None = ...,
         last_order_at: _timestamp_pb2.Timestamp | None = ...,
+        clv: Global___ClvSummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["first_order_at", b"first_order_at", "last_order_at", b"last_order_at", "total_paid", b"total_paid"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["clv", b"clv", "first_order_at", b"first_order_at", "last_order_at", b"last_order_at", "total_paid", b"total_paid"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "first_order_at", b"first_order_at", "last_order_at", b"last_order_at", "order_count", b"order_count", "purchase_days", b"purchase_days", "total_paid", b"total_paid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clv", b"clv", "customer_id", b"customer_id", "first_order_at", b"first_order_at", "last_order_at", b"last_order_at", "order_count", b"order_count", "purchase_days", b"purchase_days", "total_paid", b"total_paid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -711,23 +741,84 @@ class GetCustomerSummaryRequest(_message.Message):
 
     SHOP_ID_FIELD_NUMBER: _builtins.int
     CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    TIME_UNIT_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     """Tenant."""
     customer_id: _builtins.str
     """The customer."""
+    time_unit: Global___TimeUnit.ValueType
+    """Unit of the CLV summary; unset = days."""
+    @_builtins.property
+    def as_of(self) -> _common_pb2.Date:
+        """Day of the CLV summary; unset = today in the shop's zone."""
+
     def __init__(
         self,
         *,
         shop_id: _builtins.str = ...,
         customer_id: _builtins.str = ...,
+        as_of: _common_pb2.Date | None = ...,
+        time_unit: Global___TimeUnit.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "customer_id", b"customer_id", "shop_id", b"shop_id", "time_unit", b"time_unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCustomerSummaryRequest: _TypeAlias = GetCustomerSummaryRequest  # noqa: Y015
+
+@_typing.final
+class ClvSummary(_message.Message):
+    """ClvSummary is the customer's BG/NBD input, with the conventions of the CLV
+    literature and the lifetimes package: purchases in one time unit count
+    once; frequency = purchase units after the first; recency = first to last
+    purchase unit; t = first purchase unit to as_of; monetary value = mean
+    spend of the repeat purchase units (0 without repeats).
+    Example (days): orders on Jan 5 (100 + 50) and Feb 10 (200), as of Mar 31:
+    frequency 1, recency 36, t 85, monetary 200.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    RECENCY_FIELD_NUMBER: _builtins.int
+    T_FIELD_NUMBER: _builtins.int
+    MONETARY_VALUE_MINOR_FIELD_NUMBER: _builtins.int
+    TIME_UNIT_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    frequency: _builtins.int
+    """Repeat purchase units."""
+    recency: _builtins.int
+    """Units from the first to the last purchase unit."""
+    t: _builtins.int
+    """Units from the first purchase unit to as_of."""
+    monetary_value_minor: _builtins.float
+    """Mean spend of repeat purchase units, minor units."""
+    time_unit: Global___TimeUnit.ValueType
+    """The unit of the three counts above."""
+    @_builtins.property
+    def as_of(self) -> _common_pb2.Date:
+        """The day it was computed for."""
+
+    def __init__(
+        self,
+        *,
+        frequency: _builtins.int = ...,
+        recency: _builtins.int = ...,
+        t: _builtins.int = ...,
+        monetary_value_minor: _builtins.float = ...,
+        time_unit: Global___TimeUnit.ValueType = ...,
+        as_of: _common_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "frequency", b"frequency", "monetary_value_minor", b"monetary_value_minor", "recency", b"recency", "t", b"t", "time_unit", b"time_unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClvSummary: _TypeAlias = ClvSummary  # noqa: Y015
 
 @_typing.final
 class GetCustomerSummaryResponse(_message.Message):
