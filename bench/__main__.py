@@ -14,7 +14,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import metrics_bench
+from bench import ingest_bench, metrics_bench
 from bench.baselines import echo_client, echo_server, empty_pg_database, raw_pg_client, raw_pg_database
 from bench.load import LoadResult, run_load
 from bench.services import adjust_client, get_account_client, points_service
@@ -65,12 +65,24 @@ def summaries_table(result: metrics_bench.SummariesBenchResult) -> str:
     )
 
 
+def ingest_table(result: ingest_bench.IngestBenchResult) -> str:
+    return "\n".join(
+        [
+            "| ingest on PostgreSQL | orders | StreamOrders rows/s | COPY rows/s | stream ÷ COPY |",
+            "|---|---:|---:|---:|---:|",
+            f"| same rows | {result.orders} | {result.stream_rows_per_second:.0f} | {result.copy_rows_per_second:.0f} | "
+            f"{result.ratio:.3f} |",
+        ]
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--metrics-orders", type=int, default=10_000_000)
     parser.add_argument("--metrics-customers", type=int, default=1_000_000)
+    parser.add_argument("--ingest-orders", type=int, default=50_000)
     options = parser.parse_args()
     results: list[LoadResult] = []
     with echo_server() as address:
@@ -109,6 +121,7 @@ def main() -> int:
         )
     metrics = metrics_bench.run(orders=options.metrics_orders, customers=options.metrics_customers)
     summaries = metrics_bench.run_summaries(orders=options.metrics_orders, customers=options.metrics_customers)
+    ingest = ingest_bench.run(ADMIN_DSN, orders=options.ingest_orders, customers=options.ingest_orders // 5)
     RESULTS.mkdir(exist_ok=True)
     report = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -117,9 +130,18 @@ def main() -> int:
         "ratios_to_echo_rps": {r.name: round(r.rps / echo.rps, 3) if echo.rps else None for r in results},
         "metrics_vs_duckdb": {**asdict(metrics), "ratio": round(metrics.ratio, 3)},
         "clv_summaries_vs_lifetimes": {**asdict(summaries), "speedup": round(summaries.speedup, 1)},
+        "stream_ingest_vs_copy": {**asdict(ingest), "ratio": round(ingest.ratio, 3)},
     }
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    markdown = table(results, echo) + "\n\n" + metrics_table(metrics) + "\n\n" + summaries_table(summaries)
+    markdown = (
+        table(results, echo)
+        + "\n\n"
+        + metrics_table(metrics)
+        + "\n\n"
+        + summaries_table(summaries)
+        + "\n\n"
+        + ingest_table(ingest)
+    )
     (RESULTS / "latest.md").write_text(markdown + "\n")
     print(markdown)
     return 0

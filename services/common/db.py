@@ -156,7 +156,14 @@ def lock_keys(session: Session, namespace: str, keys: list[str]) -> None:
     in a cycle. On SQLite every write transaction already holds the database
     lock, so there is nothing to do.
     """
-    if session.get_bind().dialect.name != "postgresql":
+    if session.get_bind().dialect.name != "postgresql" or not keys:
         return
-    for key in sorted(set(keys)):
-        session.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": f"{namespace}:{key}"})
+    names = sorted({f"{namespace}:{key}" for key in keys})
+    # One round trip for all keys; the sorted subquery fixes the order they are taken in.
+    session.execute(
+        text(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))"
+            " FROM (SELECT unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS sorted_keys"
+        ),
+        {"keys": names},
+    )

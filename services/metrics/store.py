@@ -8,7 +8,7 @@ from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from sqlalchemy import delete, select
+from sqlalchemy import case, delete, distinct, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from services.common.clock import local_date
@@ -41,7 +41,7 @@ def shop_facts(session: Session, *, shop_id: str, currency: str, default_zone: s
 def record_orders(
     session: Session, *, shop_id: str, orders: list[PaidOrder], default_zone: str
 ) -> Counter[domain.Outcome]:
-    """Upserts orders by id and refreshes the summaries of every customer they touch."""
+    """Upserts orders by id (bulk statements, no ORM objects) and refreshes the summaries they touch."""
     outcomes: Counter[domain.Outcome] = Counter()
     if not orders:
         return outcomes
@@ -52,42 +52,96 @@ def record_orders(
     # this transaction can see, so a concurrent batch must wait, not interleave.
     lock_keys(session, f"summary:{shop_id}", [o.customer_id for o in orders])
     ids = list({o.order_id for o in orders})
-    existing = {
-        row.order_id: row
-        for row in session.scalars(
-            select(Order).where(Order.shop_id == shop_id, Order.order_id.in_(ids)).with_for_update()
+    stored = {
+        order_id: (customer_id, fingerprint)
+        for order_id, customer_id, fingerprint in session.execute(
+            select(Order.order_id, Order.customer_id, Order.fingerprint)
+            .where(Order.shop_id == shop_id, Order.order_id.in_(ids))
+            .with_for_update()
         )
     }
+    new: dict[str, dict[str, object]] = {}
+    changed: dict[str, dict[str, object]] = {}
     touched: set[str] = set()
     for order in orders:
-        row = existing.get(order.order_id)
-        outcome = domain.classify_order(row.fingerprint if row else None, order.fingerprint)
+        before = stored.get(order.order_id)
+        outcome = domain.classify_order(before[1] if before else None, order.fingerprint)
         outcomes[outcome] += 1
         if outcome is domain.Outcome.DUPLICATE:
             continue
-        if row is None:
-            row = Order(shop_id=shop_id, order_id=order.order_id)
-            session.add(row)
-            existing[order.order_id] = row
+        if before is not None:
+            if before[0] != order.customer_id:  # the order moves to another customer
+                lock_keys(session, f"summary:{shop_id}", [before[0]])
+            touched.add(before[0])
+        values: dict[str, object] = {
+            "shop_id": shop_id,
+            "order_id": order.order_id,
+            "customer_id": order.customer_id,
+            "paid_at": order.paid_at,
+            "local_date": local_date(order.paid_at, zone),
+            "amount_minor": order.amount_minor,
+            "channel": order.channel,
+            "source": order.source,
+            "fingerprint": order.fingerprint,
+        }
+        if order.order_id in new or before is None:
+            new[order.order_id] = {**values, "refunded_minor": 0}
         else:
-            if row.customer_id != order.customer_id:  # the order moves to another customer
-                lock_keys(session, f"summary:{shop_id}", [row.customer_id])
-            touched.add(row.customer_id)
-        row.customer_id = order.customer_id
-        row.paid_at = order.paid_at
-        row.local_date = local_date(order.paid_at, zone)
-        row.amount_minor = order.amount_minor
-        row.channel = order.channel
-        row.source = order.source
-        row.fingerprint = order.fingerprint
+            changed[order.order_id] = values
+        stored[order.order_id] = (order.customer_id, order.fingerprint)
         touched.add(order.customer_id)
-    session.flush()
+    if new:
+        session.execute(insert(Order), list(new.values()))
+    if changed:
+        session.execute(update(Order), list(changed.values()))
     refresh_summaries(session, shop_id=shop_id, customer_ids=sorted(touched))
     return outcomes
 
 
 def refresh_summaries(session: Session, *, shop_id: str, customer_ids: list[str]) -> None:
-    """Recomputes the summaries of these customers from their orders only."""
+    """Recomputes these customers' summaries in SQL, from their orders only (the incremental path).
+
+    The same definition as `domain.summarize`, which `rebuild_summaries` uses; a
+    test holds the two to identical rows.
+    """
+    if not customer_ids:
+        return
+    counts = ~((Order.amount_minor > 0) & (Order.refunded_minor >= Order.amount_minor))
+    net = case((Order.refunded_minor >= Order.amount_minor, 0), else_=Order.amount_minor - Order.refunded_minor)
+    session.execute(
+        delete(CustomerSummary).where(CustomerSummary.shop_id == shop_id, CustomerSummary.customer_id.in_(customer_ids))
+    )
+    aggregate = (
+        select(
+            Order.shop_id,
+            Order.customer_id,
+            func.count(),
+            func.count(distinct(Order.local_date)),
+            func.sum(net),
+            func.min(Order.paid_at),
+            func.max(Order.paid_at),
+        )
+        .where(Order.shop_id == shop_id, Order.customer_id.in_(customer_ids), counts)
+        .group_by(Order.shop_id, Order.customer_id)
+    )
+    session.execute(
+        insert(CustomerSummary).from_select(
+            [
+                "shop_id",
+                "customer_id",
+                "order_count",
+                "purchase_days",
+                "total_minor",
+                "first_order_at",
+                "last_order_at",
+            ],
+            aggregate,
+        )
+    )
+
+
+def recompute_summaries_in_python(session: Session, *, shop_id: str, customer_ids: list[str]) -> None:
+    """The reference path: load the orders and apply `domain.summarize` (used by the full rebuild)."""
     if not customer_ids:
         return
     facts: dict[str, list[domain.OrderFact]] = {c: [] for c in customer_ids}
@@ -322,7 +376,7 @@ def rebuild_summaries(session: Session, *, shop_id: str) -> int:
     lock_keys(session, f"summary:{shop_id}", customers)
     session.execute(delete(CustomerSummary).where(CustomerSummary.shop_id == shop_id))
     for start in range(0, len(customers), 500):
-        refresh_summaries(session, shop_id=shop_id, customer_ids=customers[start : start + 500])
+        recompute_summaries_in_python(session, shop_id=shop_id, customer_ids=customers[start : start + 500])
     return len(customers)
 
 

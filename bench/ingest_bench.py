@@ -1,0 +1,111 @@
+"""Streaming ingest into the metrics service on PostgreSQL vs raw COPY of the same rows, same run."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import psycopg
+from loyalty.common.v1 import common_pb2
+from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+
+from bench.baselines import empty_pg_database
+from services.common.auth import digest
+from services.common.logs import configure_logging
+from services.common.server import RunningService
+from services.common.settings import Settings
+from services.metrics.app import SPEC as METRICS
+
+TOKEN = "bench-token"
+CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class IngestBenchResult:
+    orders: int
+    stream_seconds: float
+    copy_seconds: float
+
+    @property
+    def stream_rows_per_second(self) -> float:
+        return self.orders / self.stream_seconds
+
+    @property
+    def copy_rows_per_second(self) -> float:
+        return self.orders / self.copy_seconds
+
+    @property
+    def ratio(self) -> float:
+        return self.copy_seconds / self.stream_seconds
+
+
+def rows(orders: int, customers: int) -> list[tuple[str, str, datetime, int]]:
+    start = datetime(2025, 1, 1, tzinfo=UTC)
+    return [
+        (f"o{i}", f"c{(i * 7919) % customers}", start + timedelta(minutes=i * 3), 1000 + i % 5000)
+        for i in range(orders)
+    ]
+
+
+def chunks(shop: str, data: list[tuple[str, str, datetime, int]]) -> Iterator[metrics_pb2.StreamOrdersRequest]:
+    for n, offset in enumerate(range(0, len(data), CHUNK)):
+        request = metrics_pb2.StreamOrdersRequest(shop_id=shop, request_id=f"chunk{n}")
+        for order_id, customer, paid_at, amount in data[offset : offset + CHUNK]:
+            order = request.orders.add(
+                order_id=order_id, customer_id=customer, paid=common_pb2.Money(amount_minor=amount, currency="CNY")
+            )
+            order.paid_at.FromDatetime(paid_at)
+        yield request
+
+
+def run(admin_dsn: str, orders: int = 100_000, customers: int = 20_000) -> IngestBenchResult:
+    data = rows(orders, customers)
+    requests = list(chunks("bench", data))  # built before timing: the client's work is not the service's
+    with empty_pg_database(admin_dsn) as dsn:
+        settings = Settings(
+            service="metrics",
+            grpc_port=0,
+            log_level="WARNING",
+            database_url=dsn.replace("postgresql://", "postgresql+psycopg://", 1),
+            auth_tokens=json.dumps([{"sha256": digest(TOKEN), "shops": ["*"], "scopes": ["write"]}]),
+        )
+        configure_logging("metrics", "WARNING")
+        service = RunningService(METRICS, settings).start()
+        try:
+            stub = metrics_pb2_grpc.MetricsServiceStub(grpc.insecure_channel(service.address))
+            started = time.perf_counter()
+            result = stub.StreamOrders(iter(requests), metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=900)
+            stream_seconds = time.perf_counter() - started
+            if result.inserted != orders:
+                raise AssertionError(f"stream inserted {result.inserted} of {orders}")
+        finally:
+            service.stop(grace=2)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE orders_copy (LIKE orders INCLUDING ALL)")
+            started = time.perf_counter()
+            with (
+                conn.transaction(),
+                conn.cursor() as cursor,
+                cursor.copy(
+                    "COPY orders_copy (shop_id, order_id, customer_id, paid_at, local_date, amount_minor,"
+                    " refunded_minor, channel, source, fingerprint) FROM STDIN"
+                ) as copy,
+            ):
+                for order_id, customer, paid_at, amount in data:
+                    copy.write_row(("bench", order_id, customer, paid_at, paid_at.date(), amount, 0, "", 1, "x" * 64))
+            copy_seconds = time.perf_counter() - started
+    return IngestBenchResult(orders, round(stream_seconds, 3), round(copy_seconds, 3))
+
+
+if __name__ == "__main__":
+    from bench.__main__ import ADMIN_DSN
+
+    r = run(ADMIN_DSN, orders=50_000, customers=10_000)
+    print(
+        r,
+        f"stream {r.stream_rows_per_second:.0f} rows/s, COPY {r.copy_rows_per_second:.0f} rows/s, ratio {r.ratio:.3f}",
+    )
