@@ -70,8 +70,8 @@ def ingest_table(result: ingest_bench.IngestBenchResult) -> str:
         [
             "| ingest on PostgreSQL | orders | StreamOrders rows/s | COPY rows/s | stream ÷ COPY |",
             "|---|---:|---:|---:|---:|",
-            f"| same rows | {result.orders} | {result.stream_rows_per_second:.0f} | {result.copy_rows_per_second:.0f} | "
-            f"{result.ratio:.3f} |",
+            f"| same rows | {result.orders} | {result.stream_rows_per_second:.0f} | "
+            f"{result.copy_rows_per_second:.0f} | {result.ratio:.3f} |",
         ]
     )
 
