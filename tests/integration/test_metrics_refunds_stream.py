@@ -179,3 +179,15 @@ def test_a_stream_may_not_switch_shops(stack: Stack, uid: str) -> None:
             metadata=A,
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_storm_of_duplicates_changes_nothing(stack: Stack, uid: str) -> None:
+    """A bounded stand-in for the issue's 1 M duplicates: 20 chunks x 1,000 copies of 50 recorded orders."""
+    shop = f"dup-{uid}"
+    originals = [order(f"o{i}", f"c{i % 10}", PAID, 100 + i) for i in range(50)]
+    metrics(stack).RecordOrders(m.RecordOrdersRequest(shop_id=shop, request_id="first", orders=originals), metadata=A)
+    before = [total(stack, shop, f"c{k}") for k in range(10)]
+    storm = [chunk(f"storm{c}", shop, *(originals[i % 50] for i in range(1000))) for c in range(20)]
+    result = metrics(stack).StreamOrders(iter(storm), metadata=A)
+    assert (result.chunks, result.inserted, result.duplicates, result.corrected) == (20, 0, 20_000, 0)
+    assert [total(stack, shop, f"c{k}") for k in range(10)] == before
