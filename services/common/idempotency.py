@@ -117,3 +117,18 @@ def run_idempotent(
 def purge_expired(session: Session, *, older_than: timedelta, now: datetime) -> int:
     result = session.execute(delete(IdempotencyRecord).where(IdempotencyRecord.created_at < now - older_than))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def is_repeat(stored: tuple[object, ...], incoming: tuple[object, ...], *, key_name: str, key: str) -> bool:
+    """Item-level idempotency (a refund id, a feedback id): True for a repeat, ALREADY_EXISTS for a conflict.
+
+    The same key with the same content is a harmless repeat; the same key with
+    other content is a client bug that must not be silently dropped.
+    """
+    if stored != incoming:
+        raise AlreadyExists(
+            f"{key_name} {key!r} was already recorded with other content",
+            reason=f"{key_name.upper()}_REUSED",
+            metadata={key_name: key},
+        )
+    return True

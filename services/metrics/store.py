@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from services.common.clock import local_date
 from services.common.db import insert_ignoring_conflicts, lock_keys
-from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.common.errors import FailedPrecondition, NotFound
+from services.common.idempotency import is_repeat
 from services.common.orders import PaidOrder
 from services.metrics import domain
 from services.metrics.definitions import Purchase
@@ -262,18 +263,12 @@ def record_refunds(session: Session, *, shop_id: str, refunds: list[RefundFact])
                 metadata={"shop_currency": shop.currency, "refund_currency": refund.currency},
             )
         existing = known.get(refund.refund_id)
-        if existing is not None:
-            same = (existing.order_id, existing.amount_minor, existing.refunded_at) == (
-                refund.order_id,
-                refund.amount_minor,
-                refund.refunded_at,
-            )
-            if not same:
-                raise AlreadyExists(
-                    f"refund_id {refund.refund_id!r} was recorded with other details",
-                    reason="REFUND_ID_REUSED",
-                    metadata={"refund_id": refund.refund_id},
-                )
+        if existing is not None and is_repeat(
+            (existing.order_id, existing.amount_minor, existing.refunded_at),
+            (refund.order_id, refund.amount_minor, refund.refunded_at),
+            key_name="refund_id",
+            key=refund.refund_id,
+        ):
             outcomes["duplicate"] += 1
             continue
         order = orders[refund.order_id]
@@ -327,20 +322,12 @@ def record_feedback(session: Session, *, shop_id: str, answers: list[FeedbackFac
     outcomes: Counter[str] = Counter()
     for answer in answers:
         existing = known.get(answer.feedback_id)
-        if existing is not None:
-            same = (existing.customer_id, existing.order_id, existing.score, existing.comment, existing.given_at) == (
-                answer.customer_id,
-                answer.order_id,
-                answer.score,
-                answer.comment,
-                answer.given_at,
-            )
-            if not same:
-                raise AlreadyExists(
-                    f"feedback_id {answer.feedback_id!r} was recorded with other content",
-                    reason="FEEDBACK_ID_REUSED",
-                    metadata={"feedback_id": answer.feedback_id},
-                )
+        if existing is not None and is_repeat(
+            (existing.customer_id, existing.order_id, existing.score, existing.comment, existing.given_at),
+            (answer.customer_id, answer.order_id, answer.score, answer.comment, answer.given_at),
+            key_name="feedback_id",
+            key=answer.feedback_id,
+        ):
             outcomes["duplicate"] += 1
             continue
         row = FeedbackRecord(
