@@ -19,6 +19,7 @@ from numpy.typing import NDArray
 
 from services.metrics.definitions import (
     CohortRow,
+    CustomerFeatures,
     Grain,
     NinetyDayRepurchase,
     Period,
@@ -26,6 +27,7 @@ from services.metrics.definitions import (
     Rate,
     RfmSummary,
     TimeUnit,
+    ValueSummary,
 )
 
 EPOCH = date(1970, 1, 1)
@@ -222,3 +224,54 @@ def clv_summaries(columns: OrderColumns, as_of: date, unit: TimeUnit = TimeUnit.
         RfmSummary(columns.customer_ids[int(g)], int(f), float(r), float(t), float(m))
         for g, f, r, t, m in zip(table.group, table.frequency, table.recency, table.age, table.monetary, strict=True)
     ]
+
+
+def value_summary(columns: OrderColumns, period: Period) -> ValueSummary:
+    if columns.amount is None:
+        raise ValueError("value summaries need order amounts")
+    inside, per_customer = _orders_in(columns, period)
+    return ValueSummary(int(inside.sum()), int((per_customer > 0).sum()), int(columns.amount[inside].sum()))
+
+
+def churn_rate(columns: OrderColumns, before: Period, after: Period) -> Rate:
+    _, earlier = _orders_in(columns, before)
+    _, later = _orders_in(columns, after)
+    active = earlier > 0
+    return Rate(int((active & (later == 0)).sum()), int(active.sum()))
+
+
+def customer_features(columns: OrderColumns, as_of: date) -> list[CustomerFeatures]:
+    """As `definitions.customer_features`, from the CLV summary columns plus per-customer counts."""
+    if columns.amount is None:
+        raise ValueError("customer features need order amounts")
+    table = clv_summary_columns(columns, as_of, TimeUnit.DAYS)
+    keep = columns.day <= day_number(as_of)
+    orders = np.bincount(columns.group[keep], minlength=columns.customers)
+    revenue = np.bincount(columns.group[keep], weights=columns.amount[keep], minlength=columns.customers)
+    as_of_ordinal = as_of.toordinal()
+    rows = []
+    for g, f, r, t, m in zip(
+        table.group.tolist(),
+        table.frequency.tolist(),
+        table.recency.tolist(),
+        table.age.tolist(),
+        table.monetary.tolist(),
+        strict=True,
+    ):
+        first = date.fromordinal(as_of_ordinal - t)
+        rows.append(
+            CustomerFeatures(
+                customer_id=columns.customer_ids[g],
+                order_count=int(orders[g]),
+                net_revenue_minor=int(revenue[g]),
+                purchase_days=f + 1,
+                frequency=f,
+                recency_days=r,
+                age_days=t,
+                days_since_last_order=t - r,
+                monetary_minor=float(m),
+                first_day=first,
+                last_day=date.fromordinal(first.toordinal() + r),
+            )
+        )
+    return rows

@@ -28,20 +28,14 @@ from services.metrics.definitions import (
     CustomerFeatures,
     Grain,
     Period,
-    Purchase,
     Rate,
     RepurchaseStage,
     Satisfaction,
     TimeUnit,
-    churn_rate,
     clv_summaries,
     customer_features,
-    ninety_day_repurchase,
-    repurchase_rate_by_customer,
-    repurchase_rate_by_order,
     satisfaction,
     usable,
-    value_summary,
 )
 from services.metrics.domain import Outcome
 from services.metrics.models import ClvModelRecord
@@ -157,10 +151,6 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
 
     # -- metric definitions ------------------------------------------------------------
 
-    def _purchases(self, shop_id: str, until: date, *, include_refunded: bool = False) -> list[Purchase]:
-        orders = self.ctx.db.run(lambda s: store.load_purchases(s, shop_id=shop_id, until=until))
-        return usable(orders, include_refunded=include_refunded)
-
     def _columns(self, shop_id: str, until: date, *, include_refunded: bool = False) -> fast.OrderColumns:
         return self.ctx.db.run(
             lambda s: store.load_columns(s, shop_id=shop_id, until=until, include_refunded=include_refunded)
@@ -224,7 +214,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         v.raise_if_any()
         as_of = as_of or self._today(request.shop_id)
         # Fitted before the write transaction, so the fit never holds a database lock.
-        features = customer_features(self._purchases(request.shop_id, as_of), as_of)
+        features = fast.customer_features(self._columns(request.shop_id, as_of), as_of)
         record = fit_record(request.shop_id, as_of, features, self.ctx.clock())
 
         def apply(session: Session) -> metrics_pb2.FitClvModelResponse:
@@ -290,7 +280,9 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         query = f"features:{request.shop_id}:{as_of.isoformat()}"
         position = decode_token(request.resume_token, query=query)
         after = str(position.get("after", "")) if position else ""
-        rows = [f for f in customer_features(self._purchases(request.shop_id, as_of), as_of) if f.customer_id > after]
+        rows = [
+            f for f in fast.customer_features(self._columns(request.shop_id, as_of), as_of) if f.customer_id > after
+        ]
         if request.max_rows:
             rows = rows[: request.max_rows]
         record = self._converged_model(request.shop_id)
@@ -385,21 +377,21 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         v.raise_if_any()
         assert period is not None
         today = self._today(request.shop_id)
-        purchases = self._purchases(request.shop_id, max(today, period.end))
+        columns = self._columns(request.shop_id, max(today, period.end))
         length = period.end - period.start
         previous = Period(period.start - length - timedelta(days=1), period.start - timedelta(days=1))
-        value = value_summary(purchases, period)
-        ninety = ninety_day_repurchase(purchases, period, today)
+        value = fast.value_summary(columns, period)
+        ninety = fast.ninety_day_repurchase(columns, period, today)
         currency = self.ctx.db.run(lambda s: store.shop_currency(s, shop_id=request.shop_id))
         response = metrics_pb2.GetShopOverviewResponse(
             orders=value.orders,
             customers=value.customers,
             net_revenue=to_money(value.net_revenue_minor, currency),
-            repurchase_by_customer=rate_proto(repurchase_rate_by_customer(purchases, period)),
-            repurchase_by_order=rate_proto(repurchase_rate_by_order(purchases, period)),
+            repurchase_by_customer=rate_proto(fast.repurchase_rate_by_customer(columns, period)),
+            repurchase_by_order=rate_proto(fast.repurchase_rate_by_order(columns, period)),
             ninety_day_repurchase=rate_proto(ninety.rate),
             stage=STAGES[ninety.stage] if ninety.stage else metrics_pb2.REPURCHASE_STAGE_UNSPECIFIED,
-            churn_from_previous_period=rate_proto(churn_rate(purchases, previous, period)),
+            churn_from_previous_period=rate_proto(fast.churn_rate(columns, previous, period)),
         )
         if value.aov_minor is not None and value.purchase_frequency is not None:
             response.aov_minor = value.aov_minor
@@ -420,7 +412,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         v.raise_if_any()
         assert before is not None
         assert after is not None
-        rate = churn_rate(self._purchases(request.shop_id, after.end), before, after)
+        rate = fast.churn_rate(self._columns(request.shop_id, after.end), before, after)
         return metrics_pb2.GetChurnRateResponse(rate=rate_proto(rate))
 
 

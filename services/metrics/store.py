@@ -372,18 +372,21 @@ def shop_ids(session: Session) -> list[str]:
 
 
 def load_columns(session: Session, *, shop_id: str, until: date, include_refunded: bool = False) -> OrderColumns:
-    """The shop's orders on or before `until` as numpy columns for `services.metrics.fast`.
+    """The shop's orders on or before `until` as numpy columns (net amounts) for `services.metrics.fast`.
 
     Customers are numbered in sorted id order, as the reference definitions list them.
     """
-    query = select(Order.customer_id, Order.local_date).where(Order.shop_id == shop_id, Order.local_date <= until)
+    net = case((Order.refunded_minor >= Order.amount_minor, 0), else_=Order.amount_minor - Order.refunded_minor)
+    query = select(Order.customer_id, Order.local_date, net).where(Order.shop_id == shop_id, Order.local_date <= until)
     if not include_refunded:
         query = query.where((Order.refunded_minor < Order.amount_minor) | (Order.amount_minor == 0))
     rows = session.execute(query).all()
     if not rows:
         empty = np.zeros(0, dtype=np.int64)
-        return OrderColumns.from_arrays(empty, empty, 0)
-    ids, days = zip(*rows, strict=True)
+        return OrderColumns.from_arrays(empty, empty, 0, amounts=empty)
+    ids, days, amounts = zip(*rows, strict=True)
     names, codes = np.unique(np.array(ids, dtype=object), return_inverse=True)
     day_numbers = np.array(days, dtype="datetime64[D]").astype(np.int64)
-    return OrderColumns.from_arrays(codes.astype(np.int64), day_numbers, len(names), [str(n) for n in names])
+    return OrderColumns.from_arrays(
+        codes.astype(np.int64), day_numbers, len(names), [str(n) for n in names], np.array(amounts, dtype=np.int64)
+    )

@@ -101,3 +101,61 @@ def test_clv_summaries_match_the_lifetimes_package(items: list[Purchase], as_of:
     assert [r.recency for r in ours] == list(theirs["recency"])
     assert [r.T for r in ours] == list(theirs["T"])
     assert [r.monetary_minor for r in ours] == pytest.approx(list(theirs["monetary_value"]))
+
+
+purchases_with_refunds = st.lists(
+    st.builds(
+        Purchase,
+        order_id=st.uuids().map(str),
+        customer_id=st.sampled_from([f"c{i}" for i in range(12)]),
+        day=st.dates(date(2025, 1, 1), date(2026, 12, 31)),
+        amount_minor=st.integers(1, 10_000),
+        refunded_minor=st.integers(0, 3_000),
+    ),
+    max_size=120,
+)
+
+
+@settings(max_examples=300)
+@given(purchases_with_refunds, periods, periods)
+def test_value_summary_and_churn(items: list[Purchase], period: Period, later: Period) -> None:
+    columns = fast.OrderColumns.from_purchases(items)
+    assert fast.value_summary(columns, period) == reference.value_summary(items, period)
+    assert fast.churn_rate(columns, period, later) == reference.churn_rate(items, period, later)
+
+
+@settings(max_examples=300)
+@given(purchases_with_refunds, st.dates(date(2025, 1, 1), date(2027, 1, 31)))
+def test_customer_features(items: list[Purchase], as_of: date) -> None:
+    got = fast.customer_features(fast.OrderColumns.from_purchases(items), as_of)
+    expected = reference.customer_features(items, as_of)
+    assert [
+        (
+            f.customer_id,
+            f.order_count,
+            f.net_revenue_minor,
+            f.purchase_days,
+            f.frequency,
+            f.recency_days,
+            f.age_days,
+            f.days_since_last_order,
+            f.first_day,
+            f.last_day,
+        )
+        for f in got
+    ] == [
+        (
+            f.customer_id,
+            f.order_count,
+            f.net_revenue_minor,
+            f.purchase_days,
+            f.frequency,
+            f.recency_days,
+            f.age_days,
+            f.days_since_last_order,
+            f.first_day,
+            f.last_day,
+        )
+        for f in expected
+    ]
+    assert [f.monetary_minor for f in got] == pytest.approx([f.monetary_minor for f in expected])
