@@ -1,10 +1,10 @@
 """The metric definitions vectorised with numpy, for shops with millions of orders.
 
 Same definitions as `services.metrics.definitions` (which is the reference:
-tests hold this module to it on random data); here orders are columns sorted
-once by (customer, day), and each metric is a few array passes instead of a
-loop over customers. Days are integers: days since 1970-01-01 on the shop's
-calendar.
+tests hold this module to it on random data). Orders are unsorted columns with
+customers numbered densely, so most metrics are a few `bincount` passes; only
+the CLV summaries sort once (distinct purchase periods). Days are integers:
+days since 1970-01-01 on the shop's calendar.
 """
 
 from __future__ import annotations
