@@ -208,3 +208,35 @@ def churn_warning(
             levels.append(ChurnWarning(ChurnRisk.AT_RISK, f"P(alive) {p_alive:.2f} < {rules.at_risk_below_p_alive}"))
     order = list(ChurnRisk)
     return max(levels, key=lambda w: order.index(w.level))
+
+
+class ActivityLayer(Enum):
+    HIGH = "high"
+    MID = "mid"
+    LOW = "low"
+
+
+@dataclass(frozen=True)
+class ActivityThresholds:
+    """Per-shop thresholds over a window (e.g. the last 180 days); AOV 0 means "not a criterion"."""
+
+    high_orders: int = 3
+    high_active_days: int = 3
+    high_aov_minor: int = 0
+    mid_orders: int = 2
+    mid_active_days: int = 2
+
+    def __post_init__(self) -> None:
+        if self.mid_orders > self.high_orders or self.mid_active_days > self.high_active_days:
+            raise ValueError("mid thresholds must not exceed high thresholds")
+
+
+def activity_layer(
+    orders: int, active_days: int, aov_minor: float, rules: ActivityThresholds = ActivityThresholds()
+) -> ActivityLayer:
+    """High / mid / low activity (Youzan practice) by repurchase frequency, active days and AOV in a window."""
+    if orders >= rules.high_orders and active_days >= rules.high_active_days and aov_minor >= rules.high_aov_minor:
+        return ActivityLayer.HIGH
+    if orders >= rules.mid_orders and active_days >= rules.mid_active_days:
+        return ActivityLayer.MID
+    return ActivityLayer.LOW

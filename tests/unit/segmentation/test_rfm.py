@@ -128,3 +128,31 @@ def test_churn_warning(
     warning = churn_warning(recency, interval, median, p_alive)
     assert warning.level is level
     assert words in warning.reason
+
+
+@pytest.mark.parametrize(
+    ("orders", "days", "aov", "expected"),
+    [
+        (5, 4, 100.0, "high"),
+        (5, 2, 100.0, "mid"),
+        (3, 3, 100.0, "high"),
+        (2, 2, 100.0, "mid"),
+        (4, 1, 100.0, "low"),
+        (1, 1, 9000.0, "low"),
+        (0, 0, 0.0, "low"),
+    ],
+)
+def test_activity_layers_with_defaults(orders: int, days: int, aov: float, expected: str) -> None:
+    from services.segmentation.rfm import activity_layer
+
+    assert activity_layer(orders, days, aov).value == expected
+
+
+def test_activity_aov_threshold_and_bad_thresholds() -> None:
+    from services.segmentation.rfm import ActivityThresholds, activity_layer
+
+    rules = ActivityThresholds(high_aov_minor=10_000)
+    assert activity_layer(5, 5, 9_999, rules).value == "mid"
+    assert activity_layer(5, 5, 10_000, rules).value == "high"
+    with pytest.raises(ValueError, match="must not exceed"):
+        ActivityThresholds(mid_orders=5, high_orders=3)
