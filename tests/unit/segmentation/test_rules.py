@@ -113,3 +113,56 @@ def test_token_soup_never_crashes(tokens: list[str]) -> None:
     except InvalidArgument:
         return
     evaluate(node, VIP, frozenset())  # type: ignore[arg-type]
+
+
+RULES = [
+    "recency_days > 90",
+    "order_count >= 2 and net_revenue between 10000 and 100000",
+    'tier = "gold" or channel in ("app", "pos")',
+    'channel not in ("app")',
+    "not (recency_days <= 30)",
+    'tier != "gold"',
+    "probability_alive < 0.5",
+    "not (probability_alive < 0.5)",
+    'has_tag("高价值") and not has_tag("黑名单")',
+    "order_count = 1 or recency_days < 0 and aov > 100",
+    'not tier in ("gold", "silver") or has_tag("vip")',
+]
+rows_strategy = st.lists(
+    st.fixed_dictionaries(
+        {
+            "recency_days": st.one_of(st.none(), st.integers(0, 400).map(float)),
+            "order_count": st.one_of(st.none(), st.integers(0, 9).map(float)),
+            "net_revenue": st.one_of(st.none(), st.integers(0, 200_000).map(float)),
+            "aov": st.one_of(st.none(), st.integers(0, 500).map(float)),
+            "probability_alive": st.one_of(st.none(), st.floats(0, 1)),
+            "tier": st.one_of(st.none(), st.sampled_from(["gold", "silver", "basic"])),
+            "channel": st.one_of(st.none(), st.sampled_from(["app", "pos", "h5"])),
+            "tags": st.frozensets(st.sampled_from(["高价值", "黑名单", "vip"])),
+        }
+    ),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(rows_strategy)
+def test_vectorised_evaluation_matches_row_by_row(rows: list[dict[str, object]]) -> None:
+    import numpy as np
+
+    from services.segmentation.rules import FIELDS, Columns, Kind, evaluate_columns
+
+    values, present = {}, {}
+    for name, kind in FIELDS.items():
+        raw = [row.get(name) for row in rows]
+        present[name] = np.array([v is not None for v in raw])
+        if kind is Kind.NUMBER:
+            values[name] = np.array([np.nan if v is None else v for v in raw], dtype=float)
+        else:
+            values[name] = np.array(["" if v is None else v for v in raw], dtype=object)
+    tags = {t: np.array([t in row["tags"] for row in rows]) for t in ("高价值", "黑名单", "vip")}  # type: ignore[operator]
+    columns = Columns(values, present, tags, len(rows))
+    for rule in RULES:
+        node = parse_rule(rule)
+        expected = [evaluate(node, row, row["tags"]) for row in rows]  # type: ignore[arg-type]
+        assert evaluate_columns(node, columns).tolist() == expected, rule
