@@ -14,7 +14,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import ingest_bench, metrics_bench
+from bench import ingest_bench, metrics_bench, segmentation_bench
 from bench.baselines import echo_client, echo_server, empty_pg_database, raw_pg_client, raw_pg_database
 from bench.load import LoadResult, run_load
 from bench.services import adjust_client, get_account_client, points_service
@@ -76,6 +76,17 @@ def ingest_table(result: ingest_bench.IngestBenchResult) -> str:
     )
 
 
+def segments_table(result: segmentation_bench.SegmentationBenchResult) -> str:
+    return "\n".join(
+        [
+            "| segment rules | customers | rules | engine s | hand-written numpy s | engine ÷ numpy |",
+            "|---|---:|---:|---:|---:|---:|",
+            f"| same masks checked | {result.customers} | {result.rules} | {result.engine_seconds:.3f} | "
+            f"{result.numpy_seconds:.3f} | {result.ratio:.2f} |",
+        ]
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=32)
@@ -121,6 +132,7 @@ def main() -> int:
         )
     metrics = metrics_bench.run(orders=options.metrics_orders, customers=options.metrics_customers)
     summaries = metrics_bench.run_summaries(orders=options.metrics_orders, customers=options.metrics_customers)
+    segments = segmentation_bench.run(customers=options.metrics_customers)
     ingest = ingest_bench.run(ADMIN_DSN, orders=options.ingest_orders, customers=options.ingest_orders // 5)
     RESULTS.mkdir(exist_ok=True)
     report = {
@@ -131,6 +143,7 @@ def main() -> int:
         "metrics_vs_duckdb": {**asdict(metrics), "ratio": round(metrics.ratio, 3)},
         "clv_summaries_vs_lifetimes": {**asdict(summaries), "speedup": round(summaries.speedup, 1)},
         "stream_ingest_vs_copy": {**asdict(ingest), "ratio": round(ingest.ratio, 3)},
+        "segment_rules_vs_numpy": {**asdict(segments), "ratio": round(segments.ratio, 3)},
     }
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
     markdown = (

@@ -409,12 +409,10 @@ def evaluate_columns(node: Node, columns: Columns) -> Any:
     def value(n: Node) -> tuple[Any, Any]:
         """(values, present) of a value node."""
         if isinstance(n, Literal):
-            return np.full(columns.rows, n.value, dtype=object if isinstance(n.value, str) else float), np.ones(
-                columns.rows, dtype=bool
-            )
+            return n.value, True  # a scalar broadcasts: no array per literal
         if isinstance(n, Field):
             return columns.values[n.name], columns.present[n.name]
-        return condition(n), np.ones(columns.rows, dtype=bool)
+        return condition(n), True
 
     def condition(n: Node) -> Any:
         if isinstance(n, HasTag):
@@ -442,4 +440,5 @@ def evaluate_columns(node: Node, columns: Columns) -> Any:
             return (~found if n.negated else found) & sp
         raise AssertionError(f"not a condition: {n}")
 
-    return condition(node)
+    # A rule of literals only (`1 = 1`) yields one value: give every customer the answer.
+    return np.broadcast_to(np.asarray(condition(node), dtype=bool), (columns.rows,)).copy()

@@ -127,6 +127,8 @@ RULES = [
     'has_tag("高价值") and not has_tag("黑名单")',
     "order_count = 1 or recency_days < 0 and aov > 100",
     'not tier in ("gold", "silver") or has_tag("vip")',
+    "1 = 1",
+    "not (2 between 3 and 4)",
 ]
 rows_strategy = st.lists(
     st.fixed_dictionaries(
