@@ -146,14 +146,14 @@ def main() -> int:
         "segment_rules_vs_numpy": {**asdict(segments), "ratio": round(segments.ratio, 3)},
     }
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    markdown = (
-        table(results, echo)
-        + "\n\n"
-        + metrics_table(metrics)
-        + "\n\n"
-        + summaries_table(summaries)
-        + "\n\n"
-        + ingest_table(ingest)
+    markdown = "\n\n".join(
+        [
+            table(results, echo),
+            metrics_table(metrics),
+            summaries_table(summaries),
+            ingest_table(ingest),
+            segments_table(segments),
+        ]
     )
     (RESULTS / "latest.md").write_text(markdown + "\n")
     print(markdown)
