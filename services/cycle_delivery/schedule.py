@@ -9,9 +9,10 @@ from __future__ import annotations
 import calendar
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import IntEnum
 from itertools import count
+from zoneinfo import ZoneInfo
 
 from services.common.errors import FieldViolation, InvalidArgument
 
@@ -120,3 +121,35 @@ def schedule(
     if len(dates) > MAX_DELIVERIES:
         raise InvalidArgument([FieldViolation("end_date", f"yields more than {MAX_DELIVERIES} deliveries")])
     return dates
+
+
+# -- lead time and cut-off (备货天数, 截单时间) ----------------------------------------------------
+
+
+def _preparation_day(now: datetime, zone: ZoneInfo, cutoff: time) -> date:
+    """The shop-local day preparation can start: today before the cut-off, tomorrow from it on."""
+    local = now.astimezone(zone)
+    return local.date() if local.time() < cutoff else local.date() + timedelta(days=1)
+
+
+def first_possible_date(now: datetime, zone: ZoneInfo, *, lead_time_days: int, cutoff: time) -> date:
+    """The earliest delivery date for an order or change made at `now` (an aware instant)."""
+    if now.tzinfo is None:
+        raise ValueError("naive datetime: pass an aware instant")
+    if lead_time_days < 0:
+        raise ValueError("lead time must not be negative")
+    return _preparation_day(now, zone, cutoff) + timedelta(days=lead_time_days)
+
+
+def change_deadline(delivery: date, zone: ZoneInfo, *, lead_time_days: int, cutoff: time) -> datetime:
+    """The instant (UTC) from which a delivery can no longer be changed: the cut-off on its preparation day.
+
+    The same rule as `first_possible_date`: a change made at `now` is accepted
+    exactly when the delivery could still be arranged by an order made at `now`.
+    """
+    preparation = delivery - timedelta(days=lead_time_days)
+    return datetime.combine(preparation, cutoff, zone).astimezone(UTC)
+
+
+def can_change(now: datetime, delivery: date, zone: ZoneInfo, *, lead_time_days: int, cutoff: time) -> bool:
+    return now < change_deadline(delivery, zone, lead_time_days=lead_time_days, cutoff=cutoff)

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import calendar
 import itertools
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.common.errors import InvalidArgument
-from services.cycle_delivery.schedule import MAX_DELIVERIES, Cadence, Rule, schedule
+from services.cycle_delivery.schedule import (
+    MAX_DELIVERIES,
+    Cadence,
+    Rule,
+    can_change,
+    change_deadline,
+    first_possible_date,
+    schedule,
+)
 
 
 def oracle_matches(rule: Rule, start: date, day: date) -> bool:
@@ -121,3 +130,56 @@ def test_daily_blackout_run_pushes_deliveries_past_it() -> None:
 def test_bad_rules_are_refused(rule: Rule, kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidArgument):
         schedule(rule, date(2026, 12, 1), **kwargs)  # type: ignore[arg-type]
+
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+EVENING = time(18, 0)
+
+
+@pytest.mark.parametrize(
+    ("local", "lead", "cutoff", "expected"),
+    [
+        (datetime(2026, 12, 1, 17, 59), 1, EVENING, date(2026, 12, 2)),  # before the cut-off: prepare today
+        (datetime(2026, 12, 1, 18, 0), 1, EVENING, date(2026, 12, 3)),  # at the cut-off: prepare tomorrow
+        (datetime(2026, 12, 1, 23, 58), 0, time(23, 59), date(2026, 12, 1)),
+        (datetime(2026, 12, 1, 23, 59), 0, time(23, 59), date(2026, 12, 2)),
+        (datetime(2026, 12, 2, 0, 1), 0, time(23, 59), date(2026, 12, 2)),
+        (datetime(2026, 12, 31, 20, 0), 2, EVENING, date(2027, 1, 3)),
+    ],
+)
+def test_first_possible_date(local: datetime, lead: int, cutoff: time, expected: date) -> None:
+    now = local.replace(tzinfo=SHANGHAI).astimezone(UTC)
+    assert first_possible_date(now, SHANGHAI, lead_time_days=lead, cutoff=cutoff) == expected
+
+
+def test_the_day_is_shanghais_not_utcs() -> None:
+    # 16:30 UTC on Dec 1 is 00:30 on Dec 2 in Shanghai: preparation starts on Dec 2.
+    now = datetime(2026, 12, 1, 16, 30, tzinfo=UTC)
+    assert first_possible_date(now, SHANGHAI, lead_time_days=0, cutoff=EVENING) == date(2026, 12, 2)
+
+
+def test_change_deadline_is_the_cutoff_on_the_preparation_day() -> None:
+    deadline = change_deadline(date(2026, 12, 5), SHANGHAI, lead_time_days=2, cutoff=EVENING)
+    assert deadline == datetime(2026, 12, 3, 18, 0, tzinfo=SHANGHAI).astimezone(UTC)
+    assert can_change(deadline - timedelta(seconds=1), date(2026, 12, 5), SHANGHAI, lead_time_days=2, cutoff=EVENING)
+    assert not can_change(deadline, date(2026, 12, 5), SHANGHAI, lead_time_days=2, cutoff=EVENING)
+
+
+@given(
+    now=st.datetimes(datetime(2026, 1, 1), datetime(2028, 12, 31), timezones=st.just(UTC)),
+    lead=st.integers(0, 14),
+    cutoff=st.times(),
+)
+def test_changes_are_accepted_exactly_for_dates_an_order_could_still_reach(
+    now: datetime, lead: int, cutoff: time
+) -> None:
+    first = first_possible_date(now, SHANGHAI, lead_time_days=lead, cutoff=cutoff)
+    assert can_change(now, first, SHANGHAI, lead_time_days=lead, cutoff=cutoff)
+    assert not can_change(now, first - timedelta(days=1), SHANGHAI, lead_time_days=lead, cutoff=cutoff)
+
+
+def test_naive_instants_and_negative_lead_are_refused() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        first_possible_date(datetime(2026, 12, 1), SHANGHAI, lead_time_days=0, cutoff=EVENING)
+    with pytest.raises(ValueError, match="negative"):
+        first_possible_date(datetime(2026, 12, 1, tzinfo=UTC), SHANGHAI, lead_time_days=-1, cutoff=EVENING)
