@@ -174,3 +174,24 @@ def test_overview_without_orders_has_no_averages(stack: Stack, uid: str) -> None
         False,
     )
     assert o.stage == m.REPURCHASE_STAGE_UNSPECIFIED
+
+
+def test_feedback_comments_and_phone_numbers_never_reach_the_logs(
+    stack: Stack, uid: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    phone, address = "13812345678", "上海市徐汇区漕溪北路88号"
+    comment = f"送货慢，请打 {phone}，地址 {address}"
+    metrics(stack).RecordFeedback(
+        m.RecordFeedbackRequest(shop_id=f"pii-{uid}", request_id="p", feedback=[answer("f1", 3, comment=comment)]),
+        metadata=A,
+    )
+    with pytest.raises(grpc.RpcError):  # a refused request must not echo the comment either
+        metrics(stack).RecordFeedback(
+            m.RecordFeedbackRequest(shop_id=f"pii-{uid}", request_id="q", feedback=[answer("f2", 11, comment=comment)]),
+            metadata=A,
+        )
+    captured = capsys.readouterr()
+    logs = captured.out + captured.err
+    assert "RecordFeedback" in logs  # the access lines were captured...
+    assert phone not in logs  # ...and carry no personal data
+    assert address not in logs
