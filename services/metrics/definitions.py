@@ -25,6 +25,16 @@ from datetime import date, timedelta
 from enum import Enum
 
 
+def is_fully_refunded(amount_minor: int, refunded_minor: int) -> bool:
+    """A fully refunded order counts in no metric (unless a request asks for refunded orders)."""
+    return amount_minor > 0 and refunded_minor >= amount_minor
+
+
+def net_amount(amount_minor: int, refunded_minor: int) -> int:
+    """Paid minus refunded, never below zero."""
+    return amount_minor - min(refunded_minor, amount_minor)
+
+
 @dataclass(frozen=True)
 class Purchase:
     """One order as the metrics see it."""
@@ -37,11 +47,11 @@ class Purchase:
 
     @property
     def fully_refunded(self) -> bool:
-        return self.amount_minor > 0 and self.refunded_minor >= self.amount_minor
+        return is_fully_refunded(self.amount_minor, self.refunded_minor)
 
     @property
     def net_minor(self) -> int:
-        return self.amount_minor - min(self.refunded_minor, self.amount_minor)
+        return net_amount(self.amount_minor, self.refunded_minor)
 
 
 @dataclass(frozen=True)

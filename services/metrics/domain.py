@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from enum import Enum
 
+from services.metrics.definitions import is_fully_refunded, net_amount
+
 
 @dataclass(frozen=True)
 class OrderFact:
@@ -21,7 +23,7 @@ class OrderFact:
     @property
     def counts(self) -> bool:
         """A fully refunded order leaves the customer's summary."""
-        return not (self.amount_minor > 0 and self.refunded_minor >= self.amount_minor)
+        return not is_fully_refunded(self.amount_minor, self.refunded_minor)
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ def summarize(customer_id: str, orders: Iterable[OrderFact]) -> Summary | None:
         customer_id=customer_id,
         order_count=len(facts),
         purchase_days=len({f.local_date for f in facts}),
-        total_minor=sum(f.amount_minor - min(f.refunded_minor, f.amount_minor) for f in facts),
+        total_minor=sum(net_amount(f.amount_minor, f.refunded_minor) for f in facts),
         first_order_at=min(f.paid_at for f in facts),
         last_order_at=max(f.paid_at for f in facts),
     )

@@ -21,6 +21,10 @@ from services.metrics.definitions import Purchase
 from services.metrics.fast import OrderColumns
 from services.metrics.models import ClvModelRecord, CustomerSummary, FeedbackRecord, Order, Refund, Shop
 
+# The SQL twins of `definitions.is_fully_refunded` and `definitions.net_amount`.
+COUNTS = ~((Order.amount_minor > 0) & (Order.refunded_minor >= Order.amount_minor))
+NET_AMOUNT = case((Order.refunded_minor >= Order.amount_minor, 0), else_=Order.amount_minor - Order.refunded_minor)
+
 
 class CurrencyMismatch(FailedPrecondition):
     reason = "CURRENCY_MISMATCH"
@@ -107,8 +111,6 @@ def refresh_summaries(session: Session, *, shop_id: str, customer_ids: list[str]
     """
     if not customer_ids:
         return
-    counts = ~((Order.amount_minor > 0) & (Order.refunded_minor >= Order.amount_minor))
-    net = case((Order.refunded_minor >= Order.amount_minor, 0), else_=Order.amount_minor - Order.refunded_minor)
     session.execute(
         delete(CustomerSummary).where(CustomerSummary.shop_id == shop_id, CustomerSummary.customer_id.in_(customer_ids))
     )
@@ -118,11 +120,11 @@ def refresh_summaries(session: Session, *, shop_id: str, customer_ids: list[str]
             Order.customer_id,
             func.count(),
             func.count(distinct(Order.local_date)),
-            func.sum(net),
+            func.sum(NET_AMOUNT),
             func.min(Order.paid_at),
             func.max(Order.paid_at),
         )
-        .where(Order.shop_id == shop_id, Order.customer_id.in_(customer_ids), counts)
+        .where(Order.shop_id == shop_id, Order.customer_id.in_(customer_ids), COUNTS)
         .group_by(Order.shop_id, Order.customer_id)
     )
     session.execute(
@@ -376,10 +378,11 @@ def load_columns(session: Session, *, shop_id: str, until: date, include_refunde
 
     Customers are numbered in sorted id order, as the reference definitions list them.
     """
-    net = case((Order.refunded_minor >= Order.amount_minor, 0), else_=Order.amount_minor - Order.refunded_minor)
-    query = select(Order.customer_id, Order.local_date, net).where(Order.shop_id == shop_id, Order.local_date <= until)
+    query = select(Order.customer_id, Order.local_date, NET_AMOUNT).where(
+        Order.shop_id == shop_id, Order.local_date <= until
+    )
     if not include_refunded:
-        query = query.where((Order.refunded_minor < Order.amount_minor) | (Order.amount_minor == 0))
+        query = query.where(COUNTS)
     rows = session.execute(query).all()
     if not rows:
         empty = np.zeros(0, dtype=np.int64)
