@@ -17,14 +17,11 @@ from pathlib import Path
 from bench import ingest_bench, metrics_bench, segmentation_bench
 from bench.baselines import echo_client, echo_server, empty_pg_database, raw_pg_client, raw_pg_database
 from bench.load import LoadResult, run_load
-from bench.services import adjust_client, get_account_client, points_service
+from bench.services import adjust_client, bench_service, get_account_client, sqlalchemy_url
+from services.points.app import SPEC as POINTS
 
 RESULTS = Path(__file__).parent / "results"
 ADMIN_DSN = os.environ.get("LOYALTY_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def sqlalchemy_url(dsn: str) -> str:
-    return dsn.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
 def table(results: list[LoadResult], baseline: LoadResult) -> str:
@@ -111,7 +108,7 @@ def main() -> int:
                 seconds=options.seconds,
             )
         )
-    with empty_pg_database(ADMIN_DSN) as dsn, points_service(sqlalchemy_url(dsn)) as address:
+    with empty_pg_database(ADMIN_DSN) as dsn, bench_service(POINTS, sqlalchemy_url(dsn)) as address:
         results.append(
             run_load(
                 "points.AdjustPoints (PostgreSQL)",

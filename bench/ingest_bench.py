@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,13 +13,9 @@ from loyalty.common.v1 import common_pb2
 from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 
 from bench.baselines import empty_pg_database
-from services.common.auth import digest
-from services.common.logs import configure_logging
-from services.common.server import RunningService
-from services.common.settings import Settings
+from bench.services import BENCH_TOKEN, bench_service, sqlalchemy_url
 from services.metrics.app import SPEC as METRICS
 
-TOKEN = "bench-token"
 CHUNK = 1000
 
 
@@ -66,24 +61,14 @@ def run(admin_dsn: str, orders: int = 100_000, customers: int = 20_000) -> Inges
     data = rows(orders, customers)
     requests = list(chunks("bench", data))  # built before timing: the client's work is not the service's
     with empty_pg_database(admin_dsn) as dsn:
-        settings = Settings(
-            service="metrics",
-            grpc_port=0,
-            log_level="WARNING",
-            database_url=dsn.replace("postgresql://", "postgresql+psycopg://", 1),
-            auth_tokens=json.dumps([{"sha256": digest(TOKEN), "shops": ["*"], "scopes": ["write"]}]),
-        )
-        configure_logging("metrics", "WARNING")
-        service = RunningService(METRICS, settings).start()
-        try:
-            stub = metrics_pb2_grpc.MetricsServiceStub(grpc.insecure_channel(service.address))
+        with bench_service(METRICS, sqlalchemy_url(dsn)) as address:
+            stub = metrics_pb2_grpc.MetricsServiceStub(grpc.insecure_channel(address))
             started = time.perf_counter()
-            result = stub.StreamOrders(iter(requests), metadata=(("authorization", f"Bearer {TOKEN}"),), timeout=900)
+            metadata = (("authorization", f"Bearer {BENCH_TOKEN}"),)
+            result = stub.StreamOrders(iter(requests), metadata=metadata, timeout=900)
             stream_seconds = time.perf_counter() - started
             if result.inserted != orders:
                 raise AssertionError(f"stream inserted {result.inserted} of {orders}")
-        finally:
-            service.stop(grace=2)
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE orders_copy (LIKE orders INCLUDING ALL)")
             started = time.perf_counter()

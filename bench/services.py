@@ -14,25 +14,30 @@ from loyalty.points.v1 import points_pb2, points_pb2_grpc
 
 from services.common.auth import digest
 from services.common.logs import configure_logging
-from services.common.server import RunningService
+from services.common.server import RunningService, ServiceSpec
 from services.common.settings import Settings
-from services.points.app import SPEC as POINTS
 
 BENCH_TOKEN = "bench-token"
 
 
+def sqlalchemy_url(dsn: str) -> str:
+    """A libpq DSN as SQLAlchemy's psycopg URL."""
+    return dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
 @contextmanager
-def points_service(database_url: str) -> Iterator[str]:
+def bench_service(spec: ServiceSpec, database_url: str) -> Iterator[str]:
+    """One service in this process on `database_url`, accepting BENCH_TOKEN; yields its address."""
     settings = Settings(
-        service="points",
+        service=spec.name,
         grpc_port=0,
         database_url=database_url,
         db_pool_size=32,
         log_level="WARNING",
         auth_tokens=json.dumps([{"sha256": digest(BENCH_TOKEN), "shops": ["*"], "scopes": ["write"]}]),
     )
-    configure_logging("points", settings.log_level)
-    running = RunningService(POINTS, settings).start()
+    configure_logging(spec.name, settings.log_level)
+    running = RunningService(spec, settings).start()
     try:
         yield running.address
     finally:
