@@ -14,10 +14,18 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import ingest_bench, metrics_bench, segmentation_bench
+from bench import cycle_bench, ingest_bench, metrics_bench, segmentation_bench
 from bench.baselines import echo_client, echo_server, empty_pg_database, raw_pg_client, raw_pg_database
 from bench.load import LoadResult, run_load
-from bench.services import adjust_client, bench_service, get_account_client, sqlalchemy_url
+from bench.services import (
+    adjust_client,
+    bench_service,
+    earn_client,
+    get_account_client,
+    prepare_redeem,
+    redeem_client,
+    sqlalchemy_url,
+)
 from services.points.app import SPEC as POINTS
 
 RESULTS = Path(__file__).parent / "results"
@@ -84,6 +92,20 @@ def segments_table(result: segmentation_bench.SegmentationBenchResult) -> str:
     )
 
 
+def cycle_table(result: cycle_bench.CycleBenchResult, raw_tx: LoadResult) -> str:
+    return "\n".join(
+        [
+            "| cycle delivery | count | seconds | per second | ÷ raw_pg_tx rps |",
+            "|---|---:|---:|---:|---:|",
+            f"| schedules previewed (12 dates each) | {result.schedules} | {result.preview_seconds:.2f} "
+            f"| {result.schedules_per_second:,.0f} | |",
+            f"| due deliveries created, {result.worker_processes} worker processes | {result.deliveries} "
+            f"| {result.create_seconds:.2f} | {result.deliveries_per_second:,.0f} "
+            f"| {result.deliveries_per_second / raw_tx.rps:.2f} |",
+        ]
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=32)
@@ -91,6 +113,7 @@ def main() -> int:
     parser.add_argument("--metrics-orders", type=int, default=10_000_000)
     parser.add_argument("--metrics-customers", type=int, default=1_000_000)
     parser.add_argument("--ingest-orders", type=int, default=50_000)
+    parser.add_argument("--only", choices=["services"], help="run only the service load benchmarks")
     options = parser.parse_args()
     results: list[LoadResult] = []
     with echo_server() as address:
@@ -127,6 +150,31 @@ def main() -> int:
                 seconds=options.seconds,
             )
         )
+        results.append(
+            run_load(
+                "points.EarnForOrder (PostgreSQL)",
+                earn_client,
+                address,
+                clients=options.clients,
+                seconds=options.seconds,
+            )
+        )
+        prepare_redeem(address)
+        results.append(
+            run_load(
+                "points.Redeem, 100 hot members (PostgreSQL)",
+                redeem_client,
+                address,
+                clients=options.clients,
+                seconds=options.seconds,
+            )
+        )
+    raw_tx = results[1]
+    cycle = cycle_bench.run(ADMIN_DSN)
+    if options.only == "services":
+        print(table(results, echo))
+        print(cycle_table(cycle, raw_tx))
+        return 0
     metrics = metrics_bench.run(orders=options.metrics_orders, customers=options.metrics_customers)
     summaries = metrics_bench.run_summaries(orders=options.metrics_orders, customers=options.metrics_customers)
     segments = segmentation_bench.run(customers=options.metrics_customers)
@@ -140,6 +188,11 @@ def main() -> int:
         "metrics_vs_duckdb": {**asdict(metrics), "ratio": round(metrics.ratio, 3)},
         "clv_summaries_vs_lifetimes": {**asdict(summaries), "speedup": round(summaries.speedup, 1)},
         "stream_ingest_vs_copy": {**asdict(ingest), "ratio": round(ingest.ratio, 3)},
+        "cycle_delivery": {
+            **asdict(cycle),
+            "deliveries_per_second": round(cycle.deliveries_per_second, 1),
+            "ratio_to_raw_pg_tx_rps": round(cycle.deliveries_per_second / raw_tx.rps, 3) if raw_tx.rps else None,
+        },
         "segment_rules_vs_numpy": {**asdict(segments), "ratio": round(segments.ratio, 3)},
     }
     (RESULTS / "latest.json").write_text(json.dumps(report, indent=2, ensure_ascii=False))
@@ -150,6 +203,7 @@ def main() -> int:
             summaries_table(summaries),
             ingest_table(ingest),
             segments_table(segments),
+            cycle_table(cycle, raw_tx),
         ]
     )
     (RESULTS / "latest.md").write_text(markdown + "\n")

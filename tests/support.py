@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import grpc
 from sqlalchemy import create_engine, text
 
 from services.common.auth import digest
+from services.common.clock import Clock, utc_now
 from services.common.server import RunningService, ServiceSpec
 from services.common.settings import Settings
 
@@ -130,25 +132,41 @@ class Stack:
             service.stop(grace=1)
 
 
-def start_stack(database_url: str, **overrides: Any) -> Stack:
-    ports = {name: free_port() for name in SERVICE_NAMES}
-    started: dict[str, RunningService] = {}
+class FakeClock:
+    """A clock tests move by hand; services started with it never read the real time."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = now or datetime(2026, 11, 22, 12, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+def start_stack(database_url: str, *, clock: Clock = utc_now, **overrides: Any) -> Stack:
+    """Four services on ports the OS picks while binding (no free-port race), then wired to each other."""
+    created: dict[str, RunningService] = {}
     try:
         for name, spec in specs().items():
             values: dict[str, Any] = {
                 "service": name,
-                "grpc_port": ports[name],
+                "grpc_port": 0,
                 "database_url": database_url,
                 "auth_tokens": token_grants_json(),
                 "peer_token": TOKENS["peer"][0],
                 "db_pool_size": 5,
-                **{f"{peer}_target": f"127.0.0.1:{port}" for peer, port in ports.items()},
                 **overrides,
             }
-            settings = Settings.model_validate(values)
-            started[name] = RunningService(spec, settings).start()
+            created[name] = RunningService(spec, Settings.model_validate(values), clock=clock)
+        for service in created.values():  # peers are dialled lazily, so targets can be set before starting
+            for peer, other in created.items():
+                setattr(service.settings, f"{peer}_target", other.address)
+        started = {name: service.start() for name, service in created.items()}
     except BaseException:
-        for service in started.values():
+        for service in created.values():
             service.stop(grace=0)
         raise
     return Stack(started)

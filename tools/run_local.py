@@ -34,6 +34,22 @@ def dev_token() -> str:
     return token
 
 
+def offer_demo_seed(token: str) -> None:
+    """A newcomer sees numbers at once: offer to load the demo shop (LOYALTY_SEED_DEMO=1/0 answers without asking)."""
+    answer = os.environ.get("LOYALTY_SEED_DEMO")
+    if answer is None:
+        if not sys.stdin.isatty():
+            return
+        answer = input("\nSeed the demo shop 'demo' (1,000 customers, a year of orders)? [y/N] ").strip().lower()
+    if answer not in ("1", "y", "yes"):
+        print("  later: LOYALTY_TOKEN=$(cat var/dev-token) loyaltyctl --shop demo demo seed")
+        return
+    env = os.environ | {"LOYALTY_TOKEN": token, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "services.cli.loyaltyctl", "--shop", "demo", "demo", "seed"]
+    subprocess.run(command, env=env, check=False)
+    print("  then: LOYALTY_TOKEN=$(cat var/dev-token) loyaltyctl --shop demo metrics cohort")
+
+
 def main() -> int:
     VAR.mkdir(exist_ok=True)
     token = dev_token()
@@ -70,6 +86,7 @@ def main() -> int:
         print('       grpcurl -plaintext -H "authorization: Bearer $(cat var/dev-token)" \\')
         print('         -d \'{"shop_id":"demo","customer_id":"c1"}\' \\')
         print("         127.0.0.1:50051 loyalty.points.v1.PointsService/GetAccount")
+        offer_demo_seed(token)
         print("\nCtrl-C stops everything.")
         while not stop.wait(0.5):
             dead = [n for n, p in processes.items() if p.poll() is not None]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from zoneinfo import ZoneInfo
 
 Clock = Callable[[], datetime]
@@ -18,3 +18,8 @@ def local_date(instant: datetime, zone: ZoneInfo) -> date:
     if instant.tzinfo is None:
         raise ValueError("naive datetime: instants must be timezone-aware UTC")
     return instant.astimezone(zone).date()
+
+
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    """The first instant of a shop-local day, in UTC (a Shanghai day starts at 16:00 UTC the day before)."""
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)

@@ -20,6 +20,7 @@ class ErrorKind(Enum):
     UNAUTHENTICATED = "UNAUTHENTICATED"
     UNAVAILABLE = "UNAVAILABLE"
     RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,11 @@ class Unavailable(DomainError):
 class ResourceExhausted(DomainError):
     kind = ErrorKind.RESOURCE_EXHAUSTED
     reason = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(DomainError):
+    kind = ErrorKind.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
 
 
 @dataclass

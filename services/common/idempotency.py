@@ -2,7 +2,9 @@
 
 A record is written in the same transaction as the mutation it guards, so a
 mutation and its record commit together or not at all. Failed requests leave no
-record: a retry after a failure is evaluated afresh. Records are kept for
+record: a retry after a failure is evaluated afresh. A mutation whose caller's
+deadline passed before it could commit rolls back (`services.common.deadlines`),
+so a late first attempt can never overtake a retry that was already answered. Records are kept for
 `LOYALTY_IDEMPOTENCY_RETENTION_DAYS` (default 30) and then purged.
 """
 
@@ -20,7 +22,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from services.common.clock import Clock, utc_now
 from services.common.db import CommonBase, Database, UtcDateTime
-from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument
+from services.common.deadlines import ensure_caller_waiting
+from services.common.errors import AlreadyExists, DomainError, FieldViolation, InvalidArgument
 from services.common.validation import ID_PATTERN
 
 R = TypeVar("R", bound=Message)
@@ -76,12 +79,14 @@ def run_idempotent(
     if not ID_PATTERN.match(request_id):
         raise InvalidArgument([FieldViolation("request_id", "must be 1-64 characters of [A-Za-z0-9_.:-]")])
     digest = fingerprint(request)
+    ensure_caller_waiting()
 
     def once(session: Session) -> R:
         stored = session.get(IdempotencyRecord, (shop_id, request_id))
         if stored is not None:
             return _replay(stored, request, digest, response_type)
         response = apply(session)
+        ensure_caller_waiting()  # after every read and lock: a caller that gave up must not see a late commit
         session.add(
             IdempotencyRecord(
                 shop_id=shop_id,
@@ -102,6 +107,14 @@ def run_idempotent(
     for attempt in range(1, UNIQUE_CONFLICT_ATTEMPTS + 1):
         try:
             return db.run(once)
+        except DomainError:
+            # A concurrent call with the same id may have committed while this one
+            # waited for a lock, and changed what this one now sees (e.g. it took the
+            # last unit): the request succeeded, so answer with its response.
+            replayed = db.run(replay)
+            if replayed is not None:
+                return replayed
+            raise
         except sqlalchemy.exc.IntegrityError:
             # Either a concurrent call with the same id committed first (answer as a
             # retry would be), or a concurrent call inserted a row this one also

@@ -23,6 +23,7 @@ from loyalty.common.v1 import common_pb2
 from services.common.auth import Principal, TokenRegistry, authorize
 from services.common.channels import rpc_code
 from services.common.clock import Clock, utc_now
+from services.common.deadlines import caller_deadline
 from services.common.errors import DomainError, FieldViolation, InvalidArgument, PermissionDenied, Unavailable
 from services.common.status import internal_status, to_status
 from services.common.telemetry import RPC_SECONDS, RPC_TOTAL
@@ -176,7 +177,10 @@ class GuardInterceptor(_ServerInterceptor):
                         request = guard.checked_stream(principal, request)
                     else:
                         guard.check_message(principal, request)
-                    with structlog.contextvars.bound_contextvars(shop_id=guard.shop_id, request_id=guard.request_id):
+                    with (
+                        structlog.contextvars.bound_contextvars(shop_id=guard.shop_id, request_id=guard.request_id),
+                        caller_deadline(context.time_remaining()),
+                    ):
                         result = behavior(request, context)
                 except Exception as exc:
                     guard.fail(exc, context)

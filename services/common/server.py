@@ -26,7 +26,7 @@ from services.common.idempotency import purge_expired
 from services.common.interceptors import GuardInterceptor
 from services.common.logs import configure_logging
 from services.common.migrations import upgrade
-from services.common.outbox import OutboxRelay
+from services.common.outbox import OutboxRelay, purge_delivered
 from services.common.settings import Settings
 from services.common.telemetry import HEALTHY, serve_metrics
 from services.common.tls import peer_credentials, server_credentials
@@ -88,7 +88,7 @@ class ServiceContext:
 class Worker:
     """A background loop that stops promptly when asked (no `while True: sleep`)."""
 
-    def __init__(self, name: str, interval_seconds: float, tick: Callable[[], None]) -> None:
+    def __init__(self, name: str, interval_seconds: float, tick: Callable[[], object]) -> None:
         self.name = name
         self.interval = interval_seconds
         self.tick = tick
@@ -174,8 +174,10 @@ class RunningService:
         self.relay.drain()
 
     def _purge_idempotency_records(self) -> None:
+        """Request ids and delivered outbox events are kept for the retry window, then dropped."""
         retention = timedelta(days=self.settings.idempotency_retention_days)
         self.db.run(lambda s: purge_expired(s, older_than=retention, now=self.context.clock()))
+        self.db.run(lambda s: purge_delivered(s, older_than=retention, now=self.context.clock()))
 
     def _probe(self) -> None:
         self._set_serving(self.db.ping())
@@ -215,16 +217,24 @@ def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
         print(f"usage: python -m services.{spec.name} [serve|migrate]", file=sys.stderr)
         return 2
     serve_metrics(settings.grpc_host, settings.metrics_port)
-    running = RunningService(spec, settings).start()
-    stopped = threading.Event()
+    stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if not stopped.is_set():
-            stopped.set()
+        if not stopping.is_set():
             log.info("stopping", signal=signal.Signals(signum).name)
-            threading.Thread(target=running.stop, name="graceful-stop").start()
+            stopping.set()
 
+    # Installed before the service starts: a SIGTERM that arrives the moment health
+    # turns SERVING must drain, not kill the process with the default action. The
+    # handler only sets an event; a thread does the draining once the service exists.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    running = RunningService(spec, settings).start()
+
+    def stop_when_asked() -> None:
+        stopping.wait()
+        running.stop()
+
+    threading.Thread(target=stop_when_asked, name="graceful-stop", daemon=True).start()
     running.wait()
     return 0

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     peer_tls_ca_file: str = ""
     health_probe_seconds: float = 5.0
     outbox_relay_seconds: float = 1.0
+    # How often the cycle delivery worker looks for due deliveries.
+    delivery_worker_seconds: float = 10.0
     idempotency_retention_days: int = 30
 
     @field_validator("default_time_zone")

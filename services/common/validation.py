@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.common.errors import Violations
 
@@ -67,4 +68,20 @@ def check_date(v: Violations, year: int, month: int, day: int, field_path: str) 
         return date(year, month, day)
     except ValueError:
         v.add(field_path, f"{year:04d}-{month:02d}-{day:02d} is not a calendar date")
+        return None
+
+
+ZONE_PATTERN = re.compile(r"^[A-Za-z0-9_+\-]{1,32}(/[A-Za-z0-9_+\-]{1,32}){0,2}$")
+
+
+def check_time_zone(v: Violations, value: str, field_path: str) -> ZoneInfo | None:
+    """The IANA zone named by `value`, or None with a violation (a 5,000-character name included)."""
+    shown = value[:40]
+    if not ZONE_PATTERN.match(value):
+        v.add(field_path, f"{shown!r} is not an IANA time zone name such as Asia/Shanghai")
+        return None
+    try:
+        return ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        v.add(field_path, f"unknown time zone {shown!r}; use an IANA name such as Asia/Shanghai")
         return None

@@ -38,6 +38,11 @@ class Rule:
     month_days: frozenset[int] = field(default_factory=frozenset)  # 1..31, clamped to month length
 
     def validate(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise InvalidArgument(problems)
+
+    def problems(self) -> list[FieldViolation]:
         problems: list[FieldViolation] = []
         if self.cadence is Cadence.EVERY_N_DAYS and not 2 <= self.interval_days <= 366:
             problems.append(FieldViolation("rule.interval_days", "must be 2..366 for CADENCE_EVERY_N_DAYS"))
@@ -51,8 +56,7 @@ class Rule:
                 problems.append(FieldViolation("rule.month_days", "must name at least one day of month"))
             elif not self.month_days <= set(range(1, 32)):
                 problems.append(FieldViolation("rule.month_days", "days of month must be 1..31"))
-        if problems:
-            raise InvalidArgument(problems)
+        return problems
 
 
 def clamped_day(year: int, month: int, day: int) -> date:

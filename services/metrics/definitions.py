@@ -363,6 +363,11 @@ class CustomerFeatures:
     monetary_minor: float  # mean spend of repeat purchase days
     first_day: date
     last_day: date
+    # The same counts over the last `window_days` days up to as_of (the whole history without a window):
+    # activity layers are about recent behaviour, not a lifetime.
+    window_orders: int = 0
+    window_active_days: int = 0
+    window_net_revenue_minor: int = 0
 
     @property
     def aov_minor(self) -> float:
@@ -374,8 +379,14 @@ class CustomerFeatures:
         return self.recency_days / self.frequency if self.frequency else None
 
 
-def customer_features(purchases: Iterable[Purchase], as_of: date) -> list[CustomerFeatures]:
+def window_start(as_of: date, window_days: int) -> date:
+    """First day of a window of `window_days` days ending on `as_of` (0 = no window: all history)."""
+    return date.min if window_days <= 0 else as_of - timedelta(days=window_days - 1)
+
+
+def customer_features(purchases: Iterable[Purchase], as_of: date, window_days: int = 0) -> list[CustomerFeatures]:
     """One row per customer with an order on or before `as_of`, sorted by customer id."""
+    since = window_start(as_of, window_days)
     rows = []
     for customer, orders in sorted(_by_customer(p for p in purchases if p.day <= as_of).items()):
         spend: dict[date, int] = defaultdict(int)
@@ -396,6 +407,9 @@ def customer_features(purchases: Iterable[Purchase], as_of: date) -> list[Custom
                 monetary_minor=statistics.fmean(repeat) if repeat else 0.0,
                 first_day=days[0],
                 last_day=days[-1],
+                window_orders=sum(1 for p in orders if p.day >= since),
+                window_active_days=sum(1 for d in days if d >= since),
+                window_net_revenue_minor=sum(spend[d] for d in days if d >= since),
             )
         )
     return rows

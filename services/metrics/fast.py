@@ -28,6 +28,7 @@ from services.metrics.definitions import (
     RfmSummary,
     TimeUnit,
     ValueSummary,
+    window_start,
 )
 
 EPOCH = date(1970, 1, 1)
@@ -240,7 +241,7 @@ def churn_rate(columns: OrderColumns, before: Period, after: Period) -> Rate:
     return Rate(int((active & (later == 0)).sum()), int(active.sum()))
 
 
-def customer_features(columns: OrderColumns, as_of: date) -> list[CustomerFeatures]:
+def customer_features(columns: OrderColumns, as_of: date, window_days: int = 0) -> list[CustomerFeatures]:
     """As `definitions.customer_features`, from the CLV summary columns plus per-customer counts."""
     if columns.amount is None:
         raise ValueError("customer features need order amounts")
@@ -248,6 +249,11 @@ def customer_features(columns: OrderColumns, as_of: date) -> list[CustomerFeatur
     keep = columns.day <= day_number(as_of)
     orders = np.bincount(columns.group[keep], minlength=columns.customers)
     revenue = np.bincount(columns.group[keep], weights=columns.amount[keep], minlength=columns.customers)
+    recent = keep & (columns.day >= day_number(window_start(as_of, window_days))) if window_days > 0 else keep
+    window_orders = np.bincount(columns.group[recent], minlength=columns.customers)
+    window_revenue = np.bincount(columns.group[recent], weights=columns.amount[recent], minlength=columns.customers)
+    pairs = np.unique(columns.group[recent].astype(np.int64) * (1 << 32) + columns.day[recent])
+    window_days_active = np.bincount(pairs >> 32, minlength=columns.customers)
     as_of_ordinal = as_of.toordinal()
     rows = []
     for g, f, r, t, m in zip(
@@ -272,6 +278,9 @@ def customer_features(columns: OrderColumns, as_of: date) -> list[CustomerFeatur
                 monetary_minor=float(m),
                 first_day=first,
                 last_day=date.fromordinal(first.toordinal() + r),
+                window_orders=int(window_orders[g]),
+                window_active_days=int(window_days_active[g]),
+                window_net_revenue_minor=int(window_revenue[g]),
             )
         )
     return rows

@@ -275,13 +275,16 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         v = Violations()
         as_of = from_date(v, request.as_of, "as_of") if request.HasField("as_of") else None
         v.check(request.max_rows >= 0, "max_rows", "must not be negative")
+        v.check(0 <= request.window_days <= MAX_WINDOW_DAYS, "window_days", f"must be 0..{MAX_WINDOW_DAYS}")
         v.raise_if_any()
         as_of = as_of or self._today(request.shop_id)
-        query = f"features:{request.shop_id}:{as_of.isoformat()}"
+        query = f"features:{request.shop_id}:{as_of.isoformat()}:{request.window_days}"
         position = decode_token(request.resume_token, query=query)
         after = str(position.get("after", "")) if position else ""
         rows = [
-            f for f in fast.customer_features(self._columns(request.shop_id, as_of), as_of) if f.customer_id > after
+            f
+            for f in fast.customer_features(self._columns(request.shop_id, as_of), as_of, request.window_days)
+            if f.customer_id > after
         ]
         if request.max_rows:
             rows = rows[: request.max_rows]
@@ -304,6 +307,9 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
                 age_days=row.age_days,
                 days_since_last_order=row.days_since_last_order,
                 monetary_minor=row.monetary_minor,
+                window_orders=row.window_orders,
+                window_active_days=row.window_active_days,
+                window_net_revenue_minor=row.window_net_revenue_minor,
             )
             if row.mean_interval_days is not None:
                 features.mean_interval_days = row.mean_interval_days
@@ -415,6 +421,19 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         rate = fast.churn_rate(self._columns(request.shop_id, after.end), before, after)
         return metrics_pb2.GetChurnRateResponse(rate=rate_proto(rate))
 
+    def EraseCustomer(
+        self, request: metrics_pb2.EraseCustomerRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.EraseCustomerResponse:
+        v = Violations()
+        check_id(v, request.customer_id, "customer_id")
+        v.raise_if_any()
+
+        def apply(session: Session) -> metrics_pb2.EraseCustomerResponse:
+            anonymous, rows = store.erase_customer(session, shop_id=request.shop_id, customer_id=request.customer_id)
+            return metrics_pb2.EraseCustomerResponse(anonymous_id=anonymous, rows_anonymised=rows)
+
+        return run_idempotent(self.ctx.db, request, metrics_pb2.EraseCustomerResponse, apply, clock=self.ctx.clock)
+
 
 def finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
@@ -511,6 +530,7 @@ STAGES = {
     RepurchaseStage.LOYALTY: metrics_pb2.REPURCHASE_STAGE_LOYALTY,
 }
 MAX_PERIOD_DAYS = 3 * 366
+MAX_WINDOW_DAYS = 3650
 
 
 def rate_proto(rate: Rate) -> metrics_pb2.RateValue:

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from services.common.clock import local_date
 from services.common.db import insert_ignoring_conflicts, lock_keys
+from services.common.erasure import anonymous_id
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.idempotency import is_repeat
 from services.common.orders import PaidOrder
@@ -393,3 +394,19 @@ def load_columns(session: Session, *, shop_id: str, until: date, include_refunde
     return OrderColumns.from_arrays(
         codes.astype(np.int64), day_numbers, len(names), [str(n) for n in names], np.array(amounts, dtype=np.int64)
     )
+
+
+def erase_customer(session: Session, *, shop_id: str, customer_id: str) -> tuple[str, int]:
+    """Moves the customer's orders and feedback to the shared anonymous id and clears comments; numbers stay."""
+    anonymous = anonymous_id(shop_id, customer_id)
+    rows = 0
+    for statement in (
+        update(Order).where(Order.shop_id == shop_id, Order.customer_id == customer_id).values(customer_id=anonymous),
+        update(FeedbackRecord)
+        .where(FeedbackRecord.shop_id == shop_id, FeedbackRecord.customer_id == customer_id)
+        .values(customer_id=anonymous, comment=""),
+    ):
+        rows += int(getattr(session.execute(statement), "rowcount", 0) or 0)
+    refresh_summaries(session, shop_id=shop_id, customer_ids=[customer_id, anonymous])
+    session.flush()
+    return anonymous, rows

@@ -1,10 +1,10 @@
-"""Segmentation storage: customer tags."""
+"""Segmentation storage: customer tags, segments, and versioned memberships."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import String
+from sqlalchemy import BigInteger, Date, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.db import UtcDateTime
@@ -21,3 +21,53 @@ class CustomerTag(Base):
     customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     tag: Mapped[str] = mapped_column(String(64), primary_key=True)
     tagged_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class SegmentRecord(Base):
+    __tablename__ = "segments"
+
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    segment_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    rule: Mapped[str] = mapped_column(Text)
+    auto_tag: Mapped[str] = mapped_column(String(64), default="")
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Evaluation(Base):
+    """One membership version of a shop: every segment's members as of one day."""
+
+    __tablename__ = "evaluations"
+
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    as_of: Mapped[date] = mapped_column(Date)
+    customers: Mapped[int] = mapped_column(BigInteger)
+    finished_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Membership(Base):
+    __tablename__ = "memberships"
+
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    segment_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class CustomerScoreRecord(Base):
+    """A customer's scores from the latest evaluation of their shop (replaced by each evaluation)."""
+
+    __tablename__ = "customer_scores"
+
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger)
+    r: Mapped[int] = mapped_column(Integer)
+    f: Mapped[int] = mapped_column(Integer)
+    m: Mapped[int] = mapped_column(Integer)
+    rfm_segment: Mapped[str] = mapped_column(String(32))
+    value_class: Mapped[str] = mapped_column(String(32))
+    activity_layer: Mapped[str] = mapped_column(String(16))
+    churn_risk: Mapped[str] = mapped_column(String(16))
+    churn_reason: Mapped[str] = mapped_column(String(200))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC
 from zoneinfo import ZoneInfo
 
@@ -12,15 +15,26 @@ from loyalty.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 from sqlalchemy.orm import Session
 
 from services.common.channels import rpc_code
-from services.common.errors import Violations
+from services.common.clock import local_date
+from services.common.convert import from_date, to_date
+from services.common.errors import FailedPrecondition, Violations
 from services.common.idempotency import run_idempotent
+from services.common.paging import Cursor, decode_token, encode_token, page_size, position_int
 from services.common.server import ServiceContext
-from services.common.validation import check_id
-from services.segmentation import store
+from services.common.validation import check_id, check_text
+from services.segmentation import evaluation, store
 from services.segmentation.domain import TAG_PATTERN, days_since
+from services.segmentation.evaluation import FeatureRow
+from services.segmentation.models import CustomerScoreRecord
+from services.segmentation.rules import parse_rule
 
 MAX_TAG_BATCH = 1000
 PEER_TIMEOUT_SECONDS = 5.0
+FEATURE_STREAM_TIMEOUT_SECONDS = 600.0
+PROGRESS_EVERY = 10_000
+MAX_DIFF = 100_000
+DEFAULT_WINDOW_DAYS = 180
+EXPORT_BATCH = 5_000
 
 
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
@@ -48,6 +62,39 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
             return segmentation_pb2.TagCustomersResponse(newly_tagged=count)
 
         return run_idempotent(self.ctx.db, request, segmentation_pb2.TagCustomersResponse, apply, clock=self.ctx.clock)
+
+    def ImportTags(
+        self, request_iterator: Iterator[segmentation_pb2.ImportTagsRequest], context: grpc.ServicerContext
+    ) -> segmentation_pb2.ImportTagsResponse:
+        chunks = newly = already = 0
+        for request in request_iterator:
+            v = Violations()
+            v.check(0 < len(request.assignments) <= MAX_TAG_BATCH, "assignments", f"must hold 1..{MAX_TAG_BATCH} pairs")
+            for i, pair in enumerate(request.assignments[:MAX_TAG_BATCH]):
+                check_id(v, pair.customer_id, f"assignments[{i}].customer_id")
+                v.check(
+                    bool(TAG_PATTERN.match(pair.tag)),
+                    f"assignments[{i}].tag",
+                    "must be 1-64 letters, digits, '_', '-' or ':'",
+                )
+            v.raise_if_any()
+            pairs = [(pair.customer_id, pair.tag) for pair in request.assignments]
+
+            def apply(
+                session: Session,
+                request: segmentation_pb2.ImportTagsRequest = request,
+                pairs: list[tuple[str, str]] = pairs,
+            ) -> segmentation_pb2.ImportTagsResponse:
+                added = store.import_tags(session, shop_id=request.shop_id, pairs=pairs, now=self.ctx.clock())
+                return segmentation_pb2.ImportTagsResponse(
+                    chunks=1, newly_tagged=added, already_tagged=len(set(pairs)) - added
+                )
+
+            done = run_idempotent(
+                self.ctx.db, request, segmentation_pb2.ImportTagsResponse, apply, clock=self.ctx.clock
+            )
+            chunks, newly, already = chunks + 1, newly + done.newly_tagged, already + done.already_tagged
+        return segmentation_pb2.ImportTagsResponse(chunks=chunks, newly_tagged=newly, already_tagged=already)
 
     def GetCustomerProfile(
         self, request: segmentation_pb2.GetCustomerProfileRequest, context: grpc.ServicerContext
@@ -78,7 +125,246 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         ).account
         profile.points_balance = account.points_balance
         profile.tags.extend(self.ctx.db.run(lambda s: store.tags_of(s, shop_id=shop_id, customer_id=customer_id)))
+        score, segment_ids = self.ctx.db.run(
+            lambda s: store.customer_standing(s, shop_id=shop_id, customer_id=customer_id)
+        )
+        if score is not None:
+            profile.rfm.CopyFrom(segmentation_pb2.RfmScore(r=score.r, f=score.f, m=score.m))
+            profile.rfm_segment, profile.value_class = score.rfm_segment, score.value_class
+            profile.activity_layer, profile.churn_risk = score.activity_layer, score.churn_risk
+            profile.churn_reason, profile.scores_version = score.churn_reason, score.version
+            profile.segments.extend(segment_ids)
         return segmentation_pb2.GetCustomerProfileResponse(profile=profile)
+
+    # -- segments
+
+    def UpsertSegment(
+        self, request: segmentation_pb2.UpsertSegmentRequest, context: grpc.ServicerContext
+    ) -> segmentation_pb2.UpsertSegmentResponse:
+        segment = request.segment
+        v = Violations()
+        check_id(v, segment.segment_id, "segment.segment_id")
+        check_text(v, segment.name, "segment.name", max_length=200)
+        v.check(
+            not segment.auto_tag or bool(TAG_PATTERN.match(segment.auto_tag)), "segment.auto_tag", "not a valid tag"
+        )
+        v.raise_if_any()
+        parse_rule(segment.rule)  # a bad rule is INVALID_ARGUMENT with its position
+
+        def apply(session: Session) -> segmentation_pb2.UpsertSegmentResponse:
+            store.upsert_segment(session, shop_id=request.shop_id, segment=segment, now=self.ctx.clock())
+            return segmentation_pb2.UpsertSegmentResponse(segment=segment)
+
+        return run_idempotent(self.ctx.db, request, segmentation_pb2.UpsertSegmentResponse, apply, clock=self.ctx.clock)
+
+    def ListSegments(
+        self, request: segmentation_pb2.ListSegmentsRequest, context: grpc.ServicerContext
+    ) -> segmentation_pb2.ListSegmentsResponse:
+        rows = self.ctx.db.run(lambda s: store.segments(s, shop_id=request.shop_id))
+        return segmentation_pb2.ListSegmentsResponse(
+            segments=[
+                segmentation_pb2.Segment(segment_id=r.segment_id, name=r.name, rule=r.rule, auto_tag=r.auto_tag)
+                for r in rows
+            ]
+        )
+
+    def EvaluateSegments(
+        self, request: segmentation_pb2.EvaluateSegmentsRequest, context: grpc.ServicerContext
+    ) -> Iterator[segmentation_pb2.EvaluateSegmentsResponse]:
+        v = Violations()
+        as_of = from_date(v, request.as_of, "as_of") if request.HasField("as_of") else None
+        v.check(0 <= request.window_days <= 3650, "window_days", "must be 1..3650, or 0 for 180")
+        v.raise_if_any()
+        window_days = request.window_days or DEFAULT_WINDOW_DAYS
+        shop_id = request.shop_id
+        stored = self.ctx.db.run(lambda s: store.segments(s, shop_id=shop_id))
+        if not stored:
+            raise FailedPrecondition("the shop has no segments; create one with UpsertSegment", reason="NO_SEGMENTS")
+        rules = {r.segment_id: parse_rule(r.rule) for r in stored}
+        day = as_of or local_date(self.ctx.clock(), ZoneInfo(self.ctx.settings.default_time_zone))
+        metrics = metrics_pb2_grpc.MetricsServiceStub(self.ctx.peers.channel("metrics"))
+        rows: list[FeatureRow] = []
+        stream = metrics.StreamCustomerFeatures(
+            metrics_pb2.StreamCustomerFeaturesRequest(shop_id=shop_id, as_of=to_date(day), window_days=window_days),
+            timeout=FEATURE_STREAM_TIMEOUT_SECONDS,
+        )
+        for message in stream:
+            rows.append(feature_row(message.features))
+            if len(rows) % PROGRESS_EVERY == 0:
+                yield segmentation_pb2.EvaluateSegmentsResponse(
+                    phase=segmentation_pb2.EVALUATION_PHASE_FETCHING, customers=len(rows)
+                )
+        points = points_pb2_grpc.PointsServiceStub(self.ctx.peers.channel("points"))
+        standings = {
+            m.customer_id: (m.points_balance, m.tier)
+            for m in points.StreamMemberStandings(
+                points_pb2.StreamMemberStandingsRequest(shop_id=shop_id), timeout=FEATURE_STREAM_TIMEOUT_SECONDS
+            )
+        }
+        rows = [with_standing(row, standings.get(row.customer_id)) for row in rows]
+        yield segmentation_pb2.EvaluateSegmentsResponse(
+            phase=segmentation_pb2.EVALUATION_PHASE_SCORING, customers=len(rows)
+        )
+        tags = self.ctx.db.run(lambda s: store.tagged_customers(s, shop_id=shop_id))
+        scores = evaluation.customer_scores(rows)
+        members = evaluation.members(rules, rows, scores, tags)
+        yield segmentation_pb2.EvaluateSegmentsResponse(
+            phase=segmentation_pb2.EVALUATION_PHASE_WRITING, customers=len(rows)
+        )
+        auto_tags = {r.segment_id: r.auto_tag for r in stored if r.auto_tag}
+
+        def write(session: Session) -> int:
+            now = self.ctx.clock()
+            version = store.write_version(session, shop_id=shop_id, as_of=day, scores=scores, members=members, now=now)
+            for segment_id, tag in auto_tags.items():
+                ids = members[segment_id]
+                for first in range(0, len(ids), MAX_TAG_BATCH):
+                    store.tag_customers(
+                        session, shop_id=shop_id, tag=tag, customer_ids=ids[first : first + MAX_TAG_BATCH], now=now
+                    )
+            return version
+
+        version = self.ctx.db.run(write)
+        yield segmentation_pb2.EvaluateSegmentsResponse(
+            phase=segmentation_pb2.EVALUATION_PHASE_DONE,
+            customers=len(rows),
+            version=version,
+            members={segment_id: len(ids) for segment_id, ids in members.items()},
+        )
+
+    def ListSegmentMembers(
+        self, request: segmentation_pb2.ListSegmentMembersRequest, context: grpc.ServicerContext
+    ) -> segmentation_pb2.ListSegmentMembersResponse:
+        v = Violations()
+        check_id(v, request.segment_id, "segment_id")
+        v.check(request.version >= 0, "version", "must not be negative")
+        v.raise_if_any()
+        size = page_size(request.page_size)
+        query = f"members:{request.shop_id}:{request.segment_id}:{request.version}"
+        position = decode_token(request.page_token, query=query)
+
+        def page(session: Session) -> tuple[int, list[str]]:
+            version = (
+                position_int(position, "version")
+                if position
+                else store.check_version(session, shop_id=request.shop_id, version=request.version)
+            )
+            after = str(position.get("after", "")) if position else ""
+            ids = store.segment_members(
+                session,
+                shop_id=request.shop_id,
+                segment_id=request.segment_id,
+                version=version,
+                after=after,
+                limit=size + 1,
+            )
+            return version, ids
+
+        version, ids = self.ctx.db.run(page)
+        shown, more = ids[:size], len(ids) > size
+        token = encode_token(Cursor(query, {"version": version, "after": shown[-1]})) if more else ""
+        return segmentation_pb2.ListSegmentMembersResponse(customer_ids=shown, version=version, next_page_token=token)
+
+    def GetSegmentDiff(
+        self, request: segmentation_pb2.GetSegmentDiffRequest, context: grpc.ServicerContext
+    ) -> segmentation_pb2.GetSegmentDiffResponse:
+        v = Violations()
+        check_id(v, request.segment_id, "segment_id")
+        v.check(request.from_version > 0, "from_version", "must be a version number (1 or more)")
+        v.check(request.to_version >= 0, "to_version", "must not be negative")
+        v.raise_if_any()
+
+        def diff(session: Session) -> segmentation_pb2.GetSegmentDiffResponse:
+            earlier = store.check_version(session, shop_id=request.shop_id, version=request.from_version)
+            later = store.check_version(session, shop_id=request.shop_id, version=request.to_version)
+            entered, left = store.segment_diff(
+                session,
+                shop_id=request.shop_id,
+                segment_id=request.segment_id,
+                from_version=earlier,
+                to_version=later,
+                limit=MAX_DIFF + 1,
+            )
+            return segmentation_pb2.GetSegmentDiffResponse(
+                entered=entered[:MAX_DIFF],
+                left=left[:MAX_DIFF],
+                from_version=earlier,
+                to_version=later,
+                truncated=len(entered) > MAX_DIFF or len(left) > MAX_DIFF,
+            )
+
+        return self.ctx.db.run(diff)
+
+    def EraseCustomer(
+        self, request: segmentation_pb2.EraseCustomerRequest, context: grpc.ServicerContext
+    ) -> segmentation_pb2.EraseCustomerResponse:
+        v = Violations()
+        check_id(v, request.customer_id, "customer_id")
+        v.raise_if_any()
+
+        def apply(session: Session) -> segmentation_pb2.EraseCustomerResponse:
+            anonymous, rows = store.erase_customer(session, shop_id=request.shop_id, customer_id=request.customer_id)
+            return segmentation_pb2.EraseCustomerResponse(anonymous_id=anonymous, rows_anonymised=rows)
+
+        return run_idempotent(self.ctx.db, request, segmentation_pb2.EraseCustomerResponse, apply, clock=self.ctx.clock)
+
+    def ExportSegment(
+        self, request: segmentation_pb2.ExportSegmentRequest, context: grpc.ServicerContext
+    ) -> Iterator[segmentation_pb2.ExportSegmentResponse]:
+        v = Violations()
+        check_id(v, request.segment_id, "segment_id")
+        v.check(request.version >= 0, "version", "must not be negative")
+        v.raise_if_any()
+        version = self.ctx.db.run(lambda s: store.check_version(s, shop_id=request.shop_id, version=request.version))
+
+        def batch_after(session: Session, start: str) -> list[tuple[str, CustomerScoreRecord | None]]:
+            return store.export_rows(
+                session,
+                shop_id=request.shop_id,
+                segment_id=request.segment_id,
+                version=version,
+                after=start,
+                limit=EXPORT_BATCH,
+            )
+
+        after = ""
+        while True:  # one short transaction per batch
+            batch = self.ctx.db.run(functools.partial(batch_after, start=after))
+            for customer_id, score in batch:
+                row = segmentation_pb2.ExportSegmentResponse(customer_id=customer_id, version=version)
+                if score is not None:
+                    row.rfm.CopyFrom(segmentation_pb2.RfmScore(r=score.r, f=score.f, m=score.m))
+                    row.rfm_segment, row.value_class = score.rfm_segment, score.value_class
+                    row.activity_layer, row.churn_risk = score.activity_layer, score.churn_risk
+                yield row
+            if len(batch) < EXPORT_BATCH:
+                return
+            after = batch[-1][0]
+
+
+def with_standing(row: FeatureRow, standing: tuple[int, str] | None) -> FeatureRow:
+    """The row with the member's points balance and tier (a customer the points service never saw has none)."""
+    if standing is None:
+        return row
+    return replace(row, points_balance=standing[0], tier=standing[1])
+
+
+def feature_row(features: metrics_pb2.CustomerFeatures) -> FeatureRow:
+    """A metrics row in the rule language's terms: `recency_days` is days since the last order (RFM's R)."""
+    return FeatureRow(
+        customer_id=features.customer_id,
+        order_count=features.order_count,
+        purchase_days=features.purchase_days,
+        net_revenue_minor=features.net_revenue.amount_minor,
+        aov_minor=features.aov_minor,
+        recency_days=features.days_since_last_order,
+        age_days=features.age_days,
+        mean_interval_days=features.mean_interval_days if features.HasField("mean_interval_days") else None,
+        probability_alive=features.probability_alive if features.HasField("probability_alive") else None,
+        window_orders=features.window_orders,
+        window_active_days=features.window_active_days,
+        window_net_revenue_minor=features.window_net_revenue_minor,
+    )
 
 
 def register(server: grpc.Server, ctx: ServiceContext) -> None:

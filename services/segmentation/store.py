@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import date, datetime
 
-from sqlalchemy import select
+from loyalty.segmentation.v1 import segmentation_pb2
+from sqlalchemy import and_, delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from services.segmentation.models import CustomerTag
+from services.common.db import insert_ignoring_conflicts, lock_keys
+from services.common.erasure import anonymous_id
+from services.common.errors import NotFound
+from services.segmentation.evaluation import CustomerScore
+from services.segmentation.models import CustomerScoreRecord, CustomerTag, Evaluation, Membership, SegmentRecord
 
 
 def tag_customers(session: Session, *, shop_id: str, tag: str, customer_ids: list[str], now: datetime) -> int:
@@ -34,3 +41,213 @@ def tags_of(session: Session, *, shop_id: str, customer_id: str) -> list[str]:
             .order_by(CustomerTag.tag)
         )
     )
+
+
+def upsert_segment(session: Session, *, shop_id: str, segment: segmentation_pb2.Segment, now: datetime) -> None:
+    row = session.get(SegmentRecord, (shop_id, segment.segment_id))
+    if row is None:
+        row = SegmentRecord(shop_id=shop_id, segment_id=segment.segment_id)
+        session.add(row)
+    row.name, row.rule, row.auto_tag, row.updated_at = segment.name, segment.rule, segment.auto_tag, now
+    session.flush()
+
+
+def segments(session: Session, *, shop_id: str) -> list[SegmentRecord]:
+    return list(
+        session.scalars(
+            select(SegmentRecord).where(SegmentRecord.shop_id == shop_id).order_by(SegmentRecord.segment_id)
+        )
+    )
+
+
+def tagged_customers(session: Session, *, shop_id: str) -> dict[str, set[str]]:
+    tags: dict[str, set[str]] = {}
+    for customer_id, tag in session.execute(
+        select(CustomerTag.customer_id, CustomerTag.tag).where(CustomerTag.shop_id == shop_id)
+    ):
+        tags.setdefault(tag, set()).add(customer_id)
+    return tags
+
+
+def write_version(
+    session: Session,
+    *,
+    shop_id: str,
+    as_of: date,
+    scores: Sequence[CustomerScore],
+    members: dict[str, list[str]],
+    now: datetime,
+) -> int:
+    """Writes one membership version of every segment; versions of a shop are numbered one after another.
+
+    The shop's advisory lock makes two concurrent evaluations take turns here,
+    so each gets its own version and neither sees the other's half-written rows.
+    """
+    lock_keys(session, "segment-evaluation", [shop_id])
+    latest = session.scalar(select(func.max(Evaluation.version)).where(Evaluation.shop_id == shop_id))
+    version = int(latest or 0) + 1
+    session.add(Evaluation(shop_id=shop_id, version=version, as_of=as_of, customers=len(scores), finished_at=now))
+    rows = [
+        {"shop_id": shop_id, "segment_id": segment_id, "version": version, "customer_id": customer_id}
+        for segment_id, ids in members.items()
+        for customer_id in ids
+    ]
+    for first in range(0, len(rows), 10_000):
+        session.execute(insert(Membership), rows[first : first + 10_000])
+    session.execute(delete(CustomerScoreRecord).where(CustomerScoreRecord.shop_id == shop_id))
+    score_rows = [{"shop_id": shop_id, "version": version, **asdict(score)} for score in scores]
+    for first in range(0, len(score_rows), 10_000):
+        session.execute(insert(CustomerScoreRecord), score_rows[first : first + 10_000])
+    session.flush()
+    return version
+
+
+def customer_standing(
+    session: Session, *, shop_id: str, customer_id: str
+) -> tuple[CustomerScoreRecord | None, list[str]]:
+    """The customer's scores and segments from the shop's latest evaluation."""
+    score = session.get(CustomerScoreRecord, (shop_id, customer_id))
+    if score is None:
+        return None, []
+    segment_ids = session.scalars(
+        select(Membership.segment_id)
+        .where(
+            Membership.shop_id == shop_id,
+            Membership.version == score.version,
+            Membership.customer_id == customer_id,
+        )
+        .order_by(Membership.segment_id)
+    )
+    return score, list(segment_ids)
+
+
+def latest_version(session: Session, *, shop_id: str) -> int:
+    latest = session.scalar(select(func.max(Evaluation.version)).where(Evaluation.shop_id == shop_id))
+    if latest is None:
+        raise NotFound("no segment evaluation has run for this shop yet; call EvaluateSegments", reason="NOT_EVALUATED")
+    return int(latest)
+
+
+def check_version(session: Session, *, shop_id: str, version: int) -> int:
+    """The version asked for (0 = latest), or NOT_FOUND."""
+    if version == 0:
+        return latest_version(session, shop_id=shop_id)
+    if session.get(Evaluation, (shop_id, version)) is None:
+        raise NotFound(f"membership version {version} does not exist for this shop", reason="VERSION_NOT_FOUND")
+    return version
+
+
+def segment_members(
+    session: Session, *, shop_id: str, segment_id: str, version: int, after: str, limit: int
+) -> list[str]:
+    return list(
+        session.scalars(
+            select(Membership.customer_id)
+            .where(
+                Membership.shop_id == shop_id,
+                Membership.segment_id == segment_id,
+                Membership.version == version,
+                Membership.customer_id > after,
+            )
+            .order_by(Membership.customer_id)
+            .limit(limit)
+        )
+    )
+
+
+def segment_diff(
+    session: Session, *, shop_id: str, segment_id: str, from_version: int, to_version: int, limit: int
+) -> tuple[list[str], list[str]]:
+    """(entered, left) between two versions, each at most `limit` ids, ascending."""
+
+    def only_in(version: int, other: int) -> list[str]:
+        theirs = select(Membership.customer_id).where(
+            Membership.shop_id == shop_id, Membership.segment_id == segment_id, Membership.version == other
+        )
+        return list(
+            session.scalars(
+                select(Membership.customer_id)
+                .where(
+                    Membership.shop_id == shop_id,
+                    Membership.segment_id == segment_id,
+                    Membership.version == version,
+                    Membership.customer_id.not_in(theirs),
+                )
+                .order_by(Membership.customer_id)
+                .limit(limit)
+            )
+        )
+
+    return only_in(to_version, from_version), only_in(from_version, to_version)
+
+
+def export_rows(
+    session: Session, *, shop_id: str, segment_id: str, version: int, after: str, limit: int
+) -> list[tuple[str, CustomerScoreRecord | None]]:
+    """Members after `after` with their scores when the scores are of this version."""
+    rows = session.execute(
+        select(Membership.customer_id, CustomerScoreRecord)
+        .outerjoin(
+            CustomerScoreRecord,
+            and_(
+                CustomerScoreRecord.shop_id == Membership.shop_id,
+                CustomerScoreRecord.customer_id == Membership.customer_id,
+                CustomerScoreRecord.version == Membership.version,
+            ),
+        )
+        .where(
+            Membership.shop_id == shop_id,
+            Membership.segment_id == segment_id,
+            Membership.version == version,
+            Membership.customer_id > after,
+        )
+        .order_by(Membership.customer_id)
+        .limit(limit)
+    ).all()
+    return [(customer_id, score) for customer_id, score in rows]
+
+
+def erase_customer(session: Session, *, shop_id: str, customer_id: str) -> tuple[str, int]:
+    """Moves tags and memberships to the shared anonymous id (merging on a second erasure); drops derived scores."""
+    anonymous = anonymous_id(shop_id, customer_id)
+    tags = [
+        {"shop_id": shop_id, "customer_id": anonymous, "tag": tag, "tagged_at": tagged_at}
+        for tag, tagged_at in session.execute(
+            select(CustomerTag.tag, CustomerTag.tagged_at).where(
+                CustomerTag.shop_id == shop_id, CustomerTag.customer_id == customer_id
+            )
+        )
+    ]
+    memberships = [
+        {"shop_id": shop_id, "segment_id": segment_id, "version": version, "customer_id": anonymous}
+        for segment_id, version in session.execute(
+            select(Membership.segment_id, Membership.version).where(
+                Membership.shop_id == shop_id, Membership.customer_id == customer_id
+            )
+        )
+    ]
+    for model in (CustomerTag, Membership, CustomerScoreRecord):
+        session.execute(delete(model).where(model.shop_id == shop_id, model.customer_id == customer_id))
+    insert_ignoring_conflicts(session, CustomerTag, tags)
+    for first in range(0, len(memberships), 10_000):
+        insert_ignoring_conflicts(session, Membership, memberships[first : first + 10_000])
+    session.flush()
+    return anonymous, len(tags) + len(memberships)
+
+
+def import_tags(session: Session, *, shop_id: str, pairs: Sequence[tuple[str, str]], now: datetime) -> int:
+    """Adds (customer, tag) pairs; returns how many were new."""
+    wanted = sorted(set(pairs))
+    rows = session.execute(
+        select(CustomerTag.customer_id, CustomerTag.tag).where(
+            CustomerTag.shop_id == shop_id,
+            CustomerTag.customer_id.in_({c for c, _ in wanted}),
+        )
+    )
+    have = {(customer, tag) for customer, tag in rows}
+    new = [(c, t) for c, t in wanted if (c, t) not in have]
+    insert_ignoring_conflicts(
+        session, CustomerTag, [{"shop_id": shop_id, "customer_id": c, "tag": t, "tagged_at": now} for c, t in new]
+    )
+    session.flush()
+    return len(new)

@@ -92,6 +92,54 @@ def test_cross_service_profile_through_generated_stubs(compose_stack: NativeStac
     assert (profile.order_count, profile.total_paid.amount_minor, profile.points_balance) == (1, 9900, 99)
 
 
+def test_campaign_grant_to_a_segment_across_metrics_segmentation_and_points(
+    compose_stack: NativeStack | DockerStack,
+) -> None:
+    """Orders into metrics, a segment evaluated by segmentation, a campaign granted by points, each its own process."""
+    shop = "campaign-shop"
+    now = datetime.now(UTC)
+    metrics = metrics_pb2_grpc.MetricsServiceStub(grpc.insecure_channel(compose_stack.address("metrics")))
+    metrics.RecordOrders(
+        metrics_pb2.RecordOrdersRequest(
+            shop_id=shop,
+            request_id="campaign-orders",
+            orders=[
+                order(f"co-{n}", customer, now - timedelta(days=days), 5_000)
+                for n, (customer, days) in enumerate([("k1", 9), ("k1", 2), ("k2", 5), ("k3", 8), ("k3", 1)])
+            ],
+        ),
+        metadata=DEV,
+    )
+    segmentation = segmentation_pb2_grpc.SegmentationServiceStub(
+        grpc.insecure_channel(compose_stack.address("segmentation"))
+    )
+    segment = segmentation_pb2.Segment(segment_id="repeat", name="repeat", rule="order_count >= 2")
+    segmentation.UpsertSegment(
+        segmentation_pb2.UpsertSegmentRequest(shop_id=shop, request_id="campaign-segment", segment=segment),
+        metadata=DEV,
+    )
+    final = list(segmentation.EvaluateSegments(segmentation_pb2.EvaluateSegmentsRequest(shop_id=shop), metadata=DEV))[
+        -1
+    ]
+    assert dict(final.members) == {"repeat": 2}
+    points = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(compose_stack.address("points", 0)))
+    grant = list(
+        points.GrantToSegment(
+            points_pb2.GrantToSegmentRequest(shop_id=shop, campaign_id="winback", segment_id="repeat", points=300),
+            metadata=DEV,
+        )
+    )[-1]
+    assert (grant.done, grant.granted) == (True, 2)
+    other_replica = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(compose_stack.address("points", 1)))
+    balances = [
+        other_replica.GetAccount(
+            points_pb2.GetAccountRequest(shop_id=shop, customer_id=c), metadata=DEV
+        ).account.points_balance
+        for c in ("k1", "k2", "k3")
+    ]
+    assert balances == [300, 0, 300]
+
+
 def test_prometheus_metrics_count_rpcs(compose_stack: NativeStack | DockerStack) -> None:
     if not isinstance(compose_stack, NativeStack):
         pytest.skip("metrics ports are not published by the compose file")

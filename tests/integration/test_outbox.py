@@ -17,19 +17,11 @@ from sqlalchemy import select
 from services.common.channels import peer_channel
 from services.common.db import Database
 from services.common.migrations import upgrade
-from services.common.outbox import OutboxEvent, OutboxRelay, enqueue
+from services.common.outbox import OutboxEvent, OutboxRelay, enqueue, purge_delivered
 from tests.integration.test_metrics_rpc import order
-from tests.support import TOKENS, Stack, bearer, free_port, specs
+from tests.support import TOKENS, FakeClock, Stack, bearer, free_port, specs
 
 RECORD_ORDERS = "/loyalty.metrics.v1.MetricsService/RecordOrders"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 11, 22, 12, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class CountingChannels:
@@ -164,3 +156,16 @@ def test_a_crashed_relays_claim_expires_and_the_resend_is_absorbed(stack: Stack,
     assert survivor.drain() == 5
     assert set(channels.sent.values()) == {2}  # sent twice...
     assert order_count(stack, f"{uid}-c") == 5  # ...applied once
+
+
+def test_delivered_events_are_purged_after_the_retention_window(stack: Stack, outbox_db: Database, uid: str) -> None:
+    clock = FakeClock()
+    add_events(outbox_db, uid, 3, clock)
+    OutboxRelay(outbox_db, CountingChannels(stack), clock, batch_size=20).drain()
+    add_events(outbox_db, f"{uid}-later", 2, clock)  # queued, not delivered: never purged
+    later = clock.now + timedelta(days=31)
+    purged = outbox_db.run(lambda s: purge_delivered(s, older_than=timedelta(days=30), now=later))
+    assert purged >= 3
+    left = [e for e in events(outbox_db) if e.event_id.startswith(uid)]
+    assert len(left) == 2
+    assert all(e.delivered_at is None for e in left)

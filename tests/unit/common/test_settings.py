@@ -7,7 +7,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from services.common.errors import Violations
 from services.common.settings import DEV_TOKEN, DEV_TOKEN_SHA256, Settings
+from services.common.validation import check_time_zone
 
 
 def test_defaults_are_embedded_sqlite_per_service(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,3 +54,22 @@ def test_tls_settings_must_be_complete() -> None:
         Settings(tls_cert_file="server.crt")
     with pytest.raises(ValidationError, match="mTLS"):
         Settings(tls_client_ca_file="ca.crt")
+
+
+@pytest.mark.parametrize(
+    ("name", "ok"),
+    [
+        ("Asia/Shanghai", True),
+        ("UTC", True),
+        ("America/Argentina/Buenos_Aires", True),
+        ("x" * 5_000, False),
+        ("../../etc/passwd", False),
+        ("Asia/Nowhere", False),
+        ("", False),
+        ("Asia/Shanghai\x00", False),
+    ],
+)
+def test_time_zone_names_are_checked_without_crashing(name: str, ok: bool) -> None:
+    v = Violations()
+    zone = check_time_zone(v, name, "time_zone")
+    assert (zone is not None, not v.found) == (ok, ok)

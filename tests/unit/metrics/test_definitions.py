@@ -234,6 +234,21 @@ def test_customer_features_by_hand() -> None:
     d = rows["D"]
     assert (d.net_revenue_minor, d.frequency, d.mean_interval_days, d.days_since_last_order) == (100, 0, None, 65)
     assert list(rows) == sorted(rows)
+    # Without a window the window counts are the lifetime ones.
+    assert (a.window_orders, a.window_active_days, a.window_net_revenue_minor) == (3, 2, 350)
+
+
+def test_window_counts_only_the_last_days_up_to_as_of() -> None:
+    from services.metrics.definitions import customer_features
+
+    # 60 days up to 31 March start on 31 January: only A's order of 10 February is in.
+    rows = {r.customer_id: r for r in customer_features(ORDERS, as_of=date(2026, 3, 31), window_days=60)}
+    assert (rows["A"].window_orders, rows["A"].window_active_days, rows["A"].window_net_revenue_minor) == (1, 1, 200)
+    assert (rows["B"].window_orders, rows["E"].window_orders) == (0, 1)
+    # 90 days start on 1 January: both of A's days, all three orders.
+    rows = {r.customer_id: r for r in customer_features(ORDERS, as_of=date(2026, 3, 31), window_days=90)}
+    assert (rows["A"].window_orders, rows["A"].window_active_days, rows["A"].window_net_revenue_minor) == (3, 2, 350)
+    assert rows["A"].order_count == 3  # lifetime numbers do not change with the window
 
 
 @given(purchases, st.dates(date(2025, 6, 1), date(2026, 9, 1)))

@@ -125,10 +125,10 @@ def test_value_summary_and_churn(items: list[Purchase], period: Period, later: P
 
 
 @settings(max_examples=300)
-@given(purchases_with_refunds, st.dates(date(2025, 1, 1), date(2027, 1, 31)))
-def test_customer_features(items: list[Purchase], as_of: date) -> None:
-    got = fast.customer_features(fast.OrderColumns.from_purchases(items), as_of)
-    expected = reference.customer_features(items, as_of)
+@given(purchases_with_refunds, st.dates(date(2025, 1, 1), date(2027, 1, 31)), st.sampled_from([0, 1, 7, 30, 180]))
+def test_customer_features(items: list[Purchase], as_of: date, window_days: int) -> None:
+    got = fast.customer_features(fast.OrderColumns.from_purchases(items), as_of, window_days)
+    expected = reference.customer_features(items, as_of, window_days)
     assert [
         (
             f.customer_id,
@@ -141,6 +141,9 @@ def test_customer_features(items: list[Purchase], as_of: date) -> None:
             f.days_since_last_order,
             f.first_day,
             f.last_day,
+            f.window_orders,
+            f.window_active_days,
+            f.window_net_revenue_minor,
         )
         for f in got
     ] == [
@@ -155,6 +158,9 @@ def test_customer_features(items: list[Purchase], as_of: date) -> None:
             f.days_since_last_order,
             f.first_day,
             f.last_day,
+            f.window_orders,
+            f.window_active_days,
+            f.window_net_revenue_minor,
         )
         for f in expected
     ]

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from loyalty.common.v1 import common_pb2 as loyalty_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.loyalty/cycle_delivery/v1/cycle_delivery.proto\x12\x19loyalty.cycle_delivery.v1\x1a\x1eloyalty/common/v1/common.proto\"\xa4\x01\n\x0cScheduleRule\x12\x33\n\x07\x63\x61\x64\x65nce\x18\x01 \x01(\x0e\x32\".loyalty.cycle_delivery.v1.Cadence\x12\x15\n\rinterval_days\x18\x02 \x01(\x05\x12\x34\n\x08weekdays\x18\x03 \x03(\x0e\x32\".loyalty.cycle_delivery.v1.Weekday\x12\x12\n\nmonth_days\x18\x04 \x03(\x05\"\x81\x02\n\x16PreviewScheduleRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x35\n\x04rule\x18\x02 \x01(\x0b\x32\'.loyalty.cycle_delivery.v1.ScheduleRule\x12+\n\nstart_date\x18\x03 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12\x16\n\x0e\x64\x65livery_count\x18\x04 \x01(\x05\x12)\n\x08\x65nd_date\x18\x05 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12/\n\x0e\x62lackout_dates\x18\x06 \x03(\x0b\x32\x17.loyalty.common.v1.Date\"A\n\x17PreviewScheduleResponse\x12&\n\x05\x64\x61tes\x18\x01 \x03(\x0b\x32\x17.loyalty.common.v1.Date*x\n\x07\x43\x61\x64\x65nce\x12\x17\n\x13\x43\x41\x44\x45NCE_UNSPECIFIED\x10\x00\x12\x11\n\rCADENCE_DAILY\x10\x01\x12\x18\n\x14\x43\x41\x44\x45NCE_EVERY_N_DAYS\x10\x02\x12\x12\n\x0e\x43\x41\x44\x45NCE_WEEKLY\x10\x03\x12\x13\n\x0f\x43\x41\x44\x45NCE_MONTHLY\x10\x04*\xb6\x01\n\x07Weekday\x12\x17\n\x13WEEKDAY_UNSPECIFIED\x10\x00\x12\x12\n\x0eWEEKDAY_MONDAY\x10\x01\x12\x13\n\x0fWEEKDAY_TUESDAY\x10\x02\x12\x15\n\x11WEEKDAY_WEDNESDAY\x10\x03\x12\x14\n\x10WEEKDAY_THURSDAY\x10\x04\x12\x12\n\x0eWEEKDAY_FRIDAY\x10\x05\x12\x14\n\x10WEEKDAY_SATURDAY\x10\x06\x12\x12\n\x0eWEEKDAY_SUNDAY\x10\x07\x32\x96\x01\n\x14\x43ycleDeliveryService\x12~\n\x0fPreviewSchedule\x12\x31.loyalty.cycle_delivery.v1.PreviewScheduleRequest\x1a\x32.loyalty.cycle_delivery.v1.PreviewScheduleResponse\"\x04\xc8\xf3\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.loyalty/cycle_delivery/v1/cycle_delivery.proto\x12\x19loyalty.cycle_delivery.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1eloyalty/common/v1/common.proto\"\xa4\x01\n\x0cScheduleRule\x12\x33\n\x07\x63\x61\x64\x65nce\x18\x01 \x01(\x0e\x32\".loyalty.cycle_delivery.v1.Cadence\x12\x15\n\rinterval_days\x18\x02 \x01(\x05\x12\x34\n\x08weekdays\x18\x03 \x03(\x0e\x32\".loyalty.cycle_delivery.v1.Weekday\x12\x12\n\nmonth_days\x18\x04 \x03(\x05\"\x81\x02\n\x16PreviewScheduleRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x35\n\x04rule\x18\x02 \x01(\x0b\x32\'.loyalty.cycle_delivery.v1.ScheduleRule\x12+\n\nstart_date\x18\x03 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12\x16\n\x0e\x64\x65livery_count\x18\x04 \x01(\x05\x12)\n\x08\x65nd_date\x18\x05 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12/\n\x0e\x62lackout_dates\x18\x06 \x03(\x0b\x32\x17.loyalty.common.v1.Date\"A\n\x17PreviewScheduleResponse\x12&\n\x05\x64\x61tes\x18\x01 \x03(\x0b\x32\x17.loyalty.common.v1.Date\"\xeb\x02\n\x04Plan\x12\x0f\n\x07plan_id\x18\x01 \x01(\t\x12\x0b\n\x03sku\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x35\n\x04rule\x18\x04 \x01(\x0b\x32\'.loyalty.cycle_delivery.v1.ScheduleRule\x12\x16\n\x0e\x64\x65livery_count\x18\x05 \x01(\x05\x12\x16\n\x0elead_time_days\x18\x06 \x01(\x05\x12\x15\n\rcutoff_minute\x18\x07 \x01(\x05\x12?\n\x0e\x64\x65livery_modes\x18\x08 \x03(\x0e\x32\'.loyalty.cycle_delivery.v1.DeliveryMode\x12/\n\x0e\x62lackout_dates\x18\t \x03(\x0b\x32\x17.loyalty.common.v1.Date\x12\x34\n\x12price_per_delivery\x18\n \x01(\x0b\x32\x18.loyalty.common.v1.Money\x12\x11\n\ttime_zone\x18\x0b \x01(\t\"g\n\x11UpsertPlanRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12-\n\x04plan\x18\x03 \x01(\x0b\x32\x1f.loyalty.cycle_delivery.v1.Plan\"C\n\x12UpsertPlanResponse\x12-\n\x04plan\x18\x01 \x01(\x0b\x32\x1f.loyalty.cycle_delivery.v1.Plan\"2\n\x0eGetPlanRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x0f\n\x07plan_id\x18\x02 \x01(\t\"@\n\x0fGetPlanResponse\x12-\n\x04plan\x18\x01 \x01(\x0b\x32\x1f.loyalty.cycle_delivery.v1.Plan\"\xdb\x01\n\x08\x44\x65livery\x12\r\n\x05index\x18\x01 \x01(\x05\x12%\n\x04\x64\x61te\x18\x02 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12\x37\n\x05state\x18\x03 \x01(\x0e\x32(.loyalty.cycle_delivery.v1.DeliveryState\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12\x19\n\x11\x64\x65livery_order_id\x18\x05 \x01(\t\x12\x33\n\x0f\x63hange_deadline\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x96\x02\n\x0cSubscription\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0f\n\x07plan_id\x18\x03 \x01(\t\x12;\n\x05state\x18\x04 \x01(\x0e\x32,.loyalty.cycle_delivery.v1.SubscriptionState\x12\x37\n\ndeliveries\x18\x05 \x03(\x0b\x32#.loyalty.cycle_delivery.v1.Delivery\x12>\n\rdelivery_mode\x18\x06 \x01(\x0e\x32\'.loyalty.cycle_delivery.v1.DeliveryMode\x12\x11\n\tremaining\x18\x07 \x01(\x05\"\x8a\x02\n\x19\x43reateSubscriptionRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\'\n\x05order\x18\x03 \x01(\x0b\x32\x18.loyalty.common.v1.Order\x12\x0f\n\x07plan_id\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\x12>\n\rdelivery_mode\x18\x07 \x01(\x0e\x32\'.loyalty.cycle_delivery.v1.DeliveryMode\x12+\n\nstart_date\x18\x08 \x01(\x0b\x32\x17.loyalty.common.v1.Date\"[\n\x1a\x43reateSubscriptionResponse\x12=\n\x0csubscription\x18\x01 \x01(\x0b\x32\'.loyalty.cycle_delivery.v1.Subscription\"B\n\x16GetSubscriptionRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\"X\n\x17GetSubscriptionResponse\x12=\n\x0csubscription\x18\x01 \x01(\x0b\x32\'.loyalty.cycle_delivery.v1.Subscription\"\x92\x01\n\x18ListSubscriptionsRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12)\n\x08\x64ue_date\x18\x03 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"t\n\x19ListSubscriptionsResponse\x12>\n\rsubscriptions\x18\x01 \x03(\x0b\x32\'.loyalty.cycle_delivery.v1.Subscription\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa4\x02\n\x17\x43hangeDeliveriesRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\x33\n\x04kind\x18\x04 \x01(\x0e\x32%.loyalty.cycle_delivery.v1.ChangeKind\x12\r\n\x05index\x18\x05 \x01(\x05\x12)\n\x08new_date\x18\x06 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12\x10\n\x08quantity\x18\x07 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\x12\x39\n\x08new_rule\x18\t \x01(\x0b\x32\'.loyalty.cycle_delivery.v1.ScheduleRule\"\x83\x01\n\x18\x43hangeDeliveriesResponse\x12=\n\x0csubscription\x18\x01 \x01(\x0b\x32\'.loyalty.cycle_delivery.v1.Subscription\x12(\n\x06refund\x18\x02 \x01(\x0b\x32\x18.loyalty.common.v1.Money\"X\n\x18PauseSubscriptionRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\"Z\n\x19PauseSubscriptionResponse\x12=\n\x0csubscription\x18\x01 \x01(\x0b\x32\'.loyalty.cycle_delivery.v1.Subscription\"Y\n\x19ResumeSubscriptionRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\"[\n\x1aResumeSubscriptionResponse\x12=\n\x0csubscription\x18\x01 \x01(\x0b\x32\'.loyalty.cycle_delivery.v1.Subscription\"Y\n\x19\x43\x61ncelSubscriptionRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\"\xbc\x01\n\x1a\x43\x61ncelSubscriptionResponse\x12=\n\x0csubscription\x18\x01 \x01(\x0b\x32\'.loyalty.cycle_delivery.v1.Subscription\x12\x1c\n\x14\x63\x61ncelled_deliveries\x18\x02 \x01(\x05\x12(\n\x06refund\x18\x03 \x01(\x0b\x32\x18.loyalty.common.v1.Money\x12\x17\n\x0fstill_going_out\x18\x04 \x01(\x05\"\x9b\x01\n\x13MarkDeliveryRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x03 \x01(\t\x12\r\n\x05index\x18\x04 \x01(\x05\x12\x37\n\x05state\x18\x05 \x01(\x0e\x32(.loyalty.cycle_delivery.v1.DeliveryState\"M\n\x14MarkDeliveryResponse\x12\x35\n\x08\x64\x65livery\x18\x01 \x01(\x0b\x32#.loyalty.cycle_delivery.v1.Delivery\"P\n\x14\x45raseCustomerRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"F\n\x15\x45raseCustomerResponse\x12\x14\n\x0c\x61nonymous_id\x18\x01 \x01(\t\x12\x17\n\x0frows_anonymised\x18\x02 \x01(\x03*x\n\x07\x43\x61\x64\x65nce\x12\x17\n\x13\x43\x41\x44\x45NCE_UNSPECIFIED\x10\x00\x12\x11\n\rCADENCE_DAILY\x10\x01\x12\x18\n\x14\x43\x41\x44\x45NCE_EVERY_N_DAYS\x10\x02\x12\x12\n\x0e\x43\x41\x44\x45NCE_WEEKLY\x10\x03\x12\x13\n\x0f\x43\x41\x44\x45NCE_MONTHLY\x10\x04*\xb6\x01\n\x07Weekday\x12\x17\n\x13WEEKDAY_UNSPECIFIED\x10\x00\x12\x12\n\x0eWEEKDAY_MONDAY\x10\x01\x12\x13\n\x0fWEEKDAY_TUESDAY\x10\x02\x12\x15\n\x11WEEKDAY_WEDNESDAY\x10\x03\x12\x14\n\x10WEEKDAY_THURSDAY\x10\x04\x12\x12\n\x0eWEEKDAY_FRIDAY\x10\x05\x12\x14\n\x10WEEKDAY_SATURDAY\x10\x06\x12\x12\n\x0eWEEKDAY_SUNDAY\x10\x07*\x7f\n\x0c\x44\x65liveryMode\x12\x1d\n\x19\x44\x45LIVERY_MODE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LIVERY_MODE_EXPRESS\x10\x01\x12\x1b\n\x17\x44\x45LIVERY_MODE_SAME_CITY\x10\x02\x12\x18\n\x14\x44\x45LIVERY_MODE_PICKUP\x10\x03*\xfb\x01\n\rDeliveryState\x12\x1e\n\x1a\x44\x45LIVERY_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45LIVERY_STATE_SCHEDULED\x10\x01\x12\x1a\n\x16\x44\x45LIVERY_STATE_SKIPPED\x10\x02\x12\x1c\n\x18\x44\x45LIVERY_STATE_POSTPONED\x10\x03\x12\x1a\n\x16\x44\x45LIVERY_STATE_CREATED\x10\x04\x12\x1a\n\x16\x44\x45LIVERY_STATE_SHIPPED\x10\x05\x12\x1c\n\x18\x44\x45LIVERY_STATE_CANCELLED\x10\x06\x12\x1c\n\x18\x44\x45LIVERY_STATE_DELIVERED\x10\x07*\x97\x01\n\x11SubscriptionState\x12\"\n\x1eSUBSCRIPTION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19SUBSCRIPTION_STATE_ACTIVE\x10\x01\x12\x1d\n\x19SUBSCRIPTION_STATE_PAUSED\x10\x02\x12 \n\x1cSUBSCRIPTION_STATE_CANCELLED\x10\x03*\x8f\x02\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x14\n\x10\x43HANGE_KIND_SKIP\x10\x01\x12\x14\n\x10\x43HANGE_KIND_DROP\x10\x02\x12\x1c\n\x18\x43HANGE_KIND_POSTPONE_ONE\x10\x03\x12\x1c\n\x18\x43HANGE_KIND_POSTPONE_ALL\x10\x04\x12\x1b\n\x17\x43HANGE_KIND_CHANGE_DATE\x10\x05\x12\x1e\n\x1a\x43HANGE_KIND_UPDATE_DETAILS\x10\x06\x12\x1e\n\x1a\x43HANGE_KIND_CHANGE_CADENCE\x10\x07\x12\x1f\n\x1b\x43HANGE_KIND_POSTPONE_MISSED\x10\x08\x32\x90\x0c\n\x14\x43ycleDeliveryService\x12~\n\x0fPreviewSchedule\x12\x31.loyalty.cycle_delivery.v1.PreviewScheduleRequest\x1a\x32.loyalty.cycle_delivery.v1.PreviewScheduleResponse\"\x04\xc8\xf3\x18\x01\x12o\n\nUpsertPlan\x12,.loyalty.cycle_delivery.v1.UpsertPlanRequest\x1a-.loyalty.cycle_delivery.v1.UpsertPlanResponse\"\x04\xc8\xf3\x18\x03\x12\x66\n\x07GetPlan\x12).loyalty.cycle_delivery.v1.GetPlanRequest\x1a*.loyalty.cycle_delivery.v1.GetPlanResponse\"\x04\xc8\xf3\x18\x01\x12\x87\x01\n\x12\x43reateSubscription\x12\x34.loyalty.cycle_delivery.v1.CreateSubscriptionRequest\x1a\x35.loyalty.cycle_delivery.v1.CreateSubscriptionResponse\"\x04\xc8\xf3\x18\x02\x12~\n\x0fGetSubscription\x12\x31.loyalty.cycle_delivery.v1.GetSubscriptionRequest\x1a\x32.loyalty.cycle_delivery.v1.GetSubscriptionResponse\"\x04\xc8\xf3\x18\x01\x12\x84\x01\n\x11ListSubscriptions\x12\x33.loyalty.cycle_delivery.v1.ListSubscriptionsRequest\x1a\x34.loyalty.cycle_delivery.v1.ListSubscriptionsResponse\"\x04\xc8\xf3\x18\x01\x12\x81\x01\n\x10\x43hangeDeliveries\x12\x32.loyalty.cycle_delivery.v1.ChangeDeliveriesRequest\x1a\x33.loyalty.cycle_delivery.v1.ChangeDeliveriesResponse\"\x04\xc8\xf3\x18\x02\x12\x84\x01\n\x11PauseSubscription\x12\x33.loyalty.cycle_delivery.v1.PauseSubscriptionRequest\x1a\x34.loyalty.cycle_delivery.v1.PauseSubscriptionResponse\"\x04\xc8\xf3\x18\x02\x12\x87\x01\n\x12ResumeSubscription\x12\x34.loyalty.cycle_delivery.v1.ResumeSubscriptionRequest\x1a\x35.loyalty.cycle_delivery.v1.ResumeSubscriptionResponse\"\x04\xc8\xf3\x18\x02\x12\x87\x01\n\x12\x43\x61ncelSubscription\x12\x34.loyalty.cycle_delivery.v1.CancelSubscriptionRequest\x1a\x35.loyalty.cycle_delivery.v1.CancelSubscriptionResponse\"\x04\xc8\xf3\x18\x02\x12u\n\x0cMarkDelivery\x12..loyalty.cycle_delivery.v1.MarkDeliveryRequest\x1a/.loyalty.cycle_delivery.v1.MarkDeliveryResponse\"\x04\xc8\xf3\x18\x02\x12x\n\rEraseCustomer\x12/.loyalty.cycle_delivery.v1.EraseCustomerRequest\x1a\x30.loyalty.cycle_delivery.v1.EraseCustomerResponse\"\x04\xc8\xf3\x18\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +35,96 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['PreviewSchedule']._loaded_options = None
   _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['PreviewSchedule']._serialized_options = b'\310\363\030\001'
-  _globals['_CADENCE']._serialized_start=603
-  _globals['_CADENCE']._serialized_end=723
-  _globals['_WEEKDAY']._serialized_start=726
-  _globals['_WEEKDAY']._serialized_end=908
-  _globals['_SCHEDULERULE']._serialized_start=110
-  _globals['_SCHEDULERULE']._serialized_end=274
-  _globals['_PREVIEWSCHEDULEREQUEST']._serialized_start=277
-  _globals['_PREVIEWSCHEDULEREQUEST']._serialized_end=534
-  _globals['_PREVIEWSCHEDULERESPONSE']._serialized_start=536
-  _globals['_PREVIEWSCHEDULERESPONSE']._serialized_end=601
-  _globals['_CYCLEDELIVERYSERVICE']._serialized_start=911
-  _globals['_CYCLEDELIVERYSERVICE']._serialized_end=1061
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['UpsertPlan']._loaded_options = None
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['UpsertPlan']._serialized_options = b'\310\363\030\003'
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['GetPlan']._loaded_options = None
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['GetPlan']._serialized_options = b'\310\363\030\001'
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['CreateSubscription']._loaded_options = None
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['CreateSubscription']._serialized_options = b'\310\363\030\002'
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['GetSubscription']._loaded_options = None
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['GetSubscription']._serialized_options = b'\310\363\030\001'
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['ListSubscriptions']._loaded_options = None
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['ListSubscriptions']._serialized_options = b'\310\363\030\001'
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['ChangeDeliveries']._loaded_options = None
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['ChangeDeliveries']._serialized_options = b'\310\363\030\002'
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['PauseSubscription']._loaded_options = None
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['PauseSubscription']._serialized_options = b'\310\363\030\002'
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['ResumeSubscription']._loaded_options = None
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['ResumeSubscription']._serialized_options = b'\310\363\030\002'
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['CancelSubscription']._loaded_options = None
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['CancelSubscription']._serialized_options = b'\310\363\030\002'
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['MarkDelivery']._loaded_options = None
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['MarkDelivery']._serialized_options = b'\310\363\030\002'
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['EraseCustomer']._loaded_options = None
+  _globals['_CYCLEDELIVERYSERVICE'].methods_by_name['EraseCustomer']._serialized_options = b'\310\363\030\003'
+  _globals['_CADENCE']._serialized_start=4052
+  _globals['_CADENCE']._serialized_end=4172
+  _globals['_WEEKDAY']._serialized_start=4175
+  _globals['_WEEKDAY']._serialized_end=4357
+  _globals['_DELIVERYMODE']._serialized_start=4359
+  _globals['_DELIVERYMODE']._serialized_end=4486
+  _globals['_DELIVERYSTATE']._serialized_start=4489
+  _globals['_DELIVERYSTATE']._serialized_end=4740
+  _globals['_SUBSCRIPTIONSTATE']._serialized_start=4743
+  _globals['_SUBSCRIPTIONSTATE']._serialized_end=4894
+  _globals['_CHANGEKIND']._serialized_start=4897
+  _globals['_CHANGEKIND']._serialized_end=5168
+  _globals['_SCHEDULERULE']._serialized_start=143
+  _globals['_SCHEDULERULE']._serialized_end=307
+  _globals['_PREVIEWSCHEDULEREQUEST']._serialized_start=310
+  _globals['_PREVIEWSCHEDULEREQUEST']._serialized_end=567
+  _globals['_PREVIEWSCHEDULERESPONSE']._serialized_start=569
+  _globals['_PREVIEWSCHEDULERESPONSE']._serialized_end=634
+  _globals['_PLAN']._serialized_start=637
+  _globals['_PLAN']._serialized_end=1000
+  _globals['_UPSERTPLANREQUEST']._serialized_start=1002
+  _globals['_UPSERTPLANREQUEST']._serialized_end=1105
+  _globals['_UPSERTPLANRESPONSE']._serialized_start=1107
+  _globals['_UPSERTPLANRESPONSE']._serialized_end=1174
+  _globals['_GETPLANREQUEST']._serialized_start=1176
+  _globals['_GETPLANREQUEST']._serialized_end=1226
+  _globals['_GETPLANRESPONSE']._serialized_start=1228
+  _globals['_GETPLANRESPONSE']._serialized_end=1292
+  _globals['_DELIVERY']._serialized_start=1295
+  _globals['_DELIVERY']._serialized_end=1514
+  _globals['_SUBSCRIPTION']._serialized_start=1517
+  _globals['_SUBSCRIPTION']._serialized_end=1795
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_start=1798
+  _globals['_CREATESUBSCRIPTIONREQUEST']._serialized_end=2064
+  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_start=2066
+  _globals['_CREATESUBSCRIPTIONRESPONSE']._serialized_end=2157
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_start=2159
+  _globals['_GETSUBSCRIPTIONREQUEST']._serialized_end=2225
+  _globals['_GETSUBSCRIPTIONRESPONSE']._serialized_start=2227
+  _globals['_GETSUBSCRIPTIONRESPONSE']._serialized_end=2315
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=2318
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=2464
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=2466
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=2582
+  _globals['_CHANGEDELIVERIESREQUEST']._serialized_start=2585
+  _globals['_CHANGEDELIVERIESREQUEST']._serialized_end=2877
+  _globals['_CHANGEDELIVERIESRESPONSE']._serialized_start=2880
+  _globals['_CHANGEDELIVERIESRESPONSE']._serialized_end=3011
+  _globals['_PAUSESUBSCRIPTIONREQUEST']._serialized_start=3013
+  _globals['_PAUSESUBSCRIPTIONREQUEST']._serialized_end=3101
+  _globals['_PAUSESUBSCRIPTIONRESPONSE']._serialized_start=3103
+  _globals['_PAUSESUBSCRIPTIONRESPONSE']._serialized_end=3193
+  _globals['_RESUMESUBSCRIPTIONREQUEST']._serialized_start=3195
+  _globals['_RESUMESUBSCRIPTIONREQUEST']._serialized_end=3284
+  _globals['_RESUMESUBSCRIPTIONRESPONSE']._serialized_start=3286
+  _globals['_RESUMESUBSCRIPTIONRESPONSE']._serialized_end=3377
+  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_start=3379
+  _globals['_CANCELSUBSCRIPTIONREQUEST']._serialized_end=3468
+  _globals['_CANCELSUBSCRIPTIONRESPONSE']._serialized_start=3471
+  _globals['_CANCELSUBSCRIPTIONRESPONSE']._serialized_end=3659
+  _globals['_MARKDELIVERYREQUEST']._serialized_start=3662
+  _globals['_MARKDELIVERYREQUEST']._serialized_end=3817
+  _globals['_MARKDELIVERYRESPONSE']._serialized_start=3819
+  _globals['_MARKDELIVERYRESPONSE']._serialized_end=3896
+  _globals['_ERASECUSTOMERREQUEST']._serialized_start=3898
+  _globals['_ERASECUSTOMERREQUEST']._serialized_end=3978
+  _globals['_ERASECUSTOMERRESPONSE']._serialized_start=3980
+  _globals['_ERASECUSTOMERRESPONSE']._serialized_end=4050
+  _globals['_CYCLEDELIVERYSERVICE']._serialized_start=5171
+  _globals['_CYCLEDELIVERYSERVICE']._serialized_end=6723
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ isort:skip_file
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from loyalty.common.v1 import common_pb2 as _common_pb2
@@ -95,6 +96,158 @@ WEEKDAY_SATURDAY: Weekday.ValueType  # 6
 WEEKDAY_SUNDAY: Weekday.ValueType  # 7
 """Sunday."""
 Global___Weekday: _TypeAlias = Weekday  # noqa: Y015
+
+class _DeliveryMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_MODE_UNSPECIFIED: _DeliveryMode.ValueType  # 0
+    DELIVERY_MODE_EXPRESS: _DeliveryMode.ValueType  # 1
+    """Express courier."""
+    DELIVERY_MODE_SAME_CITY: _DeliveryMode.ValueType  # 2
+    """Same-city delivery."""
+    DELIVERY_MODE_PICKUP: _DeliveryMode.ValueType  # 3
+    """Pickup at a store."""
+
+class DeliveryMode(_DeliveryMode, metaclass=_DeliveryModeEnumTypeWrapper):
+    """DeliveryMode is how a delivery reaches the buyer (Youzan `deliveryMode`)."""
+
+DELIVERY_MODE_UNSPECIFIED: DeliveryMode.ValueType  # 0
+DELIVERY_MODE_EXPRESS: DeliveryMode.ValueType  # 1
+"""Express courier."""
+DELIVERY_MODE_SAME_CITY: DeliveryMode.ValueType  # 2
+"""Same-city delivery."""
+DELIVERY_MODE_PICKUP: DeliveryMode.ValueType  # 3
+"""Pickup at a store."""
+Global___DeliveryMode: _TypeAlias = DeliveryMode  # noqa: Y015
+
+class _DeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_STATE_UNSPECIFIED: _DeliveryState.ValueType  # 0
+    DELIVERY_STATE_SCHEDULED: _DeliveryState.ValueType  # 1
+    """On the calendar."""
+    DELIVERY_STATE_SKIPPED: _DeliveryState.ValueType  # 2
+    """Skipped by the buyer; a replacement was appended at the end."""
+    DELIVERY_STATE_POSTPONED: _DeliveryState.ValueType  # 3
+    """On the calendar at a later date than first planned (顺延)."""
+    DELIVERY_STATE_CREATED: _DeliveryState.ValueType  # 4
+    """Its delivery order was created (sent to metrics and points)."""
+    DELIVERY_STATE_SHIPPED: _DeliveryState.ValueType  # 5
+    """Shipped."""
+    DELIVERY_STATE_CANCELLED: _DeliveryState.ValueType  # 6
+    """Will not happen (dropped or cancelled); refunded."""
+    DELIVERY_STATE_DELIVERED: _DeliveryState.ValueType  # 7
+    """Delivered."""
+
+class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
+    """DeliveryState is where one delivery is."""
+
+DELIVERY_STATE_UNSPECIFIED: DeliveryState.ValueType  # 0
+DELIVERY_STATE_SCHEDULED: DeliveryState.ValueType  # 1
+"""On the calendar."""
+DELIVERY_STATE_SKIPPED: DeliveryState.ValueType  # 2
+"""Skipped by the buyer; a replacement was appended at the end."""
+DELIVERY_STATE_POSTPONED: DeliveryState.ValueType  # 3
+"""On the calendar at a later date than first planned (顺延)."""
+DELIVERY_STATE_CREATED: DeliveryState.ValueType  # 4
+"""Its delivery order was created (sent to metrics and points)."""
+DELIVERY_STATE_SHIPPED: DeliveryState.ValueType  # 5
+"""Shipped."""
+DELIVERY_STATE_CANCELLED: DeliveryState.ValueType  # 6
+"""Will not happen (dropped or cancelled); refunded."""
+DELIVERY_STATE_DELIVERED: DeliveryState.ValueType  # 7
+"""Delivered."""
+Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
+
+class _SubscriptionState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SubscriptionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SubscriptionState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SUBSCRIPTION_STATE_UNSPECIFIED: _SubscriptionState.ValueType  # 0
+    SUBSCRIPTION_STATE_ACTIVE: _SubscriptionState.ValueType  # 1
+    """Deliveries are created as they fall due."""
+    SUBSCRIPTION_STATE_PAUSED: _SubscriptionState.ValueType  # 2
+    """Paused: nothing is created."""
+    SUBSCRIPTION_STATE_CANCELLED: _SubscriptionState.ValueType  # 3
+    """Cancelled."""
+
+class SubscriptionState(_SubscriptionState, metaclass=_SubscriptionStateEnumTypeWrapper):
+    """SubscriptionState is where a subscription is."""
+
+SUBSCRIPTION_STATE_UNSPECIFIED: SubscriptionState.ValueType  # 0
+SUBSCRIPTION_STATE_ACTIVE: SubscriptionState.ValueType  # 1
+"""Deliveries are created as they fall due."""
+SUBSCRIPTION_STATE_PAUSED: SubscriptionState.ValueType  # 2
+"""Paused: nothing is created."""
+SUBSCRIPTION_STATE_CANCELLED: SubscriptionState.ValueType  # 3
+"""Cancelled."""
+Global___SubscriptionState: _TypeAlias = SubscriptionState  # noqa: Y015
+
+class _ChangeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANGE_KIND_UNSPECIFIED: _ChangeKind.ValueType  # 0
+    CHANGE_KIND_SKIP: _ChangeKind.ValueType  # 1
+    """The delivery does not happen; one is appended at the end (count kept)."""
+    CHANGE_KIND_DROP: _ChangeKind.ValueType  # 2
+    """The delivery does not happen and is refunded (count reduced)."""
+    CHANGE_KIND_POSTPONE_ONE: _ChangeKind.ValueType  # 3
+    """The delivery moves to the next free day of the cadence (顺延)."""
+    CHANGE_KIND_POSTPONE_ALL: _ChangeKind.ValueType  # 4
+    """It and every later open delivery move one cadence slot later."""
+    CHANGE_KIND_CHANGE_DATE: _ChangeKind.ValueType  # 5
+    """The delivery moves to `new_date`."""
+    CHANGE_KIND_UPDATE_DETAILS: _ChangeKind.ValueType  # 6
+    """Quantity and/or address change for it and every later open delivery."""
+    CHANGE_KIND_CHANGE_CADENCE: _ChangeKind.ValueType  # 7
+    """A new cadence (`new_rule`) from this delivery on: it and every later open
+    delivery are laid on the new rule from its day (or the first possible
+    day, if later), in order. Indexes are kept, so every per-delivery override
+    (quantity, address) is kept too; nothing is dropped and the count stays.
+    """
+    CHANGE_KIND_POSTPONE_MISSED: _ChangeKind.ValueType  # 8
+    """Fulfilment missed a created delivery: it moves to the next free cadence
+    day, keeping its delivery order (no deadline applies).
+    """
+
+class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper):
+    """ChangeKind is what a calendar change does."""
+
+CHANGE_KIND_UNSPECIFIED: ChangeKind.ValueType  # 0
+CHANGE_KIND_SKIP: ChangeKind.ValueType  # 1
+"""The delivery does not happen; one is appended at the end (count kept)."""
+CHANGE_KIND_DROP: ChangeKind.ValueType  # 2
+"""The delivery does not happen and is refunded (count reduced)."""
+CHANGE_KIND_POSTPONE_ONE: ChangeKind.ValueType  # 3
+"""The delivery moves to the next free day of the cadence (顺延)."""
+CHANGE_KIND_POSTPONE_ALL: ChangeKind.ValueType  # 4
+"""It and every later open delivery move one cadence slot later."""
+CHANGE_KIND_CHANGE_DATE: ChangeKind.ValueType  # 5
+"""The delivery moves to `new_date`."""
+CHANGE_KIND_UPDATE_DETAILS: ChangeKind.ValueType  # 6
+"""Quantity and/or address change for it and every later open delivery."""
+CHANGE_KIND_CHANGE_CADENCE: ChangeKind.ValueType  # 7
+"""A new cadence (`new_rule`) from this delivery on: it and every later open
+delivery are laid on the new rule from its day (or the first possible
+day, if later), in order. Indexes are kept, so every per-delivery override
+(quantity, address) is kept too; nothing is dropped and the count stays.
+"""
+CHANGE_KIND_POSTPONE_MISSED: ChangeKind.ValueType  # 8
+"""Fulfilment missed a created delivery: it moves to the next free cadence
+day, keeping its delivery order (no deadline applies).
+"""
+Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
 
 @_typing.final
 class ScheduleRule(_message.Message):
@@ -215,3 +368,853 @@ class PreviewScheduleResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PreviewScheduleResponse: _TypeAlias = PreviewScheduleResponse  # noqa: Y015
+
+@_typing.final
+class Plan(_message.Message):
+    """Plan is a product sold as a periodic delivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    SKU_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    DELIVERY_COUNT_FIELD_NUMBER: _builtins.int
+    LEAD_TIME_DAYS_FIELD_NUMBER: _builtins.int
+    CUTOFF_MINUTE_FIELD_NUMBER: _builtins.int
+    DELIVERY_MODES_FIELD_NUMBER: _builtins.int
+    BLACKOUT_DATES_FIELD_NUMBER: _builtins.int
+    PRICE_PER_DELIVERY_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    plan_id: _builtins.str
+    """Stable id."""
+    sku: _builtins.str
+    """The SKU delivered."""
+    name: _builtins.str
+    """Display name, e.g. "鲜牛奶 工作日配送"."""
+    delivery_count: _builtins.int
+    """Deliveries per subscription, 1..1000 (Youzan `deliveryAmount`)."""
+    lead_time_days: _builtins.int
+    """Stock-preparation days before a delivery, 0..60 (Youzan `deliveryLeadTime`, 备货天数)."""
+    cutoff_minute: _builtins.int
+    """Daily cut-off, shop-local, minutes after midnight (0..1439): an order or
+    change before it is prepared that day, from it on the next day.
+    """
+    time_zone: _builtins.str
+    """IANA zone; empty = the service default (Asia/Shanghai)."""
+    @_builtins.property
+    def rule(self) -> Global___ScheduleRule:
+        """Which days deliveries fall on (Youzan `deliveryCycle`, `customDeliveryMode`)."""
+
+    @_builtins.property
+    def delivery_modes(self) -> _containers.RepeatedScalarFieldContainer[Global___DeliveryMode.ValueType]:
+        """Delivery modes a buyer may choose (Youzan `deliveryMode`); empty = express."""
+
+    @_builtins.property
+    def blackout_dates(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Date]:
+        """Days with no delivery (shop holidays, 停送)."""
+
+    @_builtins.property
+    def price_per_delivery(self) -> _common_pb2.Money:
+        """Price of one delivery of quantity 1, for refunds and the delivery orders."""
+
+    def __init__(
+        self,
+        *,
+        plan_id: _builtins.str = ...,
+        sku: _builtins.str = ...,
+        name: _builtins.str = ...,
+        rule: Global___ScheduleRule | None = ...,
+        delivery_count: _builtins.int = ...,
+        lead_time_days: _builtins.int = ...,
+        cutoff_minute: _builtins.int = ...,
+        delivery_modes: _abc.Iterable[Global___DeliveryMode.ValueType] | None = ...,
+        blackout_dates: _abc.Iterable[_common_pb2.Date] | None = ...,
+        price_per_delivery: _common_pb2.Money | None = ...,
+        time_zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["price_per_delivery", b"price_per_delivery", "rule", b"rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blackout_dates", b"blackout_dates", "cutoff_minute", b"cutoff_minute", "delivery_count", b"delivery_count", "delivery_modes", b"delivery_modes", "lead_time_days", b"lead_time_days", "name", b"name", "plan_id", b"plan_id", "price_per_delivery", b"price_per_delivery", "rule", b"rule", "sku", b"sku", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Plan: _TypeAlias = Plan  # noqa: Y015
+
+@_typing.final
+class UpsertPlanRequest(_message.Message):
+    """UpsertPlanRequest stores a plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    @_builtins.property
+    def plan(self) -> Global___Plan:
+        """The plan."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        plan: Global___Plan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertPlanRequest: _TypeAlias = UpsertPlanRequest  # noqa: Y015
+
+@_typing.final
+class UpsertPlanResponse(_message.Message):
+    """UpsertPlanResponse echoes the plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> Global___Plan:
+        """As stored."""
+
+    def __init__(
+        self,
+        *,
+        plan: Global___Plan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertPlanResponse: _TypeAlias = UpsertPlanResponse  # noqa: Y015
+
+@_typing.final
+class GetPlanRequest(_message.Message):
+    """GetPlanRequest names a plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    plan_id: _builtins.str
+    """The plan."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan_id", b"plan_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPlanRequest: _TypeAlias = GetPlanRequest  # noqa: Y015
+
+@_typing.final
+class GetPlanResponse(_message.Message):
+    """GetPlanResponse carries the plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def plan(self) -> Global___Plan:
+        """The plan."""
+
+    def __init__(
+        self,
+        *,
+        plan: Global___Plan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plan", b"plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPlanResponse: _TypeAlias = GetPlanResponse  # noqa: Y015
+
+@_typing.final
+class Delivery(_message.Message):
+    """Delivery is one entry of a subscription's calendar."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    DATE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    DELIVERY_ORDER_ID_FIELD_NUMBER: _builtins.int
+    CHANGE_DEADLINE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Stable index within the subscription; overrides are keyed by it."""
+    state: Global___DeliveryState.ValueType
+    """Its state."""
+    quantity: _builtins.int
+    """Units."""
+    delivery_order_id: _builtins.str
+    """The delivery order id, once created."""
+    @_builtins.property
+    def date(self) -> _common_pb2.Date:
+        """Its date, shop-local."""
+
+    @_builtins.property
+    def change_deadline(self) -> _timestamp_pb2.Timestamp:
+        """The instant after which it can no longer be changed."""
+
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        date: _common_pb2.Date | None = ...,
+        state: Global___DeliveryState.ValueType = ...,
+        quantity: _builtins.int = ...,
+        delivery_order_id: _builtins.str = ...,
+        change_deadline: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_deadline", b"change_deadline", "date", b"date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_deadline", b"change_deadline", "date", b"date", "delivery_order_id", b"delivery_order_id", "index", b"index", "quantity", b"quantity", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
+
+@_typing.final
+class Subscription(_message.Message):
+    """Subscription is a buyer's periodic delivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DELIVERIES_FIELD_NUMBER: _builtins.int
+    DELIVERY_MODE_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    subscription_id: _builtins.str
+    """Server-assigned id (the paid order id)."""
+    customer_id: _builtins.str
+    """The buyer."""
+    plan_id: _builtins.str
+    """The plan it was bought from."""
+    state: Global___SubscriptionState.ValueType
+    """State."""
+    delivery_mode: Global___DeliveryMode.ValueType
+    """Chosen delivery mode."""
+    remaining: _builtins.int
+    """Deliveries still to come (scheduled or postponed)."""
+    @_builtins.property
+    def deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___Delivery]:
+        """The calendar, by date."""
+
+    def __init__(
+        self,
+        *,
+        subscription_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        plan_id: _builtins.str = ...,
+        state: Global___SubscriptionState.ValueType = ...,
+        deliveries: _abc.Iterable[Global___Delivery] | None = ...,
+        delivery_mode: Global___DeliveryMode.ValueType = ...,
+        remaining: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "deliveries", b"deliveries", "delivery_mode", b"delivery_mode", "plan_id", b"plan_id", "remaining", b"remaining", "state", b"state", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Subscription: _TypeAlias = Subscription  # noqa: Y015
+
+@_typing.final
+class CreateSubscriptionRequest(_message.Message):
+    """CreateSubscriptionRequest subscribes a buyer from a paid order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    PLAN_ID_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    DELIVERY_MODE_FIELD_NUMBER: _builtins.int
+    START_DATE_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    plan_id: _builtins.str
+    """The plan."""
+    quantity: _builtins.int
+    """Units per delivery, 1..100."""
+    address: _builtins.str
+    """Delivery address (personal data: stored, never logged), 1..300 chars."""
+    delivery_mode: Global___DeliveryMode.ValueType
+    """One of the plan's delivery modes."""
+    @_builtins.property
+    def order(self) -> _common_pb2.Order:
+        """The paid order (its id becomes the subscription id)."""
+
+    @_builtins.property
+    def start_date(self) -> _common_pb2.Date:
+        """First date a delivery may fall on (Youzan `deliveryCycleCustomStartDate`)."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        order: _common_pb2.Order | None = ...,
+        plan_id: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+        address: _builtins.str = ...,
+        delivery_mode: Global___DeliveryMode.ValueType = ...,
+        start_date: _common_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order", "start_date", b"start_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "delivery_mode", b"delivery_mode", "order", b"order", "plan_id", b"plan_id", "quantity", b"quantity", "request_id", b"request_id", "shop_id", b"shop_id", "start_date", b"start_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSubscriptionRequest: _TypeAlias = CreateSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class CreateSubscriptionResponse(_message.Message):
+    """CreateSubscriptionResponse carries the subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """With its calendar."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateSubscriptionResponse: _TypeAlias = CreateSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class GetSubscriptionRequest(_message.Message):
+    """GetSubscriptionRequest names one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    subscription_id: _builtins.str
+    """The subscription."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shop_id", b"shop_id", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubscriptionRequest: _TypeAlias = GetSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class GetSubscriptionResponse(_message.Message):
+    """GetSubscriptionResponse carries it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """With its calendar."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSubscriptionResponse: _TypeAlias = GetSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class ListSubscriptionsRequest(_message.Message):
+    """ListSubscriptionsRequest lists by customer or by due date."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    customer_id: _builtins.str
+    """Subscriptions of this buyer; or"""
+    page_size: _builtins.int
+    """0 = default (50); above 500 is clamped; negative is invalid."""
+    page_token: _builtins.str
+    """Opaque token from a previous response."""
+    @_builtins.property
+    def due_date(self) -> _common_pb2.Date:
+        """subscriptions with an open delivery on this date."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        due_date: _common_pb2.Date | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_date", b"due_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "due_date", b"due_date", "page_size", b"page_size", "page_token", b"page_token", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubscriptionsRequest: _TypeAlias = ListSubscriptionsRequest  # noqa: Y015
+
+@_typing.final
+class ListSubscriptionsResponse(_message.Message):
+    """ListSubscriptionsResponse is one page, by subscription id."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def subscriptions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Subscription]:
+        """Subscriptions."""
+
+    def __init__(
+        self,
+        *,
+        subscriptions: _abc.Iterable[Global___Subscription] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "subscriptions", b"subscriptions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSubscriptionsResponse: _TypeAlias = ListSubscriptionsResponse  # noqa: Y015
+
+@_typing.final
+class ChangeDeliveriesRequest(_message.Message):
+    """ChangeDeliveriesRequest changes a subscription's calendar."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    NEW_DATE_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    NEW_RULE_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    subscription_id: _builtins.str
+    """The subscription."""
+    kind: Global___ChangeKind.ValueType
+    """Which change."""
+    index: _builtins.int
+    """The delivery it starts at."""
+    quantity: _builtins.int
+    """For UPDATE_DETAILS: new units (0 = unchanged)."""
+    address: _builtins.str
+    """For UPDATE_DETAILS: new address (empty = unchanged)."""
+    @_builtins.property
+    def new_date(self) -> _common_pb2.Date:
+        """For CHANGE_DATE."""
+
+    @_builtins.property
+    def new_rule(self) -> Global___ScheduleRule:
+        """For CHANGE_CADENCE: the new rule."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+        kind: Global___ChangeKind.ValueType = ...,
+        index: _builtins.int = ...,
+        new_date: _common_pb2.Date | None = ...,
+        quantity: _builtins.int = ...,
+        address: _builtins.str = ...,
+        new_rule: Global___ScheduleRule | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["new_date", b"new_date", "new_rule", b"new_rule"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "index", b"index", "kind", b"kind", "new_date", b"new_date", "new_rule", b"new_rule", "quantity", b"quantity", "request_id", b"request_id", "shop_id", b"shop_id", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeDeliveriesRequest: _TypeAlias = ChangeDeliveriesRequest  # noqa: Y015
+
+@_typing.final
+class ChangeDeliveriesResponse(_message.Message):
+    """ChangeDeliveriesResponse carries the new calendar."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    REFUND_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """After the change."""
+
+    @_builtins.property
+    def refund(self) -> _common_pb2.Money:
+        """Refund owed for dropped deliveries."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+        refund: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund", "subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangeDeliveriesResponse: _TypeAlias = ChangeDeliveriesResponse  # noqa: Y015
+
+@_typing.final
+class PauseSubscriptionRequest(_message.Message):
+    """PauseSubscriptionRequest pauses."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    subscription_id: _builtins.str
+    """The subscription."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "shop_id", b"shop_id", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseSubscriptionRequest: _TypeAlias = PauseSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class PauseSubscriptionResponse(_message.Message):
+    """PauseSubscriptionResponse carries the subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """PAUSED."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseSubscriptionResponse: _TypeAlias = PauseSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class ResumeSubscriptionRequest(_message.Message):
+    """ResumeSubscriptionRequest resumes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    subscription_id: _builtins.str
+    """The subscription."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "shop_id", b"shop_id", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeSubscriptionRequest: _TypeAlias = ResumeSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class ResumeSubscriptionResponse(_message.Message):
+    """ResumeSubscriptionResponse carries the subscription."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """ACTIVE, with the open deliveries laid again from the first possible date."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeSubscriptionResponse: _TypeAlias = ResumeSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class CancelSubscriptionRequest(_message.Message):
+    """CancelSubscriptionRequest cancels."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    subscription_id: _builtins.str
+    """The subscription."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "shop_id", b"shop_id", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSubscriptionRequest: _TypeAlias = CancelSubscriptionRequest  # noqa: Y015
+
+@_typing.final
+class CancelSubscriptionResponse(_message.Message):
+    """CancelSubscriptionResponse reports the refund."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBSCRIPTION_FIELD_NUMBER: _builtins.int
+    CANCELLED_DELIVERIES_FIELD_NUMBER: _builtins.int
+    REFUND_FIELD_NUMBER: _builtins.int
+    STILL_GOING_OUT_FIELD_NUMBER: _builtins.int
+    cancelled_deliveries: _builtins.int
+    """Deliveries cancelled."""
+    still_going_out: _builtins.int
+    """Deliveries already past their deadline that will still go out."""
+    @_builtins.property
+    def subscription(self) -> Global___Subscription:
+        """CANCELLED."""
+
+    @_builtins.property
+    def refund(self) -> _common_pb2.Money:
+        """Refund owed for them."""
+
+    def __init__(
+        self,
+        *,
+        subscription: Global___Subscription | None = ...,
+        cancelled_deliveries: _builtins.int = ...,
+        refund: _common_pb2.Money | None = ...,
+        still_going_out: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["refund", b"refund", "subscription", b"subscription"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled_deliveries", b"cancelled_deliveries", "refund", b"refund", "still_going_out", b"still_going_out", "subscription", b"subscription"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelSubscriptionResponse: _TypeAlias = CancelSubscriptionResponse  # noqa: Y015
+
+@_typing.final
+class MarkDeliveryRequest(_message.Message):
+    """MarkDeliveryRequest records fulfilment of a created delivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    subscription_id: _builtins.str
+    """The subscription."""
+    index: _builtins.int
+    """The delivery."""
+    state: Global___DeliveryState.ValueType
+    """DELIVERY_STATE_SHIPPED or DELIVERY_STATE_DELIVERED."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        subscription_id: _builtins.str = ...,
+        index: _builtins.int = ...,
+        state: Global___DeliveryState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "request_id", b"request_id", "shop_id", b"shop_id", "state", b"state", "subscription_id", b"subscription_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkDeliveryRequest: _TypeAlias = MarkDeliveryRequest  # noqa: Y015
+
+@_typing.final
+class MarkDeliveryResponse(_message.Message):
+    """MarkDeliveryResponse carries the delivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def delivery(self) -> Global___Delivery:
+        """After the change."""
+
+    def __init__(
+        self,
+        *,
+        delivery: Global___Delivery | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MarkDeliveryResponse: _TypeAlias = MarkDeliveryResponse  # noqa: Y015
+
+@_typing.final
+class EraseCustomerRequest(_message.Message):
+    """EraseCustomerRequest names the customer to erase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    customer_id: _builtins.str
+    """The customer."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseCustomerRequest: _TypeAlias = EraseCustomerRequest  # noqa: Y015
+
+@_typing.final
+class EraseCustomerResponse(_message.Message):
+    """EraseCustomerResponse says what was anonymised."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANONYMOUS_ID_FIELD_NUMBER: _builtins.int
+    ROWS_ANONYMISED_FIELD_NUMBER: _builtins.int
+    anonymous_id: _builtins.str
+    """The stand-in id the customer's rows now carry (the same in every service)."""
+    rows_anonymised: _builtins.int
+    """Rows rewritten or cleared."""
+    def __init__(
+        self,
+        *,
+        anonymous_id: _builtins.str = ...,
+        rows_anonymised: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anonymous_id", b"anonymous_id", "rows_anonymised", b"rows_anonymised"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseCustomerResponse: _TypeAlias = EraseCustomerResponse  # noqa: Y015

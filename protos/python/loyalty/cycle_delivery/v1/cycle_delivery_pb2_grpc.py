@@ -41,6 +41,61 @@ class CycleDeliveryServiceStub:
                 request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.PreviewScheduleRequest.SerializeToString,
                 response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.PreviewScheduleResponse.FromString,
                 _registered_method=True)
+        self.UpsertPlan = channel.unary_unary(
+                '/loyalty.cycle_delivery.v1.CycleDeliveryService/UpsertPlan',
+                request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.UpsertPlanRequest.SerializeToString,
+                response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.UpsertPlanResponse.FromString,
+                _registered_method=True)
+        self.GetPlan = channel.unary_unary(
+                '/loyalty.cycle_delivery.v1.CycleDeliveryService/GetPlan',
+                request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetPlanRequest.SerializeToString,
+                response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetPlanResponse.FromString,
+                _registered_method=True)
+        self.CreateSubscription = channel.unary_unary(
+                '/loyalty.cycle_delivery.v1.CycleDeliveryService/CreateSubscription',
+                request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.CreateSubscriptionRequest.SerializeToString,
+                response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.CreateSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.GetSubscription = channel.unary_unary(
+                '/loyalty.cycle_delivery.v1.CycleDeliveryService/GetSubscription',
+                request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetSubscriptionRequest.SerializeToString,
+                response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.ListSubscriptions = channel.unary_unary(
+                '/loyalty.cycle_delivery.v1.CycleDeliveryService/ListSubscriptions',
+                request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ListSubscriptionsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
+        self.ChangeDeliveries = channel.unary_unary(
+                '/loyalty.cycle_delivery.v1.CycleDeliveryService/ChangeDeliveries',
+                request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ChangeDeliveriesRequest.SerializeToString,
+                response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ChangeDeliveriesResponse.FromString,
+                _registered_method=True)
+        self.PauseSubscription = channel.unary_unary(
+                '/loyalty.cycle_delivery.v1.CycleDeliveryService/PauseSubscription',
+                request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.PauseSubscriptionRequest.SerializeToString,
+                response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.PauseSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.ResumeSubscription = channel.unary_unary(
+                '/loyalty.cycle_delivery.v1.CycleDeliveryService/ResumeSubscription',
+                request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ResumeSubscriptionRequest.SerializeToString,
+                response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ResumeSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.CancelSubscription = channel.unary_unary(
+                '/loyalty.cycle_delivery.v1.CycleDeliveryService/CancelSubscription',
+                request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.CancelSubscriptionRequest.SerializeToString,
+                response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.CancelSubscriptionResponse.FromString,
+                _registered_method=True)
+        self.MarkDelivery = channel.unary_unary(
+                '/loyalty.cycle_delivery.v1.CycleDeliveryService/MarkDelivery',
+                request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.MarkDeliveryRequest.SerializeToString,
+                response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.MarkDeliveryResponse.FromString,
+                _registered_method=True)
+        self.EraseCustomer = channel.unary_unary(
+                '/loyalty.cycle_delivery.v1.CycleDeliveryService/EraseCustomer',
+                request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.EraseCustomerRequest.SerializeToString,
+                response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.EraseCustomerResponse.FromString,
+                _registered_method=True)
 
 
 class CycleDeliveryServiceServicer:
@@ -55,6 +110,93 @@ class CycleDeliveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertPlan(self, request, context):
+        """Creates or replaces a plan. Existing subscriptions keep the terms they
+        were created with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPlan(self, request, context):
+        """One plan.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSubscription(self, request, context):
+        """Creates a subscription from a paid order and fixes its calendar. The
+        start date may not be before the plan's first possible date (lead time
+        and cut-off in the shop's zone).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSubscription(self, request, context):
+        """A subscription with its full calendar.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSubscriptions(self, request, context):
+        """A customer's subscriptions, or those with a delivery due on a date.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ChangeDeliveries(self, request, context):
+        """Changes the calendar of a subscription: skip, drop, postpone one or all,
+        move one delivery, change quantity or address from a delivery on. Each
+        refuses a delivery whose change deadline (cut-off on its preparation day)
+        has passed with FAILED_PRECONDITION naming the deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseSubscription(self, request, context):
+        """Pauses a subscription: no delivery is created while paused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeSubscription(self, request, context):
+        """Resumes it. Deliveries whose date passed during the pause are never
+        created late: the open deliveries are laid again on the plan's cadence
+        from the first possible date, keeping their number.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelSubscription(self, request, context):
+        """Cancels the deliveries that can still be changed and reports the
+        refundable amount; deliveries past their deadline still go out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkDelivery(self, request, context):
+        """Fulfilment: a created delivery was shipped or delivered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseCustomer(self, request, context):
+        """Erases a customer: subscriptions move to the anonymous id shared by every
+        service and delivery addresses are cleared.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CycleDeliveryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -62,6 +204,61 @@ def add_CycleDeliveryServiceServicer_to_server(servicer, server):
                     servicer.PreviewSchedule,
                     request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.PreviewScheduleRequest.FromString,
                     response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.PreviewScheduleResponse.SerializeToString,
+            ),
+            'UpsertPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertPlan,
+                    request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.UpsertPlanRequest.FromString,
+                    response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.UpsertPlanResponse.SerializeToString,
+            ),
+            'GetPlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPlan,
+                    request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetPlanRequest.FromString,
+                    response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetPlanResponse.SerializeToString,
+            ),
+            'CreateSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSubscription,
+                    request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.CreateSubscriptionRequest.FromString,
+                    response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.CreateSubscriptionResponse.SerializeToString,
+            ),
+            'GetSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSubscription,
+                    request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetSubscriptionRequest.FromString,
+                    response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetSubscriptionResponse.SerializeToString,
+            ),
+            'ListSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSubscriptions,
+                    request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ListSubscriptionsRequest.FromString,
+                    response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'ChangeDeliveries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ChangeDeliveries,
+                    request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ChangeDeliveriesRequest.FromString,
+                    response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ChangeDeliveriesResponse.SerializeToString,
+            ),
+            'PauseSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseSubscription,
+                    request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.PauseSubscriptionRequest.FromString,
+                    response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.PauseSubscriptionResponse.SerializeToString,
+            ),
+            'ResumeSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeSubscription,
+                    request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ResumeSubscriptionRequest.FromString,
+                    response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ResumeSubscriptionResponse.SerializeToString,
+            ),
+            'CancelSubscription': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelSubscription,
+                    request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.CancelSubscriptionRequest.FromString,
+                    response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.CancelSubscriptionResponse.SerializeToString,
+            ),
+            'MarkDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkDelivery,
+                    request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.MarkDeliveryRequest.FromString,
+                    response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.MarkDeliveryResponse.SerializeToString,
+            ),
+            'EraseCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseCustomer,
+                    request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.EraseCustomerRequest.FromString,
+                    response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.EraseCustomerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +290,303 @@ class CycleDeliveryService:
             '/loyalty.cycle_delivery.v1.CycleDeliveryService/PreviewSchedule',
             loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.PreviewScheduleRequest.SerializeToString,
             loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.PreviewScheduleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.cycle_delivery.v1.CycleDeliveryService/UpsertPlan',
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.UpsertPlanRequest.SerializeToString,
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.UpsertPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.cycle_delivery.v1.CycleDeliveryService/GetPlan',
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetPlanRequest.SerializeToString,
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetPlanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.cycle_delivery.v1.CycleDeliveryService/CreateSubscription',
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.CreateSubscriptionRequest.SerializeToString,
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.CreateSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.cycle_delivery.v1.CycleDeliveryService/GetSubscription',
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetSubscriptionRequest.SerializeToString,
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.cycle_delivery.v1.CycleDeliveryService/ListSubscriptions',
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ListSubscriptionsRequest.SerializeToString,
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ChangeDeliveries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.cycle_delivery.v1.CycleDeliveryService/ChangeDeliveries',
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ChangeDeliveriesRequest.SerializeToString,
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ChangeDeliveriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.cycle_delivery.v1.CycleDeliveryService/PauseSubscription',
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.PauseSubscriptionRequest.SerializeToString,
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.PauseSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.cycle_delivery.v1.CycleDeliveryService/ResumeSubscription',
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ResumeSubscriptionRequest.SerializeToString,
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ResumeSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelSubscription(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.cycle_delivery.v1.CycleDeliveryService/CancelSubscription',
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.CancelSubscriptionRequest.SerializeToString,
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.CancelSubscriptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.cycle_delivery.v1.CycleDeliveryService/MarkDelivery',
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.MarkDeliveryRequest.SerializeToString,
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.MarkDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.cycle_delivery.v1.CycleDeliveryService/EraseCustomer',
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.EraseCustomerRequest.SerializeToString,
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.EraseCustomerResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,44 @@ class CycleDeliveryServiceStub:
     def __new__(cls, channel: _aio.Channel) -> CycleDeliveryServiceAsyncStub: ...
     PreviewSchedule: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.PreviewScheduleRequest, _cycle_delivery_pb2.PreviewScheduleResponse]
     """Computes delivery dates for a rule and a start date without writing."""
+    UpsertPlan: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.UpsertPlanRequest, _cycle_delivery_pb2.UpsertPlanResponse]
+    """Creates or replaces a plan. Existing subscriptions keep the terms they
+    were created with.
+    """
+    GetPlan: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.GetPlanRequest, _cycle_delivery_pb2.GetPlanResponse]
+    """One plan."""
+    CreateSubscription: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.CreateSubscriptionRequest, _cycle_delivery_pb2.CreateSubscriptionResponse]
+    """Creates a subscription from a paid order and fixes its calendar. The
+    start date may not be before the plan's first possible date (lead time
+    and cut-off in the shop's zone).
+    """
+    GetSubscription: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.GetSubscriptionRequest, _cycle_delivery_pb2.GetSubscriptionResponse]
+    """A subscription with its full calendar."""
+    ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.ListSubscriptionsRequest, _cycle_delivery_pb2.ListSubscriptionsResponse]
+    """A customer's subscriptions, or those with a delivery due on a date."""
+    ChangeDeliveries: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.ChangeDeliveriesRequest, _cycle_delivery_pb2.ChangeDeliveriesResponse]
+    """Changes the calendar of a subscription: skip, drop, postpone one or all,
+    move one delivery, change quantity or address from a delivery on. Each
+    refuses a delivery whose change deadline (cut-off on its preparation day)
+    has passed with FAILED_PRECONDITION naming the deadline.
+    """
+    PauseSubscription: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.PauseSubscriptionRequest, _cycle_delivery_pb2.PauseSubscriptionResponse]
+    """Pauses a subscription: no delivery is created while paused."""
+    ResumeSubscription: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.ResumeSubscriptionRequest, _cycle_delivery_pb2.ResumeSubscriptionResponse]
+    """Resumes it. Deliveries whose date passed during the pause are never
+    created late: the open deliveries are laid again on the plan's cadence
+    from the first possible date, keeping their number.
+    """
+    CancelSubscription: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.CancelSubscriptionRequest, _cycle_delivery_pb2.CancelSubscriptionResponse]
+    """Cancels the deliveries that can still be changed and reports the
+    refundable amount; deliveries past their deadline still go out.
+    """
+    MarkDelivery: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.MarkDeliveryRequest, _cycle_delivery_pb2.MarkDeliveryResponse]
+    """Fulfilment: a created delivery was shipped or delivered."""
+    EraseCustomer: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.EraseCustomerRequest, _cycle_delivery_pb2.EraseCustomerResponse]
+    """Erases a customer: subscriptions move to the anonymous id shared by every
+    service and delivery addresses are cleared.
+    """
 
 @_typing.type_check_only
 class CycleDeliveryServiceAsyncStub(CycleDeliveryServiceStub):
@@ -47,6 +85,44 @@ class CycleDeliveryServiceAsyncStub(CycleDeliveryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     PreviewSchedule: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.PreviewScheduleRequest, _cycle_delivery_pb2.PreviewScheduleResponse]  # type: ignore[assignment]
     """Computes delivery dates for a rule and a start date without writing."""
+    UpsertPlan: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.UpsertPlanRequest, _cycle_delivery_pb2.UpsertPlanResponse]  # type: ignore[assignment]
+    """Creates or replaces a plan. Existing subscriptions keep the terms they
+    were created with.
+    """
+    GetPlan: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.GetPlanRequest, _cycle_delivery_pb2.GetPlanResponse]  # type: ignore[assignment]
+    """One plan."""
+    CreateSubscription: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.CreateSubscriptionRequest, _cycle_delivery_pb2.CreateSubscriptionResponse]  # type: ignore[assignment]
+    """Creates a subscription from a paid order and fixes its calendar. The
+    start date may not be before the plan's first possible date (lead time
+    and cut-off in the shop's zone).
+    """
+    GetSubscription: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.GetSubscriptionRequest, _cycle_delivery_pb2.GetSubscriptionResponse]  # type: ignore[assignment]
+    """A subscription with its full calendar."""
+    ListSubscriptions: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.ListSubscriptionsRequest, _cycle_delivery_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
+    """A customer's subscriptions, or those with a delivery due on a date."""
+    ChangeDeliveries: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.ChangeDeliveriesRequest, _cycle_delivery_pb2.ChangeDeliveriesResponse]  # type: ignore[assignment]
+    """Changes the calendar of a subscription: skip, drop, postpone one or all,
+    move one delivery, change quantity or address from a delivery on. Each
+    refuses a delivery whose change deadline (cut-off on its preparation day)
+    has passed with FAILED_PRECONDITION naming the deadline.
+    """
+    PauseSubscription: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.PauseSubscriptionRequest, _cycle_delivery_pb2.PauseSubscriptionResponse]  # type: ignore[assignment]
+    """Pauses a subscription: no delivery is created while paused."""
+    ResumeSubscription: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.ResumeSubscriptionRequest, _cycle_delivery_pb2.ResumeSubscriptionResponse]  # type: ignore[assignment]
+    """Resumes it. Deliveries whose date passed during the pause are never
+    created late: the open deliveries are laid again on the plan's cadence
+    from the first possible date, keeping their number.
+    """
+    CancelSubscription: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.CancelSubscriptionRequest, _cycle_delivery_pb2.CancelSubscriptionResponse]  # type: ignore[assignment]
+    """Cancels the deliveries that can still be changed and reports the
+    refundable amount; deliveries past their deadline still go out.
+    """
+    MarkDelivery: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.MarkDeliveryRequest, _cycle_delivery_pb2.MarkDeliveryResponse]  # type: ignore[assignment]
+    """Fulfilment: a created delivery was shipped or delivered."""
+    EraseCustomer: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.EraseCustomerRequest, _cycle_delivery_pb2.EraseCustomerResponse]  # type: ignore[assignment]
+    """Erases a customer: subscriptions move to the anonymous id shared by every
+    service and delivery addresses are cleared.
+    """
 
 class CycleDeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
     """CycleDeliveryService runs periodic delivery subscriptions (周期购): the buyer
@@ -60,5 +136,109 @@ class CycleDeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cycle_delivery_pb2.PreviewScheduleResponse, _abc.Awaitable[_cycle_delivery_pb2.PreviewScheduleResponse]]:
         """Computes delivery dates for a rule and a start date without writing."""
+
+    @_abc_1.abstractmethod
+    def UpsertPlan(
+        self,
+        request: _cycle_delivery_pb2.UpsertPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cycle_delivery_pb2.UpsertPlanResponse, _abc.Awaitable[_cycle_delivery_pb2.UpsertPlanResponse]]:
+        """Creates or replaces a plan. Existing subscriptions keep the terms they
+        were created with.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPlan(
+        self,
+        request: _cycle_delivery_pb2.GetPlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cycle_delivery_pb2.GetPlanResponse, _abc.Awaitable[_cycle_delivery_pb2.GetPlanResponse]]:
+        """One plan."""
+
+    @_abc_1.abstractmethod
+    def CreateSubscription(
+        self,
+        request: _cycle_delivery_pb2.CreateSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cycle_delivery_pb2.CreateSubscriptionResponse, _abc.Awaitable[_cycle_delivery_pb2.CreateSubscriptionResponse]]:
+        """Creates a subscription from a paid order and fixes its calendar. The
+        start date may not be before the plan's first possible date (lead time
+        and cut-off in the shop's zone).
+        """
+
+    @_abc_1.abstractmethod
+    def GetSubscription(
+        self,
+        request: _cycle_delivery_pb2.GetSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cycle_delivery_pb2.GetSubscriptionResponse, _abc.Awaitable[_cycle_delivery_pb2.GetSubscriptionResponse]]:
+        """A subscription with its full calendar."""
+
+    @_abc_1.abstractmethod
+    def ListSubscriptions(
+        self,
+        request: _cycle_delivery_pb2.ListSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cycle_delivery_pb2.ListSubscriptionsResponse, _abc.Awaitable[_cycle_delivery_pb2.ListSubscriptionsResponse]]:
+        """A customer's subscriptions, or those with a delivery due on a date."""
+
+    @_abc_1.abstractmethod
+    def ChangeDeliveries(
+        self,
+        request: _cycle_delivery_pb2.ChangeDeliveriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cycle_delivery_pb2.ChangeDeliveriesResponse, _abc.Awaitable[_cycle_delivery_pb2.ChangeDeliveriesResponse]]:
+        """Changes the calendar of a subscription: skip, drop, postpone one or all,
+        move one delivery, change quantity or address from a delivery on. Each
+        refuses a delivery whose change deadline (cut-off on its preparation day)
+        has passed with FAILED_PRECONDITION naming the deadline.
+        """
+
+    @_abc_1.abstractmethod
+    def PauseSubscription(
+        self,
+        request: _cycle_delivery_pb2.PauseSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cycle_delivery_pb2.PauseSubscriptionResponse, _abc.Awaitable[_cycle_delivery_pb2.PauseSubscriptionResponse]]:
+        """Pauses a subscription: no delivery is created while paused."""
+
+    @_abc_1.abstractmethod
+    def ResumeSubscription(
+        self,
+        request: _cycle_delivery_pb2.ResumeSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cycle_delivery_pb2.ResumeSubscriptionResponse, _abc.Awaitable[_cycle_delivery_pb2.ResumeSubscriptionResponse]]:
+        """Resumes it. Deliveries whose date passed during the pause are never
+        created late: the open deliveries are laid again on the plan's cadence
+        from the first possible date, keeping their number.
+        """
+
+    @_abc_1.abstractmethod
+    def CancelSubscription(
+        self,
+        request: _cycle_delivery_pb2.CancelSubscriptionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cycle_delivery_pb2.CancelSubscriptionResponse, _abc.Awaitable[_cycle_delivery_pb2.CancelSubscriptionResponse]]:
+        """Cancels the deliveries that can still be changed and reports the
+        refundable amount; deliveries past their deadline still go out.
+        """
+
+    @_abc_1.abstractmethod
+    def MarkDelivery(
+        self,
+        request: _cycle_delivery_pb2.MarkDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cycle_delivery_pb2.MarkDeliveryResponse, _abc.Awaitable[_cycle_delivery_pb2.MarkDeliveryResponse]]:
+        """Fulfilment: a created delivery was shipped or delivered."""
+
+    @_abc_1.abstractmethod
+    def EraseCustomer(
+        self,
+        request: _cycle_delivery_pb2.EraseCustomerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cycle_delivery_pb2.EraseCustomerResponse, _abc.Awaitable[_cycle_delivery_pb2.EraseCustomerResponse]]:
+        """Erases a customer: subscriptions move to the anonymous id shared by every
+        service and delivery addresses are cleared.
+        """
 
 def add_CycleDeliveryServiceServicer_to_server(servicer: CycleDeliveryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

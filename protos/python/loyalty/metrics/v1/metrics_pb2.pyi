@@ -1076,12 +1076,17 @@ class StreamCustomerFeaturesRequest(_message.Message):
     AS_OF_FIELD_NUMBER: _builtins.int
     RESUME_TOKEN_FIELD_NUMBER: _builtins.int
     MAX_ROWS_FIELD_NUMBER: _builtins.int
+    WINDOW_DAYS_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     """Tenant."""
     resume_token: _builtins.str
     """resume_token of the last row received; empty = from the start."""
     max_rows: _builtins.int
     """At most this many rows; 0 = all."""
+    window_days: _builtins.int
+    """The window of the window_* features: this many days up to as_of
+    (0..3650; 0 = the whole history).
+    """
     @_builtins.property
     def as_of(self) -> _common_pb2.Date:
         """Features as of this day; unset = today in the shop's zone."""
@@ -1093,10 +1098,11 @@ class StreamCustomerFeaturesRequest(_message.Message):
         as_of: _common_pb2.Date | None = ...,
         resume_token: _builtins.str = ...,
         max_rows: _builtins.int = ...,
+        window_days: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "max_rows", b"max_rows", "resume_token", b"resume_token", "shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "max_rows", b"max_rows", "resume_token", b"resume_token", "shop_id", b"shop_id", "window_days", b"window_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1121,6 +1127,9 @@ class CustomerFeatures(_message.Message):
     MEAN_INTERVAL_DAYS_FIELD_NUMBER: _builtins.int
     PROBABILITY_ALIVE_FIELD_NUMBER: _builtins.int
     EXPECTED_PURCHASES_90D_FIELD_NUMBER: _builtins.int
+    WINDOW_ORDERS_FIELD_NUMBER: _builtins.int
+    WINDOW_ACTIVE_DAYS_FIELD_NUMBER: _builtins.int
+    WINDOW_NET_REVENUE_MINOR_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """The customer."""
     order_count: _builtins.int
@@ -1145,6 +1154,12 @@ class CustomerFeatures(_message.Message):
     """From the shop's current converged CLV model; absent without one."""
     expected_purchases_90d: _builtins.float
     """Purchases expected in the next 90 days, from the same model."""
+    window_orders: _builtins.int
+    """Orders in the request's window (fully refunded ones left out)."""
+    window_active_days: _builtins.int
+    """Distinct purchase days in the window."""
+    window_net_revenue_minor: _builtins.int
+    """Paid minus refunded in the window, minor units."""
     @_builtins.property
     def net_revenue(self) -> _common_pb2.Money:
         """Paid minus refunded."""
@@ -1165,10 +1180,13 @@ class CustomerFeatures(_message.Message):
         mean_interval_days: _builtins.float | None = ...,
         probability_alive: _builtins.float | None = ...,
         expected_purchases_90d: _builtins.float | None = ...,
+        window_orders: _builtins.int = ...,
+        window_active_days: _builtins.int = ...,
+        window_net_revenue_minor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_purchases_90d", b"_expected_purchases_90d", "_mean_interval_days", b"_mean_interval_days", "_probability_alive", b"_probability_alive", "expected_purchases_90d", b"expected_purchases_90d", "mean_interval_days", b"mean_interval_days", "net_revenue", b"net_revenue", "probability_alive", b"probability_alive"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_purchases_90d", b"_expected_purchases_90d", "_mean_interval_days", b"_mean_interval_days", "_probability_alive", b"_probability_alive", "age_days", b"age_days", "aov_minor", b"aov_minor", "customer_id", b"customer_id", "days_since_last_order", b"days_since_last_order", "expected_purchases_90d", b"expected_purchases_90d", "frequency", b"frequency", "mean_interval_days", b"mean_interval_days", "monetary_minor", b"monetary_minor", "net_revenue", b"net_revenue", "order_count", b"order_count", "probability_alive", b"probability_alive", "purchase_days", b"purchase_days", "recency_days", b"recency_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_purchases_90d", b"_expected_purchases_90d", "_mean_interval_days", b"_mean_interval_days", "_probability_alive", b"_probability_alive", "age_days", b"age_days", "aov_minor", b"aov_minor", "customer_id", b"customer_id", "days_since_last_order", b"days_since_last_order", "expected_purchases_90d", b"expected_purchases_90d", "frequency", b"frequency", "mean_interval_days", b"mean_interval_days", "monetary_minor", b"monetary_minor", "net_revenue", b"net_revenue", "order_count", b"order_count", "probability_alive", b"probability_alive", "purchase_days", b"purchase_days", "recency_days", b"recency_days", "window_active_days", b"window_active_days", "window_net_revenue_minor", b"window_net_revenue_minor", "window_orders", b"window_orders"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_purchases_90d: _TypeAlias = _typing.Literal["expected_purchases_90d"]  # noqa: Y015
     _WhichOneofArgType__expected_purchases_90d: _TypeAlias = _typing.Literal["_expected_purchases_90d", b"_expected_purchases_90d"]  # noqa: Y015
@@ -1520,3 +1538,59 @@ class GetShopOverviewResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__purchase_frequency) -> _WhichOneofReturnType__purchase_frequency | None: ...
 
 Global___GetShopOverviewResponse: _TypeAlias = GetShopOverviewResponse  # noqa: Y015
+
+@_typing.final
+class EraseCustomerRequest(_message.Message):
+    """EraseCustomerRequest names the customer to erase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    customer_id: _builtins.str
+    """The customer."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseCustomerRequest: _TypeAlias = EraseCustomerRequest  # noqa: Y015
+
+@_typing.final
+class EraseCustomerResponse(_message.Message):
+    """EraseCustomerResponse says what was anonymised."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANONYMOUS_ID_FIELD_NUMBER: _builtins.int
+    ROWS_ANONYMISED_FIELD_NUMBER: _builtins.int
+    anonymous_id: _builtins.str
+    """The stand-in id the customer's rows now carry (the same in every service)."""
+    rows_anonymised: _builtins.int
+    """Rows rewritten or cleared."""
+    def __init__(
+        self,
+        *,
+        anonymous_id: _builtins.str = ...,
+        rows_anonymised: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anonymous_id", b"anonymous_id", "rows_anonymised", b"rows_anonymised"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseCustomerResponse: _TypeAlias = EraseCustomerResponse  # noqa: Y015

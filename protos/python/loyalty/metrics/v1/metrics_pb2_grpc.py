@@ -107,6 +107,11 @@ class MetricsServiceStub:
                 request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateRequest.SerializeToString,
                 response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateResponse.FromString,
                 _registered_method=True)
+        self.EraseCustomer = channel.unary_unary(
+                '/loyalty.metrics.v1.MetricsService/EraseCustomer',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.EraseCustomerRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.EraseCustomerResponse.FromString,
+                _registered_method=True)
 
 
 class MetricsServiceServicer:
@@ -241,6 +246,15 @@ class MetricsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EraseCustomer(self, request, context):
+        """Erases a customer: their orders, refunds, summary and feedback move to the
+        anonymous id shared by every service and feedback comments are cleared;
+        every number stays the same.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetricsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -313,6 +327,11 @@ def add_MetricsServiceServicer_to_server(servicer, server):
                     servicer.GetChurnRate,
                     request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateRequest.FromString,
                     response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateResponse.SerializeToString,
+            ),
+            'EraseCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseCustomer,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.EraseCustomerRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.EraseCustomerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -696,6 +715,33 @@ class MetricsService:
             '/loyalty.metrics.v1.MetricsService/GetChurnRate',
             loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateRequest.SerializeToString,
             loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/EraseCustomer',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.EraseCustomerRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.EraseCustomerResponse.FromString,
             options,
             channel_credentials,
             insecure,

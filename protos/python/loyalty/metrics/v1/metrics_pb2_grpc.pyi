@@ -103,6 +103,11 @@ class MetricsServiceStub:
     """Churn between two periods: customers active in the first with no order
     in the second / customers active in the first.
     """
+    EraseCustomer: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.EraseCustomerRequest, _metrics_pb2.EraseCustomerResponse]
+    """Erases a customer: their orders, refunds, summary and feedback move to the
+    anonymous id shared by every service and feedback comments are cleared;
+    every number stays the same.
+    """
 
 @_typing.type_check_only
 class MetricsServiceAsyncStub(MetricsServiceStub):
@@ -178,6 +183,11 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
     GetChurnRate: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetChurnRateRequest, _metrics_pb2.GetChurnRateResponse]  # type: ignore[assignment]
     """Churn between two periods: customers active in the first with no order
     in the second / customers active in the first.
+    """
+    EraseCustomer: _aio.UnaryUnaryMultiCallable[_metrics_pb2.EraseCustomerRequest, _metrics_pb2.EraseCustomerResponse]  # type: ignore[assignment]
+    """Erases a customer: their orders, refunds, summary and feedback move to the
+    anonymous id shared by every service and feedback comments are cleared;
+    every number stays the same.
     """
 
 class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -335,6 +345,17 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_metrics_pb2.GetChurnRateResponse, _abc.Awaitable[_metrics_pb2.GetChurnRateResponse]]:
         """Churn between two periods: customers active in the first with no order
         in the second / customers active in the first.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseCustomer(
+        self,
+        request: _metrics_pb2.EraseCustomerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.EraseCustomerResponse, _abc.Awaitable[_metrics_pb2.EraseCustomerResponse]]:
+        """Erases a customer: their orders, refunds, summary and feedback move to the
+        anonymous id shared by every service and feedback comments are cleared;
+        every number stays the same.
         """
 
 def add_MetricsServiceServicer_to_server(servicer: MetricsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,6 +9,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from loyalty.common.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -31,6 +32,12 @@ class _AssetEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Asset.ValueType
     """Spendable points (积分)."""
     ASSET_GROWTH: _Asset.ValueType  # 2
     """Growth value (成长值): the tier basis, never spendable."""
+    ASSET_STORED_PRINCIPAL: _Asset.ValueType  # 3
+    """Stored value the member paid for (储值本金), minor units."""
+    ASSET_STORED_BONUS: _Asset.ValueType  # 4
+    """Bonus stored value granted with a top-up (赠送金额), minor units."""
+    ASSET_REBATE: _Asset.ValueType  # 5
+    """Rebate credit (消费金) from earlier orders, minor units; expires."""
 
 class Asset(_Asset, metaclass=_AssetEnumTypeWrapper):
     """Asset is a kind of value a member holds; each has its own ledger."""
@@ -40,7 +47,207 @@ ASSET_POINTS: Asset.ValueType  # 1
 """Spendable points (积分)."""
 ASSET_GROWTH: Asset.ValueType  # 2
 """Growth value (成长值): the tier basis, never spendable."""
+ASSET_STORED_PRINCIPAL: Asset.ValueType  # 3
+"""Stored value the member paid for (储值本金), minor units."""
+ASSET_STORED_BONUS: Asset.ValueType  # 4
+"""Bonus stored value granted with a top-up (赠送金额), minor units."""
+ASSET_REBATE: Asset.ValueType  # 5
+"""Rebate credit (消费金) from earlier orders, minor units; expires."""
 Global___Asset: _TypeAlias = Asset  # noqa: Y015
+
+class _EarningState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EarningStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EarningState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EARNING_STATE_UNSPECIFIED: _EarningState.ValueType  # 0
+    EARNING_STATE_PENDING: _EarningState.ValueType  # 1
+    """Written, not yet spendable: the return window is open."""
+    EARNING_STATE_ACTIVE: _EarningState.ValueType  # 2
+    """Credited to the balances."""
+    EARNING_STATE_REFUNDED: _EarningState.ValueType  # 3
+    """Refunded in full before or after activation."""
+
+class EarningState(_EarningState, metaclass=_EarningStateEnumTypeWrapper):
+    """EarningState is where an order's earning is in its life."""
+
+EARNING_STATE_UNSPECIFIED: EarningState.ValueType  # 0
+EARNING_STATE_PENDING: EarningState.ValueType  # 1
+"""Written, not yet spendable: the return window is open."""
+EARNING_STATE_ACTIVE: EarningState.ValueType  # 2
+"""Credited to the balances."""
+EARNING_STATE_REFUNDED: EarningState.ValueType  # 3
+"""Refunded in full before or after activation."""
+Global___EarningState: _TypeAlias = EarningState  # noqa: Y015
+
+class _Rounding:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RoundingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Rounding.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ROUNDING_UNSPECIFIED: _Rounding.ValueType  # 0
+    ROUNDING_FLOOR: _Rounding.ValueType  # 1
+    """Down (the default)."""
+    ROUNDING_HALF_UP: _Rounding.ValueType  # 2
+    """To nearest, halves up."""
+    ROUNDING_CEIL: _Rounding.ValueType  # 3
+    """Up."""
+
+class Rounding(_Rounding, metaclass=_RoundingEnumTypeWrapper):
+    """Rounding says how a fractional point total becomes whole points."""
+
+ROUNDING_UNSPECIFIED: Rounding.ValueType  # 0
+ROUNDING_FLOOR: Rounding.ValueType  # 1
+"""Down (the default)."""
+ROUNDING_HALF_UP: Rounding.ValueType  # 2
+"""To nearest, halves up."""
+ROUNDING_CEIL: Rounding.ValueType  # 3
+"""Up."""
+Global___Rounding: _TypeAlias = Rounding  # noqa: Y015
+
+class _ExpiryKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ExpiryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ExpiryKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EXPIRY_KIND_UNSPECIFIED: _ExpiryKind.ValueType  # 0
+    EXPIRY_KIND_NEVER: _ExpiryKind.ValueType  # 1
+    """Points never expire (the default)."""
+    EXPIRY_KIND_DAYS_AFTER_EARNING: _ExpiryKind.ValueType  # 2
+    """`n` days after earning, at the next shop-local midnight."""
+    EXPIRY_KIND_END_OF_MONTH: _ExpiryKind.ValueType  # 3
+    """At the end of the month `n` months after the month of earning (n = 0:
+    the month of earning itself).
+    """
+    EXPIRY_KIND_END_OF_YEAR: _ExpiryKind.ValueType  # 4
+    """At the end of the year in which "earning + n months" falls (n = 0: the
+    year of earning).
+    """
+
+class ExpiryKind(_ExpiryKind, metaclass=_ExpiryKindEnumTypeWrapper):
+    """ExpiryKind is when earned points expire."""
+
+EXPIRY_KIND_UNSPECIFIED: ExpiryKind.ValueType  # 0
+EXPIRY_KIND_NEVER: ExpiryKind.ValueType  # 1
+"""Points never expire (the default)."""
+EXPIRY_KIND_DAYS_AFTER_EARNING: ExpiryKind.ValueType  # 2
+"""`n` days after earning, at the next shop-local midnight."""
+EXPIRY_KIND_END_OF_MONTH: ExpiryKind.ValueType  # 3
+"""At the end of the month `n` months after the month of earning (n = 0:
+the month of earning itself).
+"""
+EXPIRY_KIND_END_OF_YEAR: ExpiryKind.ValueType  # 4
+"""At the end of the year in which "earning + n months" falls (n = 0: the
+year of earning).
+"""
+Global___ExpiryKind: _TypeAlias = ExpiryKind  # noqa: Y015
+
+class _TierBasis:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TierBasisEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TierBasis.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TIER_BASIS_UNSPECIFIED: _TierBasis.ValueType  # 0
+    TIER_BASIS_LIFETIME_GROWTH: _TierBasis.ValueType  # 1
+    """Lifetime growth value (the default)."""
+    TIER_BASIS_ROLLING_SPEND: _TierBasis.ValueType  # 2
+    """Net paid amount (minor units) of active earnings in the last
+    `rolling_window_days`.
+    """
+
+class TierBasis(_TierBasis, metaclass=_TierBasisEnumTypeWrapper):
+    """TierBasis is what a member's tier is measured by."""
+
+TIER_BASIS_UNSPECIFIED: TierBasis.ValueType  # 0
+TIER_BASIS_LIFETIME_GROWTH: TierBasis.ValueType  # 1
+"""Lifetime growth value (the default)."""
+TIER_BASIS_ROLLING_SPEND: TierBasis.ValueType  # 2
+"""Net paid amount (minor units) of active earnings in the last
+`rolling_window_days`.
+"""
+Global___TierBasis: _TypeAlias = TierBasis  # noqa: Y015
+
+class _DrawRule:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DrawRuleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DrawRule.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DRAW_RULE_UNSPECIFIED: _DrawRule.ValueType  # 0
+    DRAW_RULE_PROPORTIONAL: _DrawRule.ValueType  # 1
+    """In proportion to the member's principal and bonus balances (default)."""
+    DRAW_RULE_BONUS_FIRST: _DrawRule.ValueType  # 2
+    """Bonus first, then principal."""
+
+class DrawRule(_DrawRule, metaclass=_DrawRuleEnumTypeWrapper):
+    """DrawRule is how a stored-value payment splits between principal and bonus."""
+
+DRAW_RULE_UNSPECIFIED: DrawRule.ValueType  # 0
+DRAW_RULE_PROPORTIONAL: DrawRule.ValueType  # 1
+"""In proportion to the member's principal and bonus balances (default)."""
+DRAW_RULE_BONUS_FIRST: DrawRule.ValueType  # 2
+"""Bonus first, then principal."""
+Global___DrawRule: _TypeAlias = DrawRule  # noqa: Y015
+
+class _RewardEvent:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RewardEventEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RewardEvent.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REWARD_EVENT_UNSPECIFIED: _RewardEvent.ValueType  # 0
+    REWARD_EVENT_REVIEW_WITH_PHOTOS: _RewardEvent.ValueType  # 1
+    """A review with photos of `order_id` (the member must have earned on it)."""
+    REWARD_EVENT_SIGN_IN: _RewardEvent.ValueType  # 2
+    """Today's sign-in (shop-local day)."""
+    REWARD_EVENT_REFERRAL: _RewardEvent.ValueType  # 3
+    """The member referred `referee_id`; both sides are rewarded."""
+    REWARD_EVENT_BIRTHDAY: _RewardEvent.ValueType  # 4
+    """This year's birthday perk; `birthday_month` must be the current month."""
+
+class RewardEvent(_RewardEvent, metaclass=_RewardEventEnumTypeWrapper):
+    """RewardEvent is what a reward is claimed for."""
+
+REWARD_EVENT_UNSPECIFIED: RewardEvent.ValueType  # 0
+REWARD_EVENT_REVIEW_WITH_PHOTOS: RewardEvent.ValueType  # 1
+"""A review with photos of `order_id` (the member must have earned on it)."""
+REWARD_EVENT_SIGN_IN: RewardEvent.ValueType  # 2
+"""Today's sign-in (shop-local day)."""
+REWARD_EVENT_REFERRAL: RewardEvent.ValueType  # 3
+"""The member referred `referee_id`; both sides are rewarded."""
+REWARD_EVENT_BIRTHDAY: RewardEvent.ValueType  # 4
+"""This year's birthday perk; `birthday_month` must be the current month."""
+Global___RewardEvent: _TypeAlias = RewardEvent  # noqa: Y015
+
+class _CouponState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CouponStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CouponState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COUPON_STATE_UNSPECIFIED: _CouponState.ValueType  # 0
+    COUPON_STATE_ISSUED: _CouponState.ValueType  # 1
+    """Can be used."""
+    COUPON_STATE_REDEEMED: _CouponState.ValueType  # 2
+    """Used on an order."""
+    COUPON_STATE_EXPIRED: _CouponState.ValueType  # 3
+    """Past its validity."""
+
+class CouponState(_CouponState, metaclass=_CouponStateEnumTypeWrapper):
+    """CouponState is where a coupon is in its life."""
+
+COUPON_STATE_UNSPECIFIED: CouponState.ValueType  # 0
+COUPON_STATE_ISSUED: CouponState.ValueType  # 1
+"""Can be used."""
+COUPON_STATE_REDEEMED: CouponState.ValueType  # 2
+"""Used on an order."""
+COUPON_STATE_EXPIRED: CouponState.ValueType  # 3
+"""Past its validity."""
+Global___CouponState: _TypeAlias = CouponState  # noqa: Y015
 
 @_typing.final
 class Account(_message.Message):
@@ -52,15 +259,39 @@ class Account(_message.Message):
     POINTS_BALANCE_FIELD_NUMBER: _builtins.int
     GROWTH_BALANCE_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    PENDING_POINTS_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    EXPIRING_SOONEST_FIELD_NUMBER: _builtins.int
+    STORED_PRINCIPAL_FIELD_NUMBER: _builtins.int
+    STORED_BONUS_FIELD_NUMBER: _builtins.int
+    REBATE_BALANCE_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """The member."""
     points_balance: _builtins.int
     """Spendable points."""
     growth_balance: _builtins.int
     """Growth value."""
+    pending_points: _builtins.int
+    """Points from orders whose return window is still open."""
+    stored_principal: _builtins.int
+    """Stored value paid for, minor units of the program currency."""
+    stored_bonus: _builtins.int
+    """Bonus stored value, minor units."""
+    rebate_balance: _builtins.int
+    """Rebate credit, minor units."""
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp:
         """Last change of any balance; unset for a member with no entries."""
+
+    @_builtins.property
+    def tier(self) -> Global___TierStatus:
+        """The member's tier and the way to the next one."""
+
+    @_builtins.property
+    def expiring_soonest(self) -> Global___ExpiringPoints:
+        """The points that expire first: their amount and when (none when nothing
+        expires).
+        """
 
     def __init__(
         self,
@@ -69,14 +300,94 @@ class Account(_message.Message):
         points_balance: _builtins.int = ...,
         growth_balance: _builtins.int = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        pending_points: _builtins.int = ...,
+        tier: Global___TierStatus | None = ...,
+        expiring_soonest: Global___ExpiringPoints | None = ...,
+        stored_principal: _builtins.int = ...,
+        stored_bonus: _builtins.int = ...,
+        rebate_balance: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expiring_soonest", b"expiring_soonest", "tier", b"tier", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "growth_balance", b"growth_balance", "points_balance", b"points_balance", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "expiring_soonest", b"expiring_soonest", "growth_balance", b"growth_balance", "pending_points", b"pending_points", "points_balance", b"points_balance", "rebate_balance", b"rebate_balance", "stored_bonus", b"stored_bonus", "stored_principal", b"stored_principal", "tier", b"tier", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Account: _TypeAlias = Account  # noqa: Y015
+
+@_typing.final
+class TierStatus(_message.Message):
+    """TierStatus is a member's place on the shop's tier ladder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    BASIS_VALUE_FIELD_NUMBER: _builtins.int
+    NEXT_CODE_FIELD_NUMBER: _builtins.int
+    TO_NEXT_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """Current tier code; empty below the first tier."""
+    name: _builtins.str
+    """Its display name."""
+    basis_value: _builtins.int
+    """The member's value of the shop's tier basis (lifetime growth value, or
+    net spend in minor units over the rolling window).
+    """
+    next_code: _builtins.str
+    """Next tier code; empty at the top."""
+    to_next: _builtins.int
+    """How much more basis value reaches the next tier (0 at the top)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Since when the member holds the current tier."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        basis_value: _builtins.int = ...,
+        next_code: _builtins.str = ...,
+        to_next: _builtins.int = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis_value", b"basis_value", "code", b"code", "name", b"name", "next_code", b"next_code", "since", b"since", "to_next", b"to_next"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TierStatus: _TypeAlias = TierStatus  # noqa: Y015
+
+@_typing.final
+class ExpiringPoints(_message.Message):
+    """ExpiringPoints is the earliest expiry date and what expires then."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    points: _builtins.int
+    """Points expiring at `expires_at`."""
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """The instant they expire (shop-local midnight)."""
+
+    def __init__(
+        self,
+        *,
+        points: _builtins.int = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpiringPoints: _TypeAlias = ExpiringPoints  # noqa: Y015
 
 @_typing.final
 class GetAccountRequest(_message.Message):
@@ -319,3 +630,2267 @@ class ListLedgerEntriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListLedgerEntriesResponse: _TypeAlias = ListLedgerEntriesResponse  # noqa: Y015
+
+@_typing.final
+class Ratio(_message.Message):
+    """Ratio is an exact rational number (e.g. 3/2 for a 1.5x multiplier)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMERATOR_FIELD_NUMBER: _builtins.int
+    DENOMINATOR_FIELD_NUMBER: _builtins.int
+    numerator: _builtins.int
+    """Numerator, >= 0."""
+    denominator: _builtins.int
+    """Denominator, > 0; 0 reads as 1."""
+    def __init__(
+        self,
+        *,
+        numerator: _builtins.int = ...,
+        denominator: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["denominator", b"denominator", "numerator", b"numerator"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Ratio: _TypeAlias = Ratio  # noqa: Y015
+
+@_typing.final
+class Promotion(_message.Message):
+    """Promotion is a time-boxed extra multiplier, e.g. a double-points week."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    MULTIPLIER_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Shown in the breakdown as "promotion:<name>"."""
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """Start, inclusive."""
+
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp:
+        """End, exclusive."""
+
+    @_builtins.property
+    def multiplier(self) -> Global___Ratio:
+        """Multiplier of the base points, e.g. 2/1 adds one more base."""
+
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these categories; empty means all."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        multiplier: Global___Ratio | None = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "multiplier", b"multiplier", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["categories", b"categories", "ends_at", b"ends_at", "multiplier", b"multiplier", "name", b"name", "starts_at", b"starts_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Promotion: _TypeAlias = Promotion  # noqa: Y015
+
+@_typing.final
+class EarnRules(_message.Message):
+    """EarnRules say how many points an order earns. Multipliers add up: a 1.5x
+    tier in a 2x week gives base x (1 + 0.5 + 1).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class CategoryMultipliersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> Global___Ratio: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: Global___Ratio | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    POINTS_PER_UNIT_FIELD_NUMBER: _builtins.int
+    ROUNDING_FIELD_NUMBER: _builtins.int
+    CATEGORY_MULTIPLIERS_FIELD_NUMBER: _builtins.int
+    PROMOTIONS_FIELD_NUMBER: _builtins.int
+    FIRST_ORDER_BONUS_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_MONTH_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    MAX_PER_ORDER_FIELD_NUMBER: _builtins.int
+    MAX_PER_DAY_FIELD_NUMBER: _builtins.int
+    GROWTH_PER_UNIT_FIELD_NUMBER: _builtins.int
+    rounding: Global___Rounding.ValueType
+    """How the order's total is rounded."""
+    first_order_bonus: _builtins.int
+    """Extra points on a member's first order in the shop."""
+    max_per_order: _builtins.int
+    """At most this many points per order; 0 = no cap."""
+    max_per_day: _builtins.int
+    """At most this many points per member per shop-local day; 0 = no cap."""
+    @_builtins.property
+    def points_per_unit(self) -> Global___Ratio:
+        """Points per currency unit (yuan) of paid amount; unset = 1/1."""
+
+    @_builtins.property
+    def category_multipliers(self) -> _containers.MessageMap[_builtins.str, Global___Ratio]:
+        """Multipliers per item category."""
+
+    @_builtins.property
+    def promotions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Promotion]:
+        """Time-boxed promotions."""
+
+    @_builtins.property
+    def birthday_month_multiplier(self) -> Global___Ratio:
+        """Multiplier for orders in the member's birthday month; unset = 1/1."""
+
+    @_builtins.property
+    def growth_per_unit(self) -> Global___Ratio:
+        """Growth value per currency unit of paid amount; unset = 1/1."""
+
+    def __init__(
+        self,
+        *,
+        points_per_unit: Global___Ratio | None = ...,
+        rounding: Global___Rounding.ValueType = ...,
+        category_multipliers: _abc.Mapping[_builtins.str, Global___Ratio] | None = ...,
+        promotions: _abc.Iterable[Global___Promotion] | None = ...,
+        first_order_bonus: _builtins.int = ...,
+        birthday_month_multiplier: Global___Ratio | None = ...,
+        max_per_order: _builtins.int = ...,
+        max_per_day: _builtins.int = ...,
+        growth_per_unit: Global___Ratio | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["birthday_month_multiplier", b"birthday_month_multiplier", "growth_per_unit", b"growth_per_unit", "points_per_unit", b"points_per_unit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday_month_multiplier", b"birthday_month_multiplier", "category_multipliers", b"category_multipliers", "first_order_bonus", b"first_order_bonus", "growth_per_unit", b"growth_per_unit", "max_per_day", b"max_per_day", "max_per_order", b"max_per_order", "points_per_unit", b"points_per_unit", "promotions", b"promotions", "rounding", b"rounding"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EarnRules: _TypeAlias = EarnRules  # noqa: Y015
+
+@_typing.final
+class ExpiryPolicy(_message.Message):
+    """ExpiryPolicy is how long earned points stay spendable."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    N_FIELD_NUMBER: _builtins.int
+    kind: Global___ExpiryKind.ValueType
+    """The rule."""
+    n: _builtins.int
+    """Its count: days 1..3650, or months 0..3650."""
+    def __init__(
+        self,
+        *,
+        kind: Global___ExpiryKind.ValueType = ...,
+        n: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "n", b"n"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExpiryPolicy: _TypeAlias = ExpiryPolicy  # noqa: Y015
+
+@_typing.final
+class SpendRules(_message.Message):
+    """SpendRules say how points pay for orders."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_PER_UNIT_FIELD_NUMBER: _builtins.int
+    MAX_SHARE_BP_FIELD_NUMBER: _builtins.int
+    points_per_unit: _builtins.int
+    """Points worth one currency unit (yuan), e.g. 100; 0 = points cannot pay."""
+    max_share_bp: _builtins.int
+    """The largest share of an order's amount points may pay, in basis points
+    (5000 = 50 %); 0 = 10000.
+    """
+    def __init__(
+        self,
+        *,
+        points_per_unit: _builtins.int = ...,
+        max_share_bp: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_share_bp", b"max_share_bp", "points_per_unit", b"points_per_unit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendRules: _TypeAlias = SpendRules  # noqa: Y015
+
+@_typing.final
+class Tier(_message.Message):
+    """Tier is one rung of the ladder (会员等级)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    EARN_MULTIPLIER_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_BONUS_POINTS_FIELD_NUMBER: _builtins.int
+    FREE_SHIPPING_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """Stable code, e.g. "gold"."""
+    name: _builtins.str
+    """Display name, e.g. "黄金会员"."""
+    threshold: _builtins.int
+    """Basis value at which a member reaches this tier; strictly increasing."""
+    birthday_bonus_points: _builtins.int
+    """Points granted once per year in the member's birthday month."""
+    free_shipping: _builtins.bool
+    """Perk shown to the storefront."""
+    @_builtins.property
+    def earn_multiplier(self) -> Global___Ratio:
+        """Multiplier on base points for members of this tier; unset = 1/1."""
+
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        threshold: _builtins.int = ...,
+        earn_multiplier: Global___Ratio | None = ...,
+        birthday_bonus_points: _builtins.int = ...,
+        free_shipping: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["earn_multiplier", b"earn_multiplier"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday_bonus_points", b"birthday_bonus_points", "code", b"code", "earn_multiplier", b"earn_multiplier", "free_shipping", b"free_shipping", "name", b"name", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Tier: _TypeAlias = Tier  # noqa: Y015
+
+@_typing.final
+class TierRules(_message.Message):
+    """TierRules is the ladder and how members move on it. Upgrades happen the
+    moment the basis reaches a threshold; downgrades only at a review, and
+    never within `downgrade_grace_days` of the member's last tier change.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BASIS_FIELD_NUMBER: _builtins.int
+    ROLLING_WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    TIERS_FIELD_NUMBER: _builtins.int
+    DOWNGRADE_GRACE_DAYS_FIELD_NUMBER: _builtins.int
+    basis: Global___TierBasis.ValueType
+    """What the thresholds measure."""
+    rolling_window_days: _builtins.int
+    """Window for TIER_BASIS_ROLLING_SPEND, 1..3650 days."""
+    downgrade_grace_days: _builtins.int
+    """Days a member keeps a tier after reaching it before a review may lower it."""
+    @_builtins.property
+    def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tier]:
+        """The ladder, lowest first."""
+
+    def __init__(
+        self,
+        *,
+        basis: Global___TierBasis.ValueType = ...,
+        rolling_window_days: _builtins.int = ...,
+        tiers: _abc.Iterable[Global___Tier] | None = ...,
+        downgrade_grace_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["basis", b"basis", "downgrade_grace_days", b"downgrade_grace_days", "rolling_window_days", b"rolling_window_days", "tiers", b"tiers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TierRules: _TypeAlias = TierRules  # noqa: Y015
+
+@_typing.final
+class Program(_message.Message):
+    """Program is a shop's whole points program."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    EARN_FIELD_NUMBER: _builtins.int
+    EXPIRY_FIELD_NUMBER: _builtins.int
+    RETURN_WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    SPEND_FIELD_NUMBER: _builtins.int
+    TIERS_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    STORED_VALUE_FIELD_NUMBER: _builtins.int
+    REBATE_FIELD_NUMBER: _builtins.int
+    REWARDS_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    """IANA zone for day boundaries; empty = the service default."""
+    return_window_days: _builtins.int
+    """Days after payment before an order's earning activates (0..365)."""
+    currency: _builtins.str
+    """Currency of stored value and rebate credit; empty = CNY."""
+    @_builtins.property
+    def earn(self) -> Global___EarnRules:
+        """Earning."""
+
+    @_builtins.property
+    def expiry(self) -> Global___ExpiryPolicy:
+        """Expiry of earned points."""
+
+    @_builtins.property
+    def spend(self) -> Global___SpendRules:
+        """Points as payment."""
+
+    @_builtins.property
+    def tiers(self) -> Global___TierRules:
+        """Member tiers."""
+
+    @_builtins.property
+    def stored_value(self) -> Global___StoredValueRules:
+        """Stored value (储值) top-up plans and how payments draw on them."""
+
+    @_builtins.property
+    def rebate(self) -> Global___RebateRules:
+        """Rebate credit (消费金返利) from orders."""
+
+    @_builtins.property
+    def rewards(self) -> Global___RewardRules:
+        """Event rewards (晒单, sign-in, referral, birthday) and coupon templates."""
+
+    def __init__(
+        self,
+        *,
+        time_zone: _builtins.str = ...,
+        earn: Global___EarnRules | None = ...,
+        expiry: Global___ExpiryPolicy | None = ...,
+        return_window_days: _builtins.int = ...,
+        spend: Global___SpendRules | None = ...,
+        tiers: Global___TierRules | None = ...,
+        currency: _builtins.str = ...,
+        stored_value: Global___StoredValueRules | None = ...,
+        rebate: Global___RebateRules | None = ...,
+        rewards: Global___RewardRules | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["earn", b"earn", "expiry", b"expiry", "rebate", b"rebate", "rewards", b"rewards", "spend", b"spend", "stored_value", b"stored_value", "tiers", b"tiers"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "earn", b"earn", "expiry", b"expiry", "rebate", b"rebate", "return_window_days", b"return_window_days", "rewards", b"rewards", "spend", b"spend", "stored_value", b"stored_value", "tiers", b"tiers", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Program: _TypeAlias = Program  # noqa: Y015
+
+@_typing.final
+class TopUpPlan(_message.Message):
+    """TopUpPlan is "pay X, get Y bonus" (e.g. pay 500 get 50)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAY_MINOR_FIELD_NUMBER: _builtins.int
+    BONUS_MINOR_FIELD_NUMBER: _builtins.int
+    pay_minor: _builtins.int
+    """Amount a top-up must reach, minor units, > 0."""
+    bonus_minor: _builtins.int
+    """Bonus granted with it, minor units, >= 0."""
+    def __init__(
+        self,
+        *,
+        pay_minor: _builtins.int = ...,
+        bonus_minor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bonus_minor", b"bonus_minor", "pay_minor", b"pay_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopUpPlan: _TypeAlias = TopUpPlan  # noqa: Y015
+
+@_typing.final
+class StoredValueRules(_message.Message):
+    """StoredValueRules configure top-ups."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLANS_FIELD_NUMBER: _builtins.int
+    DRAW_RULE_FIELD_NUMBER: _builtins.int
+    draw_rule: Global___DrawRule.ValueType
+    """How payments draw."""
+    @_builtins.property
+    def plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___TopUpPlan]:
+        """Plans; a top-up gets the bonus of the largest plan whose amount it reaches."""
+
+    def __init__(
+        self,
+        *,
+        plans: _abc.Iterable[Global___TopUpPlan] | None = ...,
+        draw_rule: Global___DrawRule.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["draw_rule", b"draw_rule", "plans", b"plans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StoredValueRules: _TypeAlias = StoredValueRules  # noqa: Y015
+
+@_typing.final
+class RebateRules(_message.Message):
+    """RebateRules credit a share of each order as rebate credit after the return
+    window, spendable on a later order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_BP_FIELD_NUMBER: _builtins.int
+    VALID_DAYS_FIELD_NUMBER: _builtins.int
+    rate_bp: _builtins.int
+    """Share of the paid amount, basis points (200 = 2 %); 0 = no rebate."""
+    valid_days: _builtins.int
+    """Days the credit stays spendable (shop-local, as for points); 0 = never expires."""
+    def __init__(
+        self,
+        *,
+        rate_bp: _builtins.int = ...,
+        valid_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate_bp", b"rate_bp", "valid_days", b"valid_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RebateRules: _TypeAlias = RebateRules  # noqa: Y015
+
+@_typing.final
+class CouponTemplate(_message.Message):
+    """CouponTemplate is a kind of coupon the shop hands out."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_MINOR_FIELD_NUMBER: _builtins.int
+    MIN_ORDER_MINOR_FIELD_NUMBER: _builtins.int
+    VALID_DAYS_FIELD_NUMBER: _builtins.int
+    template_id: _builtins.str
+    """Stable id."""
+    name: _builtins.str
+    """Display name, e.g. "满100减10"."""
+    value_minor: _builtins.int
+    """Discount, minor units, > 0."""
+    min_order_minor: _builtins.int
+    """Smallest order it applies to, minor units."""
+    valid_days: _builtins.int
+    """Days a coupon stays valid after issue, 1..3650."""
+    def __init__(
+        self,
+        *,
+        template_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        value_minor: _builtins.int = ...,
+        min_order_minor: _builtins.int = ...,
+        valid_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_order_minor", b"min_order_minor", "name", b"name", "template_id", b"template_id", "valid_days", b"valid_days", "value_minor", b"value_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CouponTemplate: _TypeAlias = CouponTemplate  # noqa: Y015
+
+@_typing.final
+class Reward(_message.Message):
+    """Reward is what an event gives: points, a coupon, or both."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_FIELD_NUMBER: _builtins.int
+    COUPON_TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    points: _builtins.int
+    """Points credited (they expire like earned points)."""
+    coupon_template_id: _builtins.str
+    """Coupon template to issue; empty = none."""
+    def __init__(
+        self,
+        *,
+        points: _builtins.int = ...,
+        coupon_template_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_template_id", b"coupon_template_id", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Reward: _TypeAlias = Reward  # noqa: Y015
+
+@_typing.final
+class RewardRules(_message.Message):
+    """RewardRules say what each event gives; an unset reward gives nothing."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUPON_TEMPLATES_FIELD_NUMBER: _builtins.int
+    REVIEW_WITH_PHOTOS_FIELD_NUMBER: _builtins.int
+    SIGN_IN_FIELD_NUMBER: _builtins.int
+    REFERRER_FIELD_NUMBER: _builtins.int
+    REFEREE_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def coupon_templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___CouponTemplate]:
+        """Coupon templates."""
+
+    @_builtins.property
+    def review_with_photos(self) -> Global___Reward:
+        """A review with photos (晒单返券): once per order."""
+
+    @_builtins.property
+    def sign_in(self) -> Global___Reward:
+        """Daily sign-in: once per shop-local day."""
+
+    @_builtins.property
+    def referrer(self) -> Global___Reward:
+        """Referral: the referrer's side, once per referred member."""
+
+    @_builtins.property
+    def referee(self) -> Global___Reward:
+        """Referral: the referred member's side, once."""
+
+    @_builtins.property
+    def birthday(self) -> Global___Reward:
+        """Birthday perk: once per year, in the birthday month; a tier's
+        birthday_bonus_points are added.
+        """
+
+    def __init__(
+        self,
+        *,
+        coupon_templates: _abc.Iterable[Global___CouponTemplate] | None = ...,
+        review_with_photos: Global___Reward | None = ...,
+        sign_in: Global___Reward | None = ...,
+        referrer: Global___Reward | None = ...,
+        referee: Global___Reward | None = ...,
+        birthday: Global___Reward | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "referee", b"referee", "referrer", b"referrer", "review_with_photos", b"review_with_photos", "sign_in", b"sign_in"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "coupon_templates", b"coupon_templates", "referee", b"referee", "referrer", b"referrer", "review_with_photos", b"review_with_photos", "sign_in", b"sign_in"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RewardRules: _TypeAlias = RewardRules  # noqa: Y015
+
+@_typing.final
+class SetProgramRequest(_message.Message):
+    """SetProgramRequest replaces the program."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PROGRAM_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    @_builtins.property
+    def program(self) -> Global___Program:
+        """The new program."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        program: Global___Program | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["program", b"program"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["program", b"program", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProgramRequest: _TypeAlias = SetProgramRequest  # noqa: Y015
+
+@_typing.final
+class SetProgramResponse(_message.Message):
+    """SetProgramResponse echoes the stored program."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def program(self) -> Global___Program:
+        """As stored, with defaults filled in."""
+
+    def __init__(
+        self,
+        *,
+        program: Global___Program | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["program", b"program"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["program", b"program"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetProgramResponse: _TypeAlias = SetProgramResponse  # noqa: Y015
+
+@_typing.final
+class GetProgramRequest(_message.Message):
+    """GetProgramRequest names the shop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProgramRequest: _TypeAlias = GetProgramRequest  # noqa: Y015
+
+@_typing.final
+class GetProgramResponse(_message.Message):
+    """GetProgramResponse carries the program."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROGRAM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def program(self) -> Global___Program:
+        """The program, with defaults filled in."""
+
+    def __init__(
+        self,
+        *,
+        program: Global___Program | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["program", b"program"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["program", b"program"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProgramResponse: _TypeAlias = GetProgramResponse  # noqa: Y015
+
+@_typing.final
+class BreakdownLine(_message.Message):
+    """BreakdownLine is one rule's share of an earning."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULE_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    rule: _builtins.str
+    """"base", "category:<c>", "promotion:<name>", "tier:<code>",
+    "birthday_month", "first_order", "cap:order", "cap:day", "floor:zero".
+    """
+    points: _builtins.int
+    """Points from that rule; the lines add up to the earning's points."""
+    def __init__(
+        self,
+        *,
+        rule: _builtins.str = ...,
+        points: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["points", b"points", "rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BreakdownLine: _TypeAlias = BreakdownLine  # noqa: Y015
+
+@_typing.final
+class Earning(_message.Message):
+    """Earning is what one order earns."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    GROWTH_FIELD_NUMBER: _builtins.int
+    BREAKDOWN_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ACTIVATES_AT_FIELD_NUMBER: _builtins.int
+    PAID_FIELD_NUMBER: _builtins.int
+    REFUNDED_FIELD_NUMBER: _builtins.int
+    order_id: _builtins.str
+    """The order."""
+    customer_id: _builtins.str
+    """The member."""
+    points: _builtins.int
+    """Points, after caps and refunds."""
+    growth: _builtins.int
+    """Growth value, after refunds."""
+    state: Global___EarningState.ValueType
+    """Where the earning is."""
+    @_builtins.property
+    def breakdown(self) -> _containers.RepeatedCompositeFieldContainer[Global___BreakdownLine]:
+        """How the points at earning time came about."""
+
+    @_builtins.property
+    def activates_at(self) -> _timestamp_pb2.Timestamp:
+        """When a pending earning activates."""
+
+    @_builtins.property
+    def paid(self) -> _common_pb2.Money:
+        """Paid amount of the order."""
+
+    @_builtins.property
+    def refunded(self) -> _common_pb2.Money:
+        """Refunded so far, cumulative."""
+
+    def __init__(
+        self,
+        *,
+        order_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        points: _builtins.int = ...,
+        growth: _builtins.int = ...,
+        breakdown: _abc.Iterable[Global___BreakdownLine] | None = ...,
+        state: Global___EarningState.ValueType = ...,
+        activates_at: _timestamp_pb2.Timestamp | None = ...,
+        paid: _common_pb2.Money | None = ...,
+        refunded: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activates_at", b"activates_at", "paid", b"paid", "refunded", b"refunded"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activates_at", b"activates_at", "breakdown", b"breakdown", "customer_id", b"customer_id", "growth", b"growth", "order_id", b"order_id", "paid", b"paid", "points", b"points", "refunded", b"refunded", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Earning: _TypeAlias = Earning  # noqa: Y015
+
+@_typing.final
+class EarnForOrderRequest(_message.Message):
+    """EarnForOrderRequest carries the paid order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_MONTH_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    birthday_month: _builtins.int
+    """The member's birthday month (1..12), 0 if unknown."""
+    @_builtins.property
+    def order(self) -> _common_pb2.Order:
+        """The paid order, with items for category rules."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        order: _common_pb2.Order | None = ...,
+        birthday_month: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday_month", b"birthday_month", "order", b"order", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EarnForOrderRequest: _TypeAlias = EarnForOrderRequest  # noqa: Y015
+
+@_typing.final
+class EarnForOrderResponse(_message.Message):
+    """EarnForOrderResponse carries the earning."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EARNING_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def earning(self) -> Global___Earning:
+        """The earning written (or found, for a repeated order)."""
+
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after the change."""
+
+    def __init__(
+        self,
+        *,
+        earning: Global___Earning | None = ...,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "earning", b"earning"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "earning", b"earning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EarnForOrderResponse: _TypeAlias = EarnForOrderResponse  # noqa: Y015
+
+@_typing.final
+class PreviewEarnRequest(_message.Message):
+    """PreviewEarnRequest carries an order that has not been earned."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_MONTH_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    birthday_month: _builtins.int
+    """The member's birthday month (1..12), 0 if unknown."""
+    @_builtins.property
+    def order(self) -> _common_pb2.Order:
+        """The order."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        order: _common_pb2.Order | None = ...,
+        birthday_month: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday_month", b"birthday_month", "order", b"order", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewEarnRequest: _TypeAlias = PreviewEarnRequest  # noqa: Y015
+
+@_typing.final
+class PreviewEarnResponse(_message.Message):
+    """PreviewEarnResponse carries the computed earning; nothing is written."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EARNING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def earning(self) -> Global___Earning:
+        """What EarnForOrder would give now."""
+
+    def __init__(
+        self,
+        *,
+        earning: Global___Earning | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["earning", b"earning"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["earning", b"earning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewEarnResponse: _TypeAlias = PreviewEarnResponse  # noqa: Y015
+
+@_typing.final
+class ConfirmOrderRequest(_message.Message):
+    """ConfirmOrderRequest names the order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    order_id: _builtins.str
+    """The order."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        order_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["order_id", b"order_id", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmOrderRequest: _TypeAlias = ConfirmOrderRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmOrderResponse(_message.Message):
+    """ConfirmOrderResponse carries the activated earning."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EARNING_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def earning(self) -> Global___Earning:
+        """The earning, ACTIVE (or REFUNDED)."""
+
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after the change."""
+
+    def __init__(
+        self,
+        *,
+        earning: Global___Earning | None = ...,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "earning", b"earning"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "earning", b"earning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmOrderResponse: _TypeAlias = ConfirmOrderResponse  # noqa: Y015
+
+@_typing.final
+class RefundOrderRequest(_message.Message):
+    """RefundOrderRequest records one refund of an order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155); one request per refund."""
+    order_id: _builtins.str
+    """The order."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """This refund's amount, > 0, in the order's currency; all refunds of an
+        order together may not exceed its paid amount.
+        """
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        order_id: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "order_id", b"order_id", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundOrderRequest: _TypeAlias = RefundOrderRequest  # noqa: Y015
+
+@_typing.final
+class RefundOrderResponse(_message.Message):
+    """RefundOrderResponse says what the refund changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EARNING_FIELD_NUMBER: _builtins.int
+    POINTS_CLAWED_BACK_FIELD_NUMBER: _builtins.int
+    GROWTH_CLAWED_BACK_FIELD_NUMBER: _builtins.int
+    POINTS_RESTORED_FIELD_NUMBER: _builtins.int
+    POINTS_NOT_RESTORED_EXPIRED_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    points_clawed_back: _builtins.int
+    """Points taken back by this refund (from pending or from the balance)."""
+    growth_clawed_back: _builtins.int
+    """Growth value taken back by this refund."""
+    points_restored: _builtins.int
+    """Points spent on the order that came back to the member."""
+    points_not_restored_expired: _builtins.int
+    """Spent points that would have come back but had expired meanwhile."""
+    @_builtins.property
+    def earning(self) -> Global___Earning:
+        """The earning after the refund."""
+
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after the change."""
+
+    def __init__(
+        self,
+        *,
+        earning: Global___Earning | None = ...,
+        points_clawed_back: _builtins.int = ...,
+        growth_clawed_back: _builtins.int = ...,
+        points_restored: _builtins.int = ...,
+        points_not_restored_expired: _builtins.int = ...,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "earning", b"earning"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "earning", b"earning", "growth_clawed_back", b"growth_clawed_back", "points_clawed_back", b"points_clawed_back", "points_not_restored_expired", b"points_not_restored_expired", "points_restored", b"points_restored"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundOrderResponse: _TypeAlias = RefundOrderResponse  # noqa: Y015
+
+@_typing.final
+class SpendPointsRequest(_message.Message):
+    """SpendPointsRequest pays part of an order with points."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    ORDER_AMOUNT_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    customer_id: _builtins.str
+    """The member."""
+    order_id: _builtins.str
+    """The order being paid; refunds of it restore the points."""
+    points: _builtins.int
+    """Points to spend, > 0."""
+    @_builtins.property
+    def order_amount(self) -> _common_pb2.Money:
+        """The order's amount before points, for the maximum-share rule."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        order_id: _builtins.str = ...,
+        order_amount: _common_pb2.Money | None = ...,
+        points: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order_amount", b"order_amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "order_amount", b"order_amount", "order_id", b"order_id", "points", b"points", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendPointsRequest: _TypeAlias = SpendPointsRequest  # noqa: Y015
+
+@_typing.final
+class SpendPointsResponse(_message.Message):
+    """SpendPointsResponse says what was spent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    DISCOUNT_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> Global___LedgerEntry:
+        """The debit entry."""
+
+    @_builtins.property
+    def discount(self) -> _common_pb2.Money:
+        """What the points are worth off the order, minor units."""
+
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after the change."""
+
+    def __init__(
+        self,
+        *,
+        entry: Global___LedgerEntry | None = ...,
+        discount: _common_pb2.Money | None = ...,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "discount", b"discount", "entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "discount", b"discount", "entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendPointsResponse: _TypeAlias = SpendPointsResponse  # noqa: Y015
+
+@_typing.final
+class MallItem(_message.Message):
+    """MallItem is a points-mall item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    COST_POINTS_FIELD_NUMBER: _builtins.int
+    STOCK_FIELD_NUMBER: _builtins.int
+    STARTS_AT_FIELD_NUMBER: _builtins.int
+    ENDS_AT_FIELD_NUMBER: _builtins.int
+    PER_CUSTOMER_LIMIT_FIELD_NUMBER: _builtins.int
+    item_id: _builtins.str
+    """Stable id."""
+    name: _builtins.str
+    """Display name."""
+    cost_points: _builtins.int
+    """Points per unit, > 0."""
+    stock: _builtins.int
+    """Units left; never below zero."""
+    per_customer_limit: _builtins.int
+    """Most units one member may redeem in all; 0 = no limit."""
+    @_builtins.property
+    def starts_at(self) -> _timestamp_pb2.Timestamp:
+        """On sale from (inclusive); unset = now."""
+
+    @_builtins.property
+    def ends_at(self) -> _timestamp_pb2.Timestamp:
+        """On sale until (exclusive); unset = no end."""
+
+    def __init__(
+        self,
+        *,
+        item_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        cost_points: _builtins.int = ...,
+        stock: _builtins.int = ...,
+        starts_at: _timestamp_pb2.Timestamp | None = ...,
+        ends_at: _timestamp_pb2.Timestamp | None = ...,
+        per_customer_limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ends_at", b"ends_at", "starts_at", b"starts_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_points", b"cost_points", "ends_at", b"ends_at", "item_id", b"item_id", "name", b"name", "per_customer_limit", b"per_customer_limit", "starts_at", b"starts_at", "stock", b"stock"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MallItem: _TypeAlias = MallItem  # noqa: Y015
+
+@_typing.final
+class UpsertMallItemRequest(_message.Message):
+    """UpsertMallItemRequest creates or replaces an item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ITEM_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    @_builtins.property
+    def item(self) -> Global___MallItem:
+        """The item."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        item: Global___MallItem | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertMallItemRequest: _TypeAlias = UpsertMallItemRequest  # noqa: Y015
+
+@_typing.final
+class UpsertMallItemResponse(_message.Message):
+    """UpsertMallItemResponse echoes the item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEM_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def item(self) -> Global___MallItem:
+        """As stored."""
+
+    def __init__(
+        self,
+        *,
+        item: Global___MallItem | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertMallItemResponse: _TypeAlias = UpsertMallItemResponse  # noqa: Y015
+
+@_typing.final
+class ListMallItemsRequest(_message.Message):
+    """ListMallItemsRequest pages through items (AIP-158)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    page_size: _builtins.int
+    """0 = default (50); above 500 is clamped; negative is invalid."""
+    page_token: _builtins.str
+    """Opaque token from a previous response."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMallItemsRequest: _TypeAlias = ListMallItemsRequest  # noqa: Y015
+
+@_typing.final
+class ListMallItemsResponse(_message.Message):
+    """ListMallItemsResponse is one page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___MallItem]:
+        """Items by id."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[Global___MallItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMallItemsResponse: _TypeAlias = ListMallItemsResponse  # noqa: Y015
+
+@_typing.final
+class RedeemRequest(_message.Message):
+    """RedeemRequest exchanges points for units of an item."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    ITEM_ID_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    customer_id: _builtins.str
+    """The member."""
+    item_id: _builtins.str
+    """The item."""
+    quantity: _builtins.int
+    """Units, 1..100."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        item_id: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "item_id", b"item_id", "quantity", b"quantity", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemRequest: _TypeAlias = RedeemRequest  # noqa: Y015
+
+@_typing.final
+class RedeemResponse(_message.Message):
+    """RedeemResponse is the redemption."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    ITEM_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> Global___LedgerEntry:
+        """The debit entry."""
+
+    @_builtins.property
+    def item(self) -> Global___MallItem:
+        """The item after the redemption (stock lowered)."""
+
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after the change."""
+
+    def __init__(
+        self,
+        *,
+        entry: Global___LedgerEntry | None = ...,
+        item: Global___MallItem | None = ...,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "entry", b"entry", "item", b"item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "entry", b"entry", "item", b"item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemResponse: _TypeAlias = RedeemResponse  # noqa: Y015
+
+@_typing.final
+class ReconcileLedgerRequest(_message.Message):
+    """ReconcileLedgerRequest names the shop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileLedgerRequest: _TypeAlias = ReconcileLedgerRequest  # noqa: Y015
+
+@_typing.final
+class Mismatch(_message.Message):
+    """Mismatch is one broken ledger invariant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLDER_FIELD_NUMBER: _builtins.int
+    ASSET_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
+    EXPECTED_FIELD_NUMBER: _builtins.int
+    ACTUAL_FIELD_NUMBER: _builtins.int
+    holder: _builtins.str
+    """Account holder (member or "@system" account); empty for shop-wide checks."""
+    asset: Global___Asset.ValueType
+    """Asset."""
+    check: _builtins.str
+    """Which check: "balance_vs_entries", "asset_sum_nonzero", "lots_vs_balance"."""
+    expected: _builtins.int
+    """What the check expected."""
+    actual: _builtins.int
+    """What it found."""
+    def __init__(
+        self,
+        *,
+        holder: _builtins.str = ...,
+        asset: Global___Asset.ValueType = ...,
+        check: _builtins.str = ...,
+        expected: _builtins.int = ...,
+        actual: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual", b"actual", "asset", b"asset", "check", b"check", "expected", b"expected", "holder", b"holder"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Mismatch: _TypeAlias = Mismatch  # noqa: Y015
+
+@_typing.final
+class ReconcileLedgerResponse(_message.Message):
+    """ReconcileLedgerResponse is the proof (or the counter-examples)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCED_FIELD_NUMBER: _builtins.int
+    BALANCES_CHECKED_FIELD_NUMBER: _builtins.int
+    ENTRIES_CHECKED_FIELD_NUMBER: _builtins.int
+    MISMATCHES_FIELD_NUMBER: _builtins.int
+    balanced: _builtins.bool
+    """True when no check failed."""
+    balances_checked: _builtins.int
+    """Member balances checked."""
+    entries_checked: _builtins.int
+    """Entries summed."""
+    @_builtins.property
+    def mismatches(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mismatch]:
+        """Failures, at most 100."""
+
+    def __init__(
+        self,
+        *,
+        balanced: _builtins.bool = ...,
+        balances_checked: _builtins.int = ...,
+        entries_checked: _builtins.int = ...,
+        mismatches: _abc.Iterable[Global___Mismatch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balanced", b"balanced", "balances_checked", b"balances_checked", "entries_checked", b"entries_checked", "mismatches", b"mismatches"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReconcileLedgerResponse: _TypeAlias = ReconcileLedgerResponse  # noqa: Y015
+
+@_typing.final
+class TopUpRequest(_message.Message):
+    """TopUpRequest records a paid top-up."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    TOP_UP_ID_FIELD_NUMBER: _builtins.int
+    PAID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    customer_id: _builtins.str
+    """The member."""
+    top_up_id: _builtins.str
+    """The storefront's id of the top-up payment."""
+    @_builtins.property
+    def paid(self) -> _common_pb2.Money:
+        """Paid amount, > 0, in the program currency."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        top_up_id: _builtins.str = ...,
+        paid: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["paid", b"paid"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "paid", b"paid", "request_id", b"request_id", "shop_id", b"shop_id", "top_up_id", b"top_up_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopUpRequest: _TypeAlias = TopUpRequest  # noqa: Y015
+
+@_typing.final
+class TopUpResponse(_message.Message):
+    """TopUpResponse says what was credited."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRINCIPAL_MINOR_FIELD_NUMBER: _builtins.int
+    BONUS_MINOR_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    principal_minor: _builtins.int
+    """Principal credited (= paid)."""
+    bonus_minor: _builtins.int
+    """Bonus credited."""
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after the change."""
+
+    def __init__(
+        self,
+        *,
+        principal_minor: _builtins.int = ...,
+        bonus_minor: _builtins.int = ...,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "bonus_minor", b"bonus_minor", "principal_minor", b"principal_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopUpResponse: _TypeAlias = TopUpResponse  # noqa: Y015
+
+@_typing.final
+class RefundTopUpRequest(_message.Message):
+    """RefundTopUpRequest names the top-up."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOP_UP_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    top_up_id: _builtins.str
+    """The top-up."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        top_up_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "shop_id", b"shop_id", "top_up_id", b"top_up_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundTopUpRequest: _TypeAlias = RefundTopUpRequest  # noqa: Y015
+
+@_typing.final
+class RefundTopUpResponse(_message.Message):
+    """RefundTopUpResponse says what goes back to the member's payment method."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REFUND_FIELD_NUMBER: _builtins.int
+    PRINCIPAL_REMOVED_MINOR_FIELD_NUMBER: _builtins.int
+    BONUS_REMOVED_MINOR_FIELD_NUMBER: _builtins.int
+    BONUS_SPENT_DEDUCTED_MINOR_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    principal_removed_minor: _builtins.int
+    """Unspent principal removed from the balance."""
+    bonus_removed_minor: _builtins.int
+    """Unspent bonus removed."""
+    bonus_spent_deducted_minor: _builtins.int
+    """Bonus of this top-up already spent, deducted from the refund."""
+    @_builtins.property
+    def refund(self) -> _common_pb2.Money:
+        """Money to return to the member."""
+
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after the change."""
+
+    def __init__(
+        self,
+        *,
+        refund: _common_pb2.Money | None = ...,
+        principal_removed_minor: _builtins.int = ...,
+        bonus_removed_minor: _builtins.int = ...,
+        bonus_spent_deducted_minor: _builtins.int = ...,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "refund", b"refund"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "bonus_removed_minor", b"bonus_removed_minor", "bonus_spent_deducted_minor", b"bonus_spent_deducted_minor", "principal_removed_minor", b"principal_removed_minor", "refund", b"refund"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundTopUpResponse: _TypeAlias = RefundTopUpResponse  # noqa: Y015
+
+@_typing.final
+class SpendStoredValueRequest(_message.Message):
+    """SpendStoredValueRequest pays part of an order with stored value."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    customer_id: _builtins.str
+    """The member."""
+    order_id: _builtins.str
+    """The order being paid."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """Amount, > 0, in the program currency."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        order_id: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "customer_id", b"customer_id", "order_id", b"order_id", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendStoredValueRequest: _TypeAlias = SpendStoredValueRequest  # noqa: Y015
+
+@_typing.final
+class SpendStoredValueResponse(_message.Message):
+    """SpendStoredValueResponse says how the payment was drawn."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRINCIPAL_MINOR_FIELD_NUMBER: _builtins.int
+    BONUS_MINOR_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    principal_minor: _builtins.int
+    """Drawn from principal."""
+    bonus_minor: _builtins.int
+    """Drawn from bonus."""
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after the change."""
+
+    def __init__(
+        self,
+        *,
+        principal_minor: _builtins.int = ...,
+        bonus_minor: _builtins.int = ...,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "bonus_minor", b"bonus_minor", "principal_minor", b"principal_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendStoredValueResponse: _TypeAlias = SpendStoredValueResponse  # noqa: Y015
+
+@_typing.final
+class SpendRebateRequest(_message.Message):
+    """SpendRebateRequest pays part of an order with rebate credit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    customer_id: _builtins.str
+    """The member."""
+    order_id: _builtins.str
+    """The order being paid."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """Amount, > 0, in the program currency."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        order_id: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "customer_id", b"customer_id", "order_id", b"order_id", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendRebateRequest: _TypeAlias = SpendRebateRequest  # noqa: Y015
+
+@_typing.final
+class SpendRebateResponse(_message.Message):
+    """SpendRebateResponse carries the debit."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> Global___LedgerEntry:
+        """The debit entry."""
+
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after the change."""
+
+    def __init__(
+        self,
+        *,
+        entry: Global___LedgerEntry | None = ...,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SpendRebateResponse: _TypeAlias = SpendRebateResponse  # noqa: Y015
+
+@_typing.final
+class ClaimRewardRequest(_message.Message):
+    """ClaimRewardRequest claims one event reward."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    REFEREE_ID_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_MONTH_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    customer_id: _builtins.str
+    """The member claiming."""
+    event: Global___RewardEvent.ValueType
+    """The event."""
+    order_id: _builtins.str
+    """For REVIEW_WITH_PHOTOS."""
+    referee_id: _builtins.str
+    """For REFERRAL."""
+    birthday_month: _builtins.int
+    """For BIRTHDAY: the member's birthday month, 1..12."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        event: Global___RewardEvent.ValueType = ...,
+        order_id: _builtins.str = ...,
+        referee_id: _builtins.str = ...,
+        birthday_month: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday_month", b"birthday_month", "customer_id", b"customer_id", "event", b"event", "order_id", b"order_id", "referee_id", b"referee_id", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimRewardRequest: _TypeAlias = ClaimRewardRequest  # noqa: Y015
+
+@_typing.final
+class ClaimRewardResponse(_message.Message):
+    """ClaimRewardResponse says what was granted."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    POINTS_FIELD_NUMBER: _builtins.int
+    COUPONS_FIELD_NUMBER: _builtins.int
+    REFEREE_POINTS_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    points: _builtins.int
+    """Points credited to the claimer."""
+    referee_points: _builtins.int
+    """Points credited to the referee (REFERRAL only)."""
+    @_builtins.property
+    def coupons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Coupon]:
+        """Coupons issued (the referee's, for a referral, included)."""
+
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The claimer's account after the change."""
+
+    def __init__(
+        self,
+        *,
+        points: _builtins.int = ...,
+        coupons: _abc.Iterable[Global___Coupon] | None = ...,
+        referee_points: _builtins.int = ...,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "coupons", b"coupons", "points", b"points", "referee_points", b"referee_points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimRewardResponse: _TypeAlias = ClaimRewardResponse  # noqa: Y015
+
+@_typing.final
+class Coupon(_message.Message):
+    """Coupon is one coupon a member holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUPON_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUE_MINOR_FIELD_NUMBER: _builtins.int
+    MIN_ORDER_MINOR_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    REDEEMED_ORDER_ID_FIELD_NUMBER: _builtins.int
+    coupon_id: _builtins.str
+    """Server-assigned id."""
+    customer_id: _builtins.str
+    """Holder."""
+    template_id: _builtins.str
+    """Template."""
+    name: _builtins.str
+    """Display name."""
+    value_minor: _builtins.int
+    """Discount, minor units."""
+    min_order_minor: _builtins.int
+    """Smallest order, minor units."""
+    state: Global___CouponState.ValueType
+    """State now."""
+    source: _builtins.str
+    """Why it was issued, e.g. "review:o-1", "campaign:spring"."""
+    redeemed_order_id: _builtins.str
+    """The order it was used on."""
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When it was issued."""
+
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When it stops being usable."""
+
+    def __init__(
+        self,
+        *,
+        coupon_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        template_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        value_minor: _builtins.int = ...,
+        min_order_minor: _builtins.int = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___CouponState.ValueType = ...,
+        source: _builtins.str = ...,
+        redeemed_order_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "issued_at", b"issued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_id", b"coupon_id", "customer_id", b"customer_id", "expires_at", b"expires_at", "issued_at", b"issued_at", "min_order_minor", b"min_order_minor", "name", b"name", "redeemed_order_id", b"redeemed_order_id", "source", b"source", "state", b"state", "template_id", b"template_id", "value_minor", b"value_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Coupon: _TypeAlias = Coupon  # noqa: Y015
+
+@_typing.final
+class IssueCouponRequest(_message.Message):
+    """IssueCouponRequest issues one coupon."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    customer_id: _builtins.str
+    """The member."""
+    template_id: _builtins.str
+    """A template of the shop's program."""
+    source: _builtins.str
+    """Why (shown on the coupon), at most 64 chars."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        template_id: _builtins.str = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "request_id", b"request_id", "shop_id", b"shop_id", "source", b"source", "template_id", b"template_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueCouponRequest: _TypeAlias = IssueCouponRequest  # noqa: Y015
+
+@_typing.final
+class IssueCouponResponse(_message.Message):
+    """IssueCouponResponse carries the coupon."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUPON_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def coupon(self) -> Global___Coupon:
+        """The coupon issued."""
+
+    def __init__(
+        self,
+        *,
+        coupon: Global___Coupon | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["coupon", b"coupon"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon", b"coupon"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IssueCouponResponse: _TypeAlias = IssueCouponResponse  # noqa: Y015
+
+@_typing.final
+class ListCouponsRequest(_message.Message):
+    """ListCouponsRequest pages through a member's coupons (AIP-158)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    customer_id: _builtins.str
+    """The member."""
+    page_size: _builtins.int
+    """0 = default (50); above 500 is clamped; negative is invalid."""
+    page_token: _builtins.str
+    """Opaque token from a previous response."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "page_size", b"page_size", "page_token", b"page_token", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCouponsRequest: _TypeAlias = ListCouponsRequest  # noqa: Y015
+
+@_typing.final
+class ListCouponsResponse(_message.Message):
+    """ListCouponsResponse is one page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUPONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def coupons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Coupon]:
+        """Coupons, newest first."""
+
+    def __init__(
+        self,
+        *,
+        coupons: _abc.Iterable[Global___Coupon] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupons", b"coupons", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCouponsResponse: _TypeAlias = ListCouponsResponse  # noqa: Y015
+
+@_typing.final
+class RedeemCouponRequest(_message.Message):
+    """RedeemCouponRequest uses a coupon."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    COUPON_ID_FIELD_NUMBER: _builtins.int
+    ORDER_ID_FIELD_NUMBER: _builtins.int
+    ORDER_AMOUNT_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    customer_id: _builtins.str
+    """The member, who must hold the coupon."""
+    coupon_id: _builtins.str
+    """The coupon."""
+    order_id: _builtins.str
+    """The order it pays for."""
+    @_builtins.property
+    def order_amount(self) -> _common_pb2.Money:
+        """The order's amount, for the minimum."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+        coupon_id: _builtins.str = ...,
+        order_id: _builtins.str = ...,
+        order_amount: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["order_amount", b"order_amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon_id", b"coupon_id", "customer_id", b"customer_id", "order_amount", b"order_amount", "order_id", b"order_id", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemCouponRequest: _TypeAlias = RedeemCouponRequest  # noqa: Y015
+
+@_typing.final
+class RedeemCouponResponse(_message.Message):
+    """RedeemCouponResponse carries the used coupon."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUPON_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def coupon(self) -> Global___Coupon:
+        """The coupon, REDEEMED."""
+
+    def __init__(
+        self,
+        *,
+        coupon: Global___Coupon | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["coupon", b"coupon"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coupon", b"coupon"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemCouponResponse: _TypeAlias = RedeemCouponResponse  # noqa: Y015
+
+@_typing.final
+class EraseCustomerRequest(_message.Message):
+    """EraseCustomerRequest names the member to erase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    customer_id: _builtins.str
+    """The member."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseCustomerRequest: _TypeAlias = EraseCustomerRequest  # noqa: Y015
+
+@_typing.final
+class EraseCustomerResponse(_message.Message):
+    """EraseCustomerResponse says what was anonymised."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANONYMOUS_ID_FIELD_NUMBER: _builtins.int
+    ROWS_ANONYMISED_FIELD_NUMBER: _builtins.int
+    anonymous_id: _builtins.str
+    """The holder id the member's rows now carry ("erased-" + 16 hex digits)."""
+    rows_anonymised: _builtins.int
+    """Rows rewritten, all tables together."""
+    def __init__(
+        self,
+        *,
+        anonymous_id: _builtins.str = ...,
+        rows_anonymised: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anonymous_id", b"anonymous_id", "rows_anonymised", b"rows_anonymised"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseCustomerResponse: _TypeAlias = EraseCustomerResponse  # noqa: Y015
+
+@_typing.final
+class GrantToSegmentRequest(_message.Message):
+    """GrantToSegmentRequest describes a campaign grant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    SEGMENT_VERSION_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    COUPON_TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    campaign_id: _builtins.str
+    """The campaign: the once-per-customer key (1-64 of [A-Za-z0-9_.:-])."""
+    segment_id: _builtins.str
+    """The segment whose members receive the grant."""
+    segment_version: _builtins.int
+    """Membership version; 0 = the latest when the campaign first runs (then
+    fixed for every later run of the campaign).
+    """
+    points: _builtins.int
+    """Points per member (they expire like earned points); 0 = none."""
+    coupon_template_id: _builtins.str
+    """Coupon template per member; empty = none."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        campaign_id: _builtins.str = ...,
+        segment_id: _builtins.str = ...,
+        segment_version: _builtins.int = ...,
+        points: _builtins.int = ...,
+        coupon_template_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "coupon_template_id", b"coupon_template_id", "points", b"points", "segment_id", b"segment_id", "segment_version", b"segment_version", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantToSegmentRequest: _TypeAlias = GrantToSegmentRequest  # noqa: Y015
+
+@_typing.final
+class GrantToSegmentResponse(_message.Message):
+    """GrantToSegmentResponse is one progress report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_SEEN_FIELD_NUMBER: _builtins.int
+    GRANTED_FIELD_NUMBER: _builtins.int
+    ALREADY_GRANTED_FIELD_NUMBER: _builtins.int
+    SEGMENT_VERSION_FIELD_NUMBER: _builtins.int
+    DONE_FIELD_NUMBER: _builtins.int
+    members_seen: _builtins.int
+    """Members read from the segment so far."""
+    granted: _builtins.int
+    """Members granted by this run so far."""
+    already_granted: _builtins.int
+    """Members that already had this campaign's grant."""
+    segment_version: _builtins.int
+    """The segment version being granted."""
+    done: _builtins.bool
+    """True on the last message."""
+    def __init__(
+        self,
+        *,
+        members_seen: _builtins.int = ...,
+        granted: _builtins.int = ...,
+        already_granted: _builtins.int = ...,
+        segment_version: _builtins.int = ...,
+        done: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_granted", b"already_granted", "done", b"done", "granted", b"granted", "members_seen", b"members_seen", "segment_version", b"segment_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantToSegmentResponse: _TypeAlias = GrantToSegmentResponse  # noqa: Y015
+
+@_typing.final
+class StreamMemberStandingsRequest(_message.Message):
+    """StreamMemberStandingsRequest names the shop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    AFTER_CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    after_customer_id: _builtins.str
+    """Start after this customer id; empty = from the first."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        after_customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_customer_id", b"after_customer_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMemberStandingsRequest: _TypeAlias = StreamMemberStandingsRequest  # noqa: Y015
+
+@_typing.final
+class StreamMemberStandingsResponse(_message.Message):
+    """StreamMemberStandingsResponse is one member."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    POINTS_BALANCE_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The member."""
+    points_balance: _builtins.int
+    """Spendable points (cached balance)."""
+    tier: _builtins.str
+    """Current tier code; empty below the first tier."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        points_balance: _builtins.int = ...,
+        tier: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "points_balance", b"points_balance", "tier", b"tier"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMemberStandingsResponse: _TypeAlias = StreamMemberStandingsResponse  # noqa: Y015

@@ -52,6 +52,116 @@ class PointsServiceStub:
                 request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.ListLedgerEntriesRequest.SerializeToString,
                 response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.ListLedgerEntriesResponse.FromString,
                 _registered_method=True)
+        self.SetProgram = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/SetProgram',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.SetProgramRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.SetProgramResponse.FromString,
+                _registered_method=True)
+        self.GetProgram = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/GetProgram',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.GetProgramRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.GetProgramResponse.FromString,
+                _registered_method=True)
+        self.EarnForOrder = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/EarnForOrder',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.EarnForOrderRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.EarnForOrderResponse.FromString,
+                _registered_method=True)
+        self.PreviewEarn = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/PreviewEarn',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.PreviewEarnRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.PreviewEarnResponse.FromString,
+                _registered_method=True)
+        self.ConfirmOrder = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/ConfirmOrder',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.ConfirmOrderRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.ConfirmOrderResponse.FromString,
+                _registered_method=True)
+        self.RefundOrder = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/RefundOrder',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.RefundOrderRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.RefundOrderResponse.FromString,
+                _registered_method=True)
+        self.SpendPoints = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/SpendPoints',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.SpendPointsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.SpendPointsResponse.FromString,
+                _registered_method=True)
+        self.UpsertMallItem = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/UpsertMallItem',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.UpsertMallItemRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.UpsertMallItemResponse.FromString,
+                _registered_method=True)
+        self.ListMallItems = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/ListMallItems',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.ListMallItemsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.ListMallItemsResponse.FromString,
+                _registered_method=True)
+        self.Redeem = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/Redeem',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.RedeemRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.RedeemResponse.FromString,
+                _registered_method=True)
+        self.ReconcileLedger = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/ReconcileLedger',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.ReconcileLedgerRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.ReconcileLedgerResponse.FromString,
+                _registered_method=True)
+        self.TopUp = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/TopUp',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.TopUpRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.TopUpResponse.FromString,
+                _registered_method=True)
+        self.RefundTopUp = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/RefundTopUp',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.RefundTopUpRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.RefundTopUpResponse.FromString,
+                _registered_method=True)
+        self.SpendStoredValue = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/SpendStoredValue',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.SpendStoredValueRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.SpendStoredValueResponse.FromString,
+                _registered_method=True)
+        self.SpendRebate = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/SpendRebate',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.SpendRebateRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.SpendRebateResponse.FromString,
+                _registered_method=True)
+        self.ClaimReward = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/ClaimReward',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.ClaimRewardRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.ClaimRewardResponse.FromString,
+                _registered_method=True)
+        self.IssueCoupon = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/IssueCoupon',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.IssueCouponRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.IssueCouponResponse.FromString,
+                _registered_method=True)
+        self.ListCoupons = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/ListCoupons',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.ListCouponsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.ListCouponsResponse.FromString,
+                _registered_method=True)
+        self.RedeemCoupon = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/RedeemCoupon',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.RedeemCouponRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.RedeemCouponResponse.FromString,
+                _registered_method=True)
+        self.EraseCustomer = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/EraseCustomer',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.EraseCustomerRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.EraseCustomerResponse.FromString,
+                _registered_method=True)
+        self.GrantToSegment = channel.unary_stream(
+                '/loyalty.points.v1.PointsService/GrantToSegment',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.GrantToSegmentRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.GrantToSegmentResponse.FromString,
+                _registered_method=True)
+        self.StreamMemberStandings = channel.unary_stream(
+                '/loyalty.points.v1.PointsService/StreamMemberStandings',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.StreamMemberStandingsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.StreamMemberStandingsResponse.FromString,
+                _registered_method=True)
 
 
 class PointsServiceServicer:
@@ -82,6 +192,196 @@ class PointsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetProgram(self, request, context):
+        """Replaces the shop's loyalty program (earning, expiry, spending, tiers).
+        Validated as a whole: a bad program is INVALID_ARGUMENT naming each field.
+        Applies to orders earned after the change; earnings already written keep
+        their points and expiry dates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProgram(self, request, context):
+        """The shop's program; a shop that never set one gets the defaults.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EarnForOrder(self, request, context):
+        """Points, growth value and rebate credit for a paid order, with a breakdown
+        of which rule gave how much. They stay PENDING until the shop's return
+        window closes (or ConfirmOrder), then activate. One earning per
+        (shop, order_id): the same order again under another request_id returns
+        the first earning; a changed order is ALREADY_EXISTS (use RefundOrder).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewEarn(self, request, context):
+        """What EarnForOrder would give right now, without writing anything.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmOrder(self, request, context):
+        """Ends the return window of an order early (e.g. the buyer confirmed
+        receipt): its pending earning activates now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefundOrder(self, request, context):
+        """A full or partial refund of an order. What the order earned is cut to the
+        share of the payment that was kept, computed from the cumulative refund,
+        so each refund claws back exactly the difference, never twice: pending
+        earnings shrink, active ones are debited (a balance may go below zero
+        when the points were already spent; later earnings repay it). Points,
+        stored value and rebate credit spent on the order come back in the same
+        proportion to the lots they came from, unless those have expired.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SpendPoints(self, request, context):
+        """Points as payment for an order, up to the shop's maximum share of the
+        order amount. Consumes lots soonest-expiring first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertMallItem(self, request, context):
+        """Creates or replaces a points-mall item (积分商城).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMallItems(self, request, context):
+        """The shop's mall items, by item id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Redeem(self, request, context):
+        """Exchanges points for a mall item. Balance, stock and the per-customer
+        limit are checked and changed in one transaction: no oversell, no limit
+        bypass, whatever the concurrency.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReconcileLedger(self, request, context):
+        """Proves the shop's ledger: every cached balance equals the sum of its
+        entries, every asset's entries sum to zero across member and system
+        accounts, and every member's unexpired lots add up to the balance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TopUp(self, request, context):
+        """A stored-value top-up (储值): principal as paid, plus the bonus of the
+        largest plan the amount reaches, kept apart. One per top_up_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RefundTopUp(self, request, context):
+        """Refunds a top-up: its unspent principal is returned, less any of its
+        bonus already spent (a refunded top-up keeps no bonus), and its unspent
+        bonus is removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SpendStoredValue(self, request, context):
+        """Pays part of an order with stored value, split between principal and
+        bonus by the shop's draw rule, oldest top-up first. Refunds of the order
+        give it back.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SpendRebate(self, request, context):
+        """Pays part of an order with rebate credit, soonest-expiring first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClaimReward(self, request, context):
+        """Claims an event reward (review with photos, sign-in, referral, birthday)
+        once per event key; a second claim is FAILED_PRECONDITION ALREADY_CLAIMED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def IssueCoupon(self, request, context):
+        """Issues a coupon from a template to a member (campaigns, compensation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCoupons(self, request, context):
+        """A member's coupons, newest first; expired ones show as EXPIRED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeemCoupon(self, request, context):
+        """Uses a coupon on an order, once: a second use, an expired coupon or an
+        order below its minimum is FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseCustomer(self, request, context):
+        """Erases a member (right to be forgotten): every row that names them is
+        moved to an anonymous holder id and free-text reasons of their transfers
+        are cleared. Amounts are untouched, so every sum and ReconcileLedger stay
+        true. Erasing an unknown or already erased member succeeds; erasing again
+        after the member came back merges the new rows into the same anonymous id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GrantToSegment(self, request, context):
+        """Grants points and/or a coupon to every member of a segment (campaign,
+        定向发券), paging through the segmentation service's ListSegmentMembers.
+        Once per (campaign, customer): running the same campaign again (after a
+        crash, or to reach members who joined since) grants only to those who
+        have nothing yet. The campaign's terms are fixed by its first run; other
+        terms under the same campaign_id are ALREADY_EXISTS. Streams progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamMemberStandings(self, request, context):
+        """Every member's points balance and tier, by customer id, for bulk readers
+        such as segment evaluation. Resumable with the last row's customer id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PointsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +399,116 @@ def add_PointsServiceServicer_to_server(servicer, server):
                     servicer.ListLedgerEntries,
                     request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.ListLedgerEntriesRequest.FromString,
                     response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.ListLedgerEntriesResponse.SerializeToString,
+            ),
+            'SetProgram': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProgram,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.SetProgramRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.SetProgramResponse.SerializeToString,
+            ),
+            'GetProgram': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProgram,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.GetProgramRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.GetProgramResponse.SerializeToString,
+            ),
+            'EarnForOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.EarnForOrder,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.EarnForOrderRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.EarnForOrderResponse.SerializeToString,
+            ),
+            'PreviewEarn': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewEarn,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.PreviewEarnRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.PreviewEarnResponse.SerializeToString,
+            ),
+            'ConfirmOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmOrder,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.ConfirmOrderRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.ConfirmOrderResponse.SerializeToString,
+            ),
+            'RefundOrder': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefundOrder,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.RefundOrderRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.RefundOrderResponse.SerializeToString,
+            ),
+            'SpendPoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.SpendPoints,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.SpendPointsRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.SpendPointsResponse.SerializeToString,
+            ),
+            'UpsertMallItem': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertMallItem,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.UpsertMallItemRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.UpsertMallItemResponse.SerializeToString,
+            ),
+            'ListMallItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMallItems,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.ListMallItemsRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.ListMallItemsResponse.SerializeToString,
+            ),
+            'Redeem': grpc.unary_unary_rpc_method_handler(
+                    servicer.Redeem,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.RedeemRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.RedeemResponse.SerializeToString,
+            ),
+            'ReconcileLedger': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReconcileLedger,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.ReconcileLedgerRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.ReconcileLedgerResponse.SerializeToString,
+            ),
+            'TopUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.TopUp,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.TopUpRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.TopUpResponse.SerializeToString,
+            ),
+            'RefundTopUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefundTopUp,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.RefundTopUpRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.RefundTopUpResponse.SerializeToString,
+            ),
+            'SpendStoredValue': grpc.unary_unary_rpc_method_handler(
+                    servicer.SpendStoredValue,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.SpendStoredValueRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.SpendStoredValueResponse.SerializeToString,
+            ),
+            'SpendRebate': grpc.unary_unary_rpc_method_handler(
+                    servicer.SpendRebate,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.SpendRebateRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.SpendRebateResponse.SerializeToString,
+            ),
+            'ClaimReward': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClaimReward,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.ClaimRewardRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.ClaimRewardResponse.SerializeToString,
+            ),
+            'IssueCoupon': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueCoupon,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.IssueCouponRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.IssueCouponResponse.SerializeToString,
+            ),
+            'ListCoupons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCoupons,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.ListCouponsRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.ListCouponsResponse.SerializeToString,
+            ),
+            'RedeemCoupon': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeemCoupon,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.RedeemCouponRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.RedeemCouponResponse.SerializeToString,
+            ),
+            'EraseCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseCustomer,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.EraseCustomerRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.EraseCustomerResponse.SerializeToString,
+            ),
+            'GrantToSegment': grpc.unary_stream_rpc_method_handler(
+                    servicer.GrantToSegment,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.GrantToSegmentRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.GrantToSegmentResponse.SerializeToString,
+            ),
+            'StreamMemberStandings': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamMemberStandings,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.StreamMemberStandingsRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.StreamMemberStandingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -185,6 +595,600 @@ class PointsService:
             '/loyalty.points.v1.PointsService/ListLedgerEntries',
             loyalty_dot_points_dot_v1_dot_points__pb2.ListLedgerEntriesRequest.SerializeToString,
             loyalty_dot_points_dot_v1_dot_points__pb2.ListLedgerEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProgram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/SetProgram',
+            loyalty_dot_points_dot_v1_dot_points__pb2.SetProgramRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.SetProgramResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProgram(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/GetProgram',
+            loyalty_dot_points_dot_v1_dot_points__pb2.GetProgramRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.GetProgramResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EarnForOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/EarnForOrder',
+            loyalty_dot_points_dot_v1_dot_points__pb2.EarnForOrderRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.EarnForOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewEarn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/PreviewEarn',
+            loyalty_dot_points_dot_v1_dot_points__pb2.PreviewEarnRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.PreviewEarnResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/ConfirmOrder',
+            loyalty_dot_points_dot_v1_dot_points__pb2.ConfirmOrderRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.ConfirmOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefundOrder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/RefundOrder',
+            loyalty_dot_points_dot_v1_dot_points__pb2.RefundOrderRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.RefundOrderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SpendPoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/SpendPoints',
+            loyalty_dot_points_dot_v1_dot_points__pb2.SpendPointsRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.SpendPointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertMallItem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/UpsertMallItem',
+            loyalty_dot_points_dot_v1_dot_points__pb2.UpsertMallItemRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.UpsertMallItemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMallItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/ListMallItems',
+            loyalty_dot_points_dot_v1_dot_points__pb2.ListMallItemsRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.ListMallItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Redeem(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/Redeem',
+            loyalty_dot_points_dot_v1_dot_points__pb2.RedeemRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.RedeemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReconcileLedger(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/ReconcileLedger',
+            loyalty_dot_points_dot_v1_dot_points__pb2.ReconcileLedgerRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.ReconcileLedgerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TopUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/TopUp',
+            loyalty_dot_points_dot_v1_dot_points__pb2.TopUpRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.TopUpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefundTopUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/RefundTopUp',
+            loyalty_dot_points_dot_v1_dot_points__pb2.RefundTopUpRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.RefundTopUpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SpendStoredValue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/SpendStoredValue',
+            loyalty_dot_points_dot_v1_dot_points__pb2.SpendStoredValueRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.SpendStoredValueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SpendRebate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/SpendRebate',
+            loyalty_dot_points_dot_v1_dot_points__pb2.SpendRebateRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.SpendRebateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClaimReward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/ClaimReward',
+            loyalty_dot_points_dot_v1_dot_points__pb2.ClaimRewardRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.ClaimRewardResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def IssueCoupon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/IssueCoupon',
+            loyalty_dot_points_dot_v1_dot_points__pb2.IssueCouponRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.IssueCouponResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCoupons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/ListCoupons',
+            loyalty_dot_points_dot_v1_dot_points__pb2.ListCouponsRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.ListCouponsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemCoupon(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/RedeemCoupon',
+            loyalty_dot_points_dot_v1_dot_points__pb2.RedeemCouponRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.RedeemCouponResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/EraseCustomer',
+            loyalty_dot_points_dot_v1_dot_points__pb2.EraseCustomerRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.EraseCustomerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GrantToSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/GrantToSegment',
+            loyalty_dot_points_dot_v1_dot_points__pb2.GrantToSegmentRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.GrantToSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMemberStandings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/StreamMemberStandings',
+            loyalty_dot_points_dot_v1_dot_points__pb2.StreamMemberStandingsRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.StreamMemberStandingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,101 @@ class PointsServiceStub:
     """
     ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_points_pb2.ListLedgerEntriesRequest, _points_pb2.ListLedgerEntriesResponse]
     """Ledger entries of one member, newest first."""
+    SetProgram: _grpc.UnaryUnaryMultiCallable[_points_pb2.SetProgramRequest, _points_pb2.SetProgramResponse]
+    """Replaces the shop's loyalty program (earning, expiry, spending, tiers).
+    Validated as a whole: a bad program is INVALID_ARGUMENT naming each field.
+    Applies to orders earned after the change; earnings already written keep
+    their points and expiry dates.
+    """
+    GetProgram: _grpc.UnaryUnaryMultiCallable[_points_pb2.GetProgramRequest, _points_pb2.GetProgramResponse]
+    """The shop's program; a shop that never set one gets the defaults."""
+    EarnForOrder: _grpc.UnaryUnaryMultiCallable[_points_pb2.EarnForOrderRequest, _points_pb2.EarnForOrderResponse]
+    """Points, growth value and rebate credit for a paid order, with a breakdown
+    of which rule gave how much. They stay PENDING until the shop's return
+    window closes (or ConfirmOrder), then activate. One earning per
+    (shop, order_id): the same order again under another request_id returns
+    the first earning; a changed order is ALREADY_EXISTS (use RefundOrder).
+    """
+    PreviewEarn: _grpc.UnaryUnaryMultiCallable[_points_pb2.PreviewEarnRequest, _points_pb2.PreviewEarnResponse]
+    """What EarnForOrder would give right now, without writing anything."""
+    ConfirmOrder: _grpc.UnaryUnaryMultiCallable[_points_pb2.ConfirmOrderRequest, _points_pb2.ConfirmOrderResponse]
+    """Ends the return window of an order early (e.g. the buyer confirmed
+    receipt): its pending earning activates now.
+    """
+    RefundOrder: _grpc.UnaryUnaryMultiCallable[_points_pb2.RefundOrderRequest, _points_pb2.RefundOrderResponse]
+    """A full or partial refund of an order. What the order earned is cut to the
+    share of the payment that was kept, computed from the cumulative refund,
+    so each refund claws back exactly the difference, never twice: pending
+    earnings shrink, active ones are debited (a balance may go below zero
+    when the points were already spent; later earnings repay it). Points,
+    stored value and rebate credit spent on the order come back in the same
+    proportion to the lots they came from, unless those have expired.
+    """
+    SpendPoints: _grpc.UnaryUnaryMultiCallable[_points_pb2.SpendPointsRequest, _points_pb2.SpendPointsResponse]
+    """Points as payment for an order, up to the shop's maximum share of the
+    order amount. Consumes lots soonest-expiring first.
+    """
+    UpsertMallItem: _grpc.UnaryUnaryMultiCallable[_points_pb2.UpsertMallItemRequest, _points_pb2.UpsertMallItemResponse]
+    """Creates or replaces a points-mall item (积分商城)."""
+    ListMallItems: _grpc.UnaryUnaryMultiCallable[_points_pb2.ListMallItemsRequest, _points_pb2.ListMallItemsResponse]
+    """The shop's mall items, by item id."""
+    Redeem: _grpc.UnaryUnaryMultiCallable[_points_pb2.RedeemRequest, _points_pb2.RedeemResponse]
+    """Exchanges points for a mall item. Balance, stock and the per-customer
+    limit are checked and changed in one transaction: no oversell, no limit
+    bypass, whatever the concurrency.
+    """
+    ReconcileLedger: _grpc.UnaryUnaryMultiCallable[_points_pb2.ReconcileLedgerRequest, _points_pb2.ReconcileLedgerResponse]
+    """Proves the shop's ledger: every cached balance equals the sum of its
+    entries, every asset's entries sum to zero across member and system
+    accounts, and every member's unexpired lots add up to the balance.
+    """
+    TopUp: _grpc.UnaryUnaryMultiCallable[_points_pb2.TopUpRequest, _points_pb2.TopUpResponse]
+    """A stored-value top-up (储值): principal as paid, plus the bonus of the
+    largest plan the amount reaches, kept apart. One per top_up_id.
+    """
+    RefundTopUp: _grpc.UnaryUnaryMultiCallable[_points_pb2.RefundTopUpRequest, _points_pb2.RefundTopUpResponse]
+    """Refunds a top-up: its unspent principal is returned, less any of its
+    bonus already spent (a refunded top-up keeps no bonus), and its unspent
+    bonus is removed.
+    """
+    SpendStoredValue: _grpc.UnaryUnaryMultiCallable[_points_pb2.SpendStoredValueRequest, _points_pb2.SpendStoredValueResponse]
+    """Pays part of an order with stored value, split between principal and
+    bonus by the shop's draw rule, oldest top-up first. Refunds of the order
+    give it back.
+    """
+    SpendRebate: _grpc.UnaryUnaryMultiCallable[_points_pb2.SpendRebateRequest, _points_pb2.SpendRebateResponse]
+    """Pays part of an order with rebate credit, soonest-expiring first."""
+    ClaimReward: _grpc.UnaryUnaryMultiCallable[_points_pb2.ClaimRewardRequest, _points_pb2.ClaimRewardResponse]
+    """Claims an event reward (review with photos, sign-in, referral, birthday)
+    once per event key; a second claim is FAILED_PRECONDITION ALREADY_CLAIMED.
+    """
+    IssueCoupon: _grpc.UnaryUnaryMultiCallable[_points_pb2.IssueCouponRequest, _points_pb2.IssueCouponResponse]
+    """Issues a coupon from a template to a member (campaigns, compensation)."""
+    ListCoupons: _grpc.UnaryUnaryMultiCallable[_points_pb2.ListCouponsRequest, _points_pb2.ListCouponsResponse]
+    """A member's coupons, newest first; expired ones show as EXPIRED."""
+    RedeemCoupon: _grpc.UnaryUnaryMultiCallable[_points_pb2.RedeemCouponRequest, _points_pb2.RedeemCouponResponse]
+    """Uses a coupon on an order, once: a second use, an expired coupon or an
+    order below its minimum is FAILED_PRECONDITION.
+    """
+    EraseCustomer: _grpc.UnaryUnaryMultiCallable[_points_pb2.EraseCustomerRequest, _points_pb2.EraseCustomerResponse]
+    """Erases a member (right to be forgotten): every row that names them is
+    moved to an anonymous holder id and free-text reasons of their transfers
+    are cleared. Amounts are untouched, so every sum and ReconcileLedger stay
+    true. Erasing an unknown or already erased member succeeds; erasing again
+    after the member came back merges the new rows into the same anonymous id.
+    """
+    GrantToSegment: _grpc.UnaryStreamMultiCallable[_points_pb2.GrantToSegmentRequest, _points_pb2.GrantToSegmentResponse]
+    """Grants points and/or a coupon to every member of a segment (campaign,
+    定向发券), paging through the segmentation service's ListSegmentMembers.
+    Once per (campaign, customer): running the same campaign again (after a
+    crash, or to reach members who joined since) grants only to those who
+    have nothing yet. The campaign's terms are fixed by its first run; other
+    terms under the same campaign_id are ALREADY_EXISTS. Streams progress.
+    """
+    StreamMemberStandings: _grpc.UnaryStreamMultiCallable[_points_pb2.StreamMemberStandingsRequest, _points_pb2.StreamMemberStandingsResponse]
+    """Every member's points balance and tier, by customer id, for bulk readers
+    such as segment evaluation. Resumable with the last row's customer id.
+    """
 
 @_typing.type_check_only
 class PointsServiceAsyncStub(PointsServiceStub):
@@ -61,6 +156,101 @@ class PointsServiceAsyncStub(PointsServiceStub):
     """
     ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_points_pb2.ListLedgerEntriesRequest, _points_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
     """Ledger entries of one member, newest first."""
+    SetProgram: _aio.UnaryUnaryMultiCallable[_points_pb2.SetProgramRequest, _points_pb2.SetProgramResponse]  # type: ignore[assignment]
+    """Replaces the shop's loyalty program (earning, expiry, spending, tiers).
+    Validated as a whole: a bad program is INVALID_ARGUMENT naming each field.
+    Applies to orders earned after the change; earnings already written keep
+    their points and expiry dates.
+    """
+    GetProgram: _aio.UnaryUnaryMultiCallable[_points_pb2.GetProgramRequest, _points_pb2.GetProgramResponse]  # type: ignore[assignment]
+    """The shop's program; a shop that never set one gets the defaults."""
+    EarnForOrder: _aio.UnaryUnaryMultiCallable[_points_pb2.EarnForOrderRequest, _points_pb2.EarnForOrderResponse]  # type: ignore[assignment]
+    """Points, growth value and rebate credit for a paid order, with a breakdown
+    of which rule gave how much. They stay PENDING until the shop's return
+    window closes (or ConfirmOrder), then activate. One earning per
+    (shop, order_id): the same order again under another request_id returns
+    the first earning; a changed order is ALREADY_EXISTS (use RefundOrder).
+    """
+    PreviewEarn: _aio.UnaryUnaryMultiCallable[_points_pb2.PreviewEarnRequest, _points_pb2.PreviewEarnResponse]  # type: ignore[assignment]
+    """What EarnForOrder would give right now, without writing anything."""
+    ConfirmOrder: _aio.UnaryUnaryMultiCallable[_points_pb2.ConfirmOrderRequest, _points_pb2.ConfirmOrderResponse]  # type: ignore[assignment]
+    """Ends the return window of an order early (e.g. the buyer confirmed
+    receipt): its pending earning activates now.
+    """
+    RefundOrder: _aio.UnaryUnaryMultiCallable[_points_pb2.RefundOrderRequest, _points_pb2.RefundOrderResponse]  # type: ignore[assignment]
+    """A full or partial refund of an order. What the order earned is cut to the
+    share of the payment that was kept, computed from the cumulative refund,
+    so each refund claws back exactly the difference, never twice: pending
+    earnings shrink, active ones are debited (a balance may go below zero
+    when the points were already spent; later earnings repay it). Points,
+    stored value and rebate credit spent on the order come back in the same
+    proportion to the lots they came from, unless those have expired.
+    """
+    SpendPoints: _aio.UnaryUnaryMultiCallable[_points_pb2.SpendPointsRequest, _points_pb2.SpendPointsResponse]  # type: ignore[assignment]
+    """Points as payment for an order, up to the shop's maximum share of the
+    order amount. Consumes lots soonest-expiring first.
+    """
+    UpsertMallItem: _aio.UnaryUnaryMultiCallable[_points_pb2.UpsertMallItemRequest, _points_pb2.UpsertMallItemResponse]  # type: ignore[assignment]
+    """Creates or replaces a points-mall item (积分商城)."""
+    ListMallItems: _aio.UnaryUnaryMultiCallable[_points_pb2.ListMallItemsRequest, _points_pb2.ListMallItemsResponse]  # type: ignore[assignment]
+    """The shop's mall items, by item id."""
+    Redeem: _aio.UnaryUnaryMultiCallable[_points_pb2.RedeemRequest, _points_pb2.RedeemResponse]  # type: ignore[assignment]
+    """Exchanges points for a mall item. Balance, stock and the per-customer
+    limit are checked and changed in one transaction: no oversell, no limit
+    bypass, whatever the concurrency.
+    """
+    ReconcileLedger: _aio.UnaryUnaryMultiCallable[_points_pb2.ReconcileLedgerRequest, _points_pb2.ReconcileLedgerResponse]  # type: ignore[assignment]
+    """Proves the shop's ledger: every cached balance equals the sum of its
+    entries, every asset's entries sum to zero across member and system
+    accounts, and every member's unexpired lots add up to the balance.
+    """
+    TopUp: _aio.UnaryUnaryMultiCallable[_points_pb2.TopUpRequest, _points_pb2.TopUpResponse]  # type: ignore[assignment]
+    """A stored-value top-up (储值): principal as paid, plus the bonus of the
+    largest plan the amount reaches, kept apart. One per top_up_id.
+    """
+    RefundTopUp: _aio.UnaryUnaryMultiCallable[_points_pb2.RefundTopUpRequest, _points_pb2.RefundTopUpResponse]  # type: ignore[assignment]
+    """Refunds a top-up: its unspent principal is returned, less any of its
+    bonus already spent (a refunded top-up keeps no bonus), and its unspent
+    bonus is removed.
+    """
+    SpendStoredValue: _aio.UnaryUnaryMultiCallable[_points_pb2.SpendStoredValueRequest, _points_pb2.SpendStoredValueResponse]  # type: ignore[assignment]
+    """Pays part of an order with stored value, split between principal and
+    bonus by the shop's draw rule, oldest top-up first. Refunds of the order
+    give it back.
+    """
+    SpendRebate: _aio.UnaryUnaryMultiCallable[_points_pb2.SpendRebateRequest, _points_pb2.SpendRebateResponse]  # type: ignore[assignment]
+    """Pays part of an order with rebate credit, soonest-expiring first."""
+    ClaimReward: _aio.UnaryUnaryMultiCallable[_points_pb2.ClaimRewardRequest, _points_pb2.ClaimRewardResponse]  # type: ignore[assignment]
+    """Claims an event reward (review with photos, sign-in, referral, birthday)
+    once per event key; a second claim is FAILED_PRECONDITION ALREADY_CLAIMED.
+    """
+    IssueCoupon: _aio.UnaryUnaryMultiCallable[_points_pb2.IssueCouponRequest, _points_pb2.IssueCouponResponse]  # type: ignore[assignment]
+    """Issues a coupon from a template to a member (campaigns, compensation)."""
+    ListCoupons: _aio.UnaryUnaryMultiCallable[_points_pb2.ListCouponsRequest, _points_pb2.ListCouponsResponse]  # type: ignore[assignment]
+    """A member's coupons, newest first; expired ones show as EXPIRED."""
+    RedeemCoupon: _aio.UnaryUnaryMultiCallable[_points_pb2.RedeemCouponRequest, _points_pb2.RedeemCouponResponse]  # type: ignore[assignment]
+    """Uses a coupon on an order, once: a second use, an expired coupon or an
+    order below its minimum is FAILED_PRECONDITION.
+    """
+    EraseCustomer: _aio.UnaryUnaryMultiCallable[_points_pb2.EraseCustomerRequest, _points_pb2.EraseCustomerResponse]  # type: ignore[assignment]
+    """Erases a member (right to be forgotten): every row that names them is
+    moved to an anonymous holder id and free-text reasons of their transfers
+    are cleared. Amounts are untouched, so every sum and ReconcileLedger stay
+    true. Erasing an unknown or already erased member succeeds; erasing again
+    after the member came back merges the new rows into the same anonymous id.
+    """
+    GrantToSegment: _aio.UnaryStreamMultiCallable[_points_pb2.GrantToSegmentRequest, _points_pb2.GrantToSegmentResponse]  # type: ignore[assignment]
+    """Grants points and/or a coupon to every member of a segment (campaign,
+    定向发券), paging through the segmentation service's ListSegmentMembers.
+    Once per (campaign, customer): running the same campaign again (after a
+    crash, or to reach members who joined since) grants only to those who
+    have nothing yet. The campaign's terms are fixed by its first run; other
+    terms under the same campaign_id are ALREADY_EXISTS. Streams progress.
+    """
+    StreamMemberStandings: _aio.UnaryStreamMultiCallable[_points_pb2.StreamMemberStandingsRequest, _points_pb2.StreamMemberStandingsResponse]  # type: ignore[assignment]
+    """Every member's points balance and tier, by customer id, for bulk readers
+    such as segment evaluation. Resumable with the last row's customer id.
+    """
 
 class PointsServiceServicer(metaclass=_abc_1.ABCMeta):
     """PointsService owns what a member holds: points (积分), growth value (成长值),
@@ -93,5 +283,232 @@ class PointsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_points_pb2.ListLedgerEntriesResponse, _abc.Awaitable[_points_pb2.ListLedgerEntriesResponse]]:
         """Ledger entries of one member, newest first."""
+
+    @_abc_1.abstractmethod
+    def SetProgram(
+        self,
+        request: _points_pb2.SetProgramRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.SetProgramResponse, _abc.Awaitable[_points_pb2.SetProgramResponse]]:
+        """Replaces the shop's loyalty program (earning, expiry, spending, tiers).
+        Validated as a whole: a bad program is INVALID_ARGUMENT naming each field.
+        Applies to orders earned after the change; earnings already written keep
+        their points and expiry dates.
+        """
+
+    @_abc_1.abstractmethod
+    def GetProgram(
+        self,
+        request: _points_pb2.GetProgramRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.GetProgramResponse, _abc.Awaitable[_points_pb2.GetProgramResponse]]:
+        """The shop's program; a shop that never set one gets the defaults."""
+
+    @_abc_1.abstractmethod
+    def EarnForOrder(
+        self,
+        request: _points_pb2.EarnForOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.EarnForOrderResponse, _abc.Awaitable[_points_pb2.EarnForOrderResponse]]:
+        """Points, growth value and rebate credit for a paid order, with a breakdown
+        of which rule gave how much. They stay PENDING until the shop's return
+        window closes (or ConfirmOrder), then activate. One earning per
+        (shop, order_id): the same order again under another request_id returns
+        the first earning; a changed order is ALREADY_EXISTS (use RefundOrder).
+        """
+
+    @_abc_1.abstractmethod
+    def PreviewEarn(
+        self,
+        request: _points_pb2.PreviewEarnRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.PreviewEarnResponse, _abc.Awaitable[_points_pb2.PreviewEarnResponse]]:
+        """What EarnForOrder would give right now, without writing anything."""
+
+    @_abc_1.abstractmethod
+    def ConfirmOrder(
+        self,
+        request: _points_pb2.ConfirmOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.ConfirmOrderResponse, _abc.Awaitable[_points_pb2.ConfirmOrderResponse]]:
+        """Ends the return window of an order early (e.g. the buyer confirmed
+        receipt): its pending earning activates now.
+        """
+
+    @_abc_1.abstractmethod
+    def RefundOrder(
+        self,
+        request: _points_pb2.RefundOrderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.RefundOrderResponse, _abc.Awaitable[_points_pb2.RefundOrderResponse]]:
+        """A full or partial refund of an order. What the order earned is cut to the
+        share of the payment that was kept, computed from the cumulative refund,
+        so each refund claws back exactly the difference, never twice: pending
+        earnings shrink, active ones are debited (a balance may go below zero
+        when the points were already spent; later earnings repay it). Points,
+        stored value and rebate credit spent on the order come back in the same
+        proportion to the lots they came from, unless those have expired.
+        """
+
+    @_abc_1.abstractmethod
+    def SpendPoints(
+        self,
+        request: _points_pb2.SpendPointsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.SpendPointsResponse, _abc.Awaitable[_points_pb2.SpendPointsResponse]]:
+        """Points as payment for an order, up to the shop's maximum share of the
+        order amount. Consumes lots soonest-expiring first.
+        """
+
+    @_abc_1.abstractmethod
+    def UpsertMallItem(
+        self,
+        request: _points_pb2.UpsertMallItemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.UpsertMallItemResponse, _abc.Awaitable[_points_pb2.UpsertMallItemResponse]]:
+        """Creates or replaces a points-mall item (积分商城)."""
+
+    @_abc_1.abstractmethod
+    def ListMallItems(
+        self,
+        request: _points_pb2.ListMallItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.ListMallItemsResponse, _abc.Awaitable[_points_pb2.ListMallItemsResponse]]:
+        """The shop's mall items, by item id."""
+
+    @_abc_1.abstractmethod
+    def Redeem(
+        self,
+        request: _points_pb2.RedeemRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.RedeemResponse, _abc.Awaitable[_points_pb2.RedeemResponse]]:
+        """Exchanges points for a mall item. Balance, stock and the per-customer
+        limit are checked and changed in one transaction: no oversell, no limit
+        bypass, whatever the concurrency.
+        """
+
+    @_abc_1.abstractmethod
+    def ReconcileLedger(
+        self,
+        request: _points_pb2.ReconcileLedgerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.ReconcileLedgerResponse, _abc.Awaitable[_points_pb2.ReconcileLedgerResponse]]:
+        """Proves the shop's ledger: every cached balance equals the sum of its
+        entries, every asset's entries sum to zero across member and system
+        accounts, and every member's unexpired lots add up to the balance.
+        """
+
+    @_abc_1.abstractmethod
+    def TopUp(
+        self,
+        request: _points_pb2.TopUpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.TopUpResponse, _abc.Awaitable[_points_pb2.TopUpResponse]]:
+        """A stored-value top-up (储值): principal as paid, plus the bonus of the
+        largest plan the amount reaches, kept apart. One per top_up_id.
+        """
+
+    @_abc_1.abstractmethod
+    def RefundTopUp(
+        self,
+        request: _points_pb2.RefundTopUpRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.RefundTopUpResponse, _abc.Awaitable[_points_pb2.RefundTopUpResponse]]:
+        """Refunds a top-up: its unspent principal is returned, less any of its
+        bonus already spent (a refunded top-up keeps no bonus), and its unspent
+        bonus is removed.
+        """
+
+    @_abc_1.abstractmethod
+    def SpendStoredValue(
+        self,
+        request: _points_pb2.SpendStoredValueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.SpendStoredValueResponse, _abc.Awaitable[_points_pb2.SpendStoredValueResponse]]:
+        """Pays part of an order with stored value, split between principal and
+        bonus by the shop's draw rule, oldest top-up first. Refunds of the order
+        give it back.
+        """
+
+    @_abc_1.abstractmethod
+    def SpendRebate(
+        self,
+        request: _points_pb2.SpendRebateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.SpendRebateResponse, _abc.Awaitable[_points_pb2.SpendRebateResponse]]:
+        """Pays part of an order with rebate credit, soonest-expiring first."""
+
+    @_abc_1.abstractmethod
+    def ClaimReward(
+        self,
+        request: _points_pb2.ClaimRewardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.ClaimRewardResponse, _abc.Awaitable[_points_pb2.ClaimRewardResponse]]:
+        """Claims an event reward (review with photos, sign-in, referral, birthday)
+        once per event key; a second claim is FAILED_PRECONDITION ALREADY_CLAIMED.
+        """
+
+    @_abc_1.abstractmethod
+    def IssueCoupon(
+        self,
+        request: _points_pb2.IssueCouponRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.IssueCouponResponse, _abc.Awaitable[_points_pb2.IssueCouponResponse]]:
+        """Issues a coupon from a template to a member (campaigns, compensation)."""
+
+    @_abc_1.abstractmethod
+    def ListCoupons(
+        self,
+        request: _points_pb2.ListCouponsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.ListCouponsResponse, _abc.Awaitable[_points_pb2.ListCouponsResponse]]:
+        """A member's coupons, newest first; expired ones show as EXPIRED."""
+
+    @_abc_1.abstractmethod
+    def RedeemCoupon(
+        self,
+        request: _points_pb2.RedeemCouponRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.RedeemCouponResponse, _abc.Awaitable[_points_pb2.RedeemCouponResponse]]:
+        """Uses a coupon on an order, once: a second use, an expired coupon or an
+        order below its minimum is FAILED_PRECONDITION.
+        """
+
+    @_abc_1.abstractmethod
+    def EraseCustomer(
+        self,
+        request: _points_pb2.EraseCustomerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.EraseCustomerResponse, _abc.Awaitable[_points_pb2.EraseCustomerResponse]]:
+        """Erases a member (right to be forgotten): every row that names them is
+        moved to an anonymous holder id and free-text reasons of their transfers
+        are cleared. Amounts are untouched, so every sum and ReconcileLedger stay
+        true. Erasing an unknown or already erased member succeeds; erasing again
+        after the member came back merges the new rows into the same anonymous id.
+        """
+
+    @_abc_1.abstractmethod
+    def GrantToSegment(
+        self,
+        request: _points_pb2.GrantToSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_points_pb2.GrantToSegmentResponse], _abc.AsyncIterator[_points_pb2.GrantToSegmentResponse]]:
+        """Grants points and/or a coupon to every member of a segment (campaign,
+        定向发券), paging through the segmentation service's ListSegmentMembers.
+        Once per (campaign, customer): running the same campaign again (after a
+        crash, or to reach members who joined since) grants only to those who
+        have nothing yet. The campaign's terms are fixed by its first run; other
+        terms under the same campaign_id are ALREADY_EXISTS. Streams progress.
+        """
+
+    @_abc_1.abstractmethod
+    def StreamMemberStandings(
+        self,
+        request: _points_pb2.StreamMemberStandingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_points_pb2.StreamMemberStandingsResponse], _abc.AsyncIterator[_points_pb2.StreamMemberStandingsResponse]]:
+        """Every member's points balance and tier, by customer id, for bulk readers
+        such as segment evaluation. Resumable with the last row's customer id.
+        """
 
 def add_PointsServiceServicer_to_server(servicer: PointsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,17 +25,37 @@ _sym_db = _symbol_database.Default()
 from loyalty.common.v1 import common_pb2 as loyalty_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*loyalty/segmentation/v1/segmentation.proto\x12\x17loyalty.segmentation.v1\x1a\x1eloyalty/common/v1/common.proto\"]\n\x13TagCustomersRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x14\n\x0c\x63ustomer_ids\x18\x04 \x03(\t\",\n\x14TagCustomersResponse\x12\x14\n\x0cnewly_tagged\x18\x01 \x01(\x05\"A\n\x19GetCustomerProfileRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\"\xae\x01\n\x0f\x43ustomerProfile\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x13\n\x0border_count\x18\x02 \x01(\x03\x12,\n\ntotal_paid\x18\x03 \x01(\x0b\x32\x18.loyalty.common.v1.Money\x12\x1d\n\x15\x64\x61ys_since_last_order\x18\x04 \x01(\x03\x12\x16\n\x0epoints_balance\x18\x05 \x01(\x03\x12\x0c\n\x04tags\x18\x06 \x03(\t\"W\n\x1aGetCustomerProfileResponse\x12\x39\n\x07profile\x18\x01 \x01(\x0b\x32(.loyalty.segmentation.v1.CustomerProfile2\x8e\x02\n\x13SegmentationService\x12q\n\x0cTagCustomers\x12,.loyalty.segmentation.v1.TagCustomersRequest\x1a-.loyalty.segmentation.v1.TagCustomersResponse\"\x04\xc8\xf3\x18\x02\x12\x83\x01\n\x12GetCustomerProfile\x12\x32.loyalty.segmentation.v1.GetCustomerProfileRequest\x1a\x33.loyalty.segmentation.v1.GetCustomerProfileResponse\"\x04\xc8\xf3\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*loyalty/segmentation/v1/segmentation.proto\x12\x17loyalty.segmentation.v1\x1a\x1eloyalty/common/v1/common.proto\"]\n\x13TagCustomersRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x0b\n\x03tag\x18\x03 \x01(\t\x12\x14\n\x0c\x63ustomer_ids\x18\x04 \x03(\t\",\n\x14TagCustomersResponse\x12\x14\n\x0cnewly_tagged\x18\x01 \x01(\x05\"A\n\x19GetCustomerProfileRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\"\xf4\x02\n\x0f\x43ustomerProfile\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x13\n\x0border_count\x18\x02 \x01(\x03\x12,\n\ntotal_paid\x18\x03 \x01(\x0b\x32\x18.loyalty.common.v1.Money\x12\x1d\n\x15\x64\x61ys_since_last_order\x18\x04 \x01(\x03\x12\x16\n\x0epoints_balance\x18\x05 \x01(\x03\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12.\n\x03rfm\x18\x07 \x01(\x0b\x32!.loyalty.segmentation.v1.RfmScore\x12\x13\n\x0brfm_segment\x18\x08 \x01(\t\x12\x13\n\x0bvalue_class\x18\t \x01(\t\x12\x16\n\x0e\x61\x63tivity_layer\x18\n \x01(\t\x12\x12\n\nchurn_risk\x18\x0b \x01(\t\x12\x14\n\x0c\x63hurn_reason\x18\x0c \x01(\t\x12\x10\n\x08segments\x18\r \x03(\t\x12\x16\n\x0escores_version\x18\x0e \x01(\x03\"+\n\x08RfmScore\x12\t\n\x01r\x18\x01 \x01(\x05\x12\t\n\x01\x66\x18\x02 \x01(\x05\x12\t\n\x01m\x18\x03 \x01(\x05\"W\n\x1aGetCustomerProfileResponse\x12\x39\n\x07profile\x18\x01 \x01(\x0b\x32(.loyalty.segmentation.v1.CustomerProfile\"K\n\x07Segment\x12\x12\n\nsegment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\x12\x10\n\x08\x61uto_tag\x18\x04 \x01(\t\"n\n\x14UpsertSegmentRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x31\n\x07segment\x18\x03 \x01(\x0b\x32 .loyalty.segmentation.v1.Segment\"J\n\x15UpsertSegmentResponse\x12\x31\n\x07segment\x18\x01 \x01(\x0b\x32 .loyalty.segmentation.v1.Segment\"&\n\x13ListSegmentsRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\"J\n\x14ListSegmentsResponse\x12\x32\n\x08segments\x18\x01 \x03(\x0b\x32 .loyalty.segmentation.v1.Segment\"g\n\x17\x45valuateSegmentsRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12&\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x17.loyalty.common.v1.Date\x12\x13\n\x0bwindow_days\x18\x03 \x01(\x05\"\xf8\x01\n\x18\x45valuateSegmentsResponse\x12\x37\n\x05phase\x18\x01 \x01(\x0e\x32(.loyalty.segmentation.v1.EvaluationPhase\x12\x11\n\tcustomers\x18\x02 \x01(\x03\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12O\n\x07members\x18\x04 \x03(\x0b\x32>.loyalty.segmentation.v1.EvaluateSegmentsResponse.MembersEntry\x1a.\n\x0cMembersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x03:\x02\x38\x01\"x\n\x19ListSegmentMembersRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nsegment_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\\\n\x1aListSegmentMembersResponse\x12\x14\n\x0c\x63ustomer_ids\x18\x01 \x03(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\"f\n\x15GetSegmentDiffRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nsegment_id\x18\x02 \x01(\t\x12\x14\n\x0c\x66rom_version\x18\x03 \x01(\x03\x12\x12\n\nto_version\x18\x04 \x01(\x03\"t\n\x16GetSegmentDiffResponse\x12\x0f\n\x07\x65ntered\x18\x01 \x03(\t\x12\x0c\n\x04left\x18\x02 \x03(\t\x12\x14\n\x0c\x66rom_version\x18\x03 \x01(\x03\x12\x12\n\nto_version\x18\x04 \x01(\x03\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"L\n\x14\x45xportSegmentRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nsegment_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x03\"\xc3\x01\n\x15\x45xportSegmentResponse\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12.\n\x03rfm\x18\x02 \x01(\x0b\x32!.loyalty.segmentation.v1.RfmScore\x12\x13\n\x0brfm_segment\x18\x03 \x01(\t\x12\x13\n\x0bvalue_class\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x63tivity_layer\x18\x05 \x01(\t\x12\x12\n\nchurn_risk\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\x03\"P\n\x14\x45raseCustomerRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x03 \x01(\t\"F\n\x15\x45raseCustomerResponse\x12\x14\n\x0c\x61nonymous_id\x18\x01 \x01(\t\x12\x17\n\x0frows_anonymised\x18\x02 \x01(\x03\"1\n\rTagAssignment\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0b\n\x03tag\x18\x02 \x01(\t\"u\n\x11ImportTagsRequest\x12\x0f\n\x07shop_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12;\n\x0b\x61ssignments\x18\x03 \x03(\x0b\x32&.loyalty.segmentation.v1.TagAssignment\"R\n\x12ImportTagsResponse\x12\x0e\n\x06\x63hunks\x18\x01 \x01(\x05\x12\x14\n\x0cnewly_tagged\x18\x02 \x01(\x03\x12\x16\n\x0e\x61lready_tagged\x18\x03 \x01(\x03*\xa9\x01\n\x0f\x45valuationPhase\x12 \n\x1c\x45VALUATION_PHASE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x45VALUATION_PHASE_FETCHING\x10\x01\x12\x1c\n\x18\x45VALUATION_PHASE_SCORING\x10\x02\x12\x1c\n\x18\x45VALUATION_PHASE_WRITING\x10\x03\x12\x19\n\x15\x45VALUATION_PHASE_DONE\x10\x04\x32\xd4\t\n\x13SegmentationService\x12q\n\x0cTagCustomers\x12,.loyalty.segmentation.v1.TagCustomersRequest\x1a-.loyalty.segmentation.v1.TagCustomersResponse\"\x04\xc8\xf3\x18\x02\x12m\n\nImportTags\x12*.loyalty.segmentation.v1.ImportTagsRequest\x1a+.loyalty.segmentation.v1.ImportTagsResponse\"\x04\xc8\xf3\x18\x02(\x01\x12\x83\x01\n\x12GetCustomerProfile\x12\x32.loyalty.segmentation.v1.GetCustomerProfileRequest\x1a\x33.loyalty.segmentation.v1.GetCustomerProfileResponse\"\x04\xc8\xf3\x18\x01\x12t\n\rUpsertSegment\x12-.loyalty.segmentation.v1.UpsertSegmentRequest\x1a..loyalty.segmentation.v1.UpsertSegmentResponse\"\x04\xc8\xf3\x18\x03\x12q\n\x0cListSegments\x12,.loyalty.segmentation.v1.ListSegmentsRequest\x1a-.loyalty.segmentation.v1.ListSegmentsResponse\"\x04\xc8\xf3\x18\x01\x12\x7f\n\x10\x45valuateSegments\x12\x30.loyalty.segmentation.v1.EvaluateSegmentsRequest\x1a\x31.loyalty.segmentation.v1.EvaluateSegmentsResponse\"\x04\xc8\xf3\x18\x02\x30\x01\x12\x83\x01\n\x12ListSegmentMembers\x12\x32.loyalty.segmentation.v1.ListSegmentMembersRequest\x1a\x33.loyalty.segmentation.v1.ListSegmentMembersResponse\"\x04\xc8\xf3\x18\x01\x12w\n\x0eGetSegmentDiff\x12..loyalty.segmentation.v1.GetSegmentDiffRequest\x1a/.loyalty.segmentation.v1.GetSegmentDiffResponse\"\x04\xc8\xf3\x18\x01\x12v\n\rExportSegment\x12-.loyalty.segmentation.v1.ExportSegmentRequest\x1a..loyalty.segmentation.v1.ExportSegmentResponse\"\x04\xc8\xf3\x18\x01\x30\x01\x12t\n\rEraseCustomer\x12-.loyalty.segmentation.v1.EraseCustomerRequest\x1a..loyalty.segmentation.v1.EraseCustomerResponse\"\x04\xc8\xf3\x18\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loyalty.segmentation.v1.segmentation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_EVALUATESEGMENTSRESPONSE_MEMBERSENTRY']._loaded_options = None
+  _globals['_EVALUATESEGMENTSRESPONSE_MEMBERSENTRY']._serialized_options = b'8\001'
   _globals['_SEGMENTATIONSERVICE'].methods_by_name['TagCustomers']._loaded_options = None
   _globals['_SEGMENTATIONSERVICE'].methods_by_name['TagCustomers']._serialized_options = b'\310\363\030\002'
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['ImportTags']._loaded_options = None
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['ImportTags']._serialized_options = b'\310\363\030\002'
   _globals['_SEGMENTATIONSERVICE'].methods_by_name['GetCustomerProfile']._loaded_options = None
   _globals['_SEGMENTATIONSERVICE'].methods_by_name['GetCustomerProfile']._serialized_options = b'\310\363\030\001'
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['UpsertSegment']._loaded_options = None
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['UpsertSegment']._serialized_options = b'\310\363\030\003'
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['ListSegments']._loaded_options = None
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['ListSegments']._serialized_options = b'\310\363\030\001'
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['EvaluateSegments']._loaded_options = None
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['EvaluateSegments']._serialized_options = b'\310\363\030\002'
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['ListSegmentMembers']._loaded_options = None
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['ListSegmentMembers']._serialized_options = b'\310\363\030\001'
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['GetSegmentDiff']._loaded_options = None
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['GetSegmentDiff']._serialized_options = b'\310\363\030\001'
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['ExportSegment']._loaded_options = None
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['ExportSegment']._serialized_options = b'\310\363\030\001'
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['EraseCustomer']._loaded_options = None
+  _globals['_SEGMENTATIONSERVICE'].methods_by_name['EraseCustomer']._serialized_options = b'\310\363\030\003'
+  _globals['_EVALUATIONPHASE']._serialized_start=2680
+  _globals['_EVALUATIONPHASE']._serialized_end=2849
   _globals['_TAGCUSTOMERSREQUEST']._serialized_start=103
   _globals['_TAGCUSTOMERSREQUEST']._serialized_end=196
   _globals['_TAGCUSTOMERSRESPONSE']._serialized_start=198
@@ -43,9 +63,49 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETCUSTOMERPROFILEREQUEST']._serialized_start=244
   _globals['_GETCUSTOMERPROFILEREQUEST']._serialized_end=309
   _globals['_CUSTOMERPROFILE']._serialized_start=312
-  _globals['_CUSTOMERPROFILE']._serialized_end=486
-  _globals['_GETCUSTOMERPROFILERESPONSE']._serialized_start=488
-  _globals['_GETCUSTOMERPROFILERESPONSE']._serialized_end=575
-  _globals['_SEGMENTATIONSERVICE']._serialized_start=578
-  _globals['_SEGMENTATIONSERVICE']._serialized_end=848
+  _globals['_CUSTOMERPROFILE']._serialized_end=684
+  _globals['_RFMSCORE']._serialized_start=686
+  _globals['_RFMSCORE']._serialized_end=729
+  _globals['_GETCUSTOMERPROFILERESPONSE']._serialized_start=731
+  _globals['_GETCUSTOMERPROFILERESPONSE']._serialized_end=818
+  _globals['_SEGMENT']._serialized_start=820
+  _globals['_SEGMENT']._serialized_end=895
+  _globals['_UPSERTSEGMENTREQUEST']._serialized_start=897
+  _globals['_UPSERTSEGMENTREQUEST']._serialized_end=1007
+  _globals['_UPSERTSEGMENTRESPONSE']._serialized_start=1009
+  _globals['_UPSERTSEGMENTRESPONSE']._serialized_end=1083
+  _globals['_LISTSEGMENTSREQUEST']._serialized_start=1085
+  _globals['_LISTSEGMENTSREQUEST']._serialized_end=1123
+  _globals['_LISTSEGMENTSRESPONSE']._serialized_start=1125
+  _globals['_LISTSEGMENTSRESPONSE']._serialized_end=1199
+  _globals['_EVALUATESEGMENTSREQUEST']._serialized_start=1201
+  _globals['_EVALUATESEGMENTSREQUEST']._serialized_end=1304
+  _globals['_EVALUATESEGMENTSRESPONSE']._serialized_start=1307
+  _globals['_EVALUATESEGMENTSRESPONSE']._serialized_end=1555
+  _globals['_EVALUATESEGMENTSRESPONSE_MEMBERSENTRY']._serialized_start=1509
+  _globals['_EVALUATESEGMENTSRESPONSE_MEMBERSENTRY']._serialized_end=1555
+  _globals['_LISTSEGMENTMEMBERSREQUEST']._serialized_start=1557
+  _globals['_LISTSEGMENTMEMBERSREQUEST']._serialized_end=1677
+  _globals['_LISTSEGMENTMEMBERSRESPONSE']._serialized_start=1679
+  _globals['_LISTSEGMENTMEMBERSRESPONSE']._serialized_end=1771
+  _globals['_GETSEGMENTDIFFREQUEST']._serialized_start=1773
+  _globals['_GETSEGMENTDIFFREQUEST']._serialized_end=1875
+  _globals['_GETSEGMENTDIFFRESPONSE']._serialized_start=1877
+  _globals['_GETSEGMENTDIFFRESPONSE']._serialized_end=1993
+  _globals['_EXPORTSEGMENTREQUEST']._serialized_start=1995
+  _globals['_EXPORTSEGMENTREQUEST']._serialized_end=2071
+  _globals['_EXPORTSEGMENTRESPONSE']._serialized_start=2074
+  _globals['_EXPORTSEGMENTRESPONSE']._serialized_end=2269
+  _globals['_ERASECUSTOMERREQUEST']._serialized_start=2271
+  _globals['_ERASECUSTOMERREQUEST']._serialized_end=2351
+  _globals['_ERASECUSTOMERRESPONSE']._serialized_start=2353
+  _globals['_ERASECUSTOMERRESPONSE']._serialized_end=2423
+  _globals['_TAGASSIGNMENT']._serialized_start=2425
+  _globals['_TAGASSIGNMENT']._serialized_end=2474
+  _globals['_IMPORTTAGSREQUEST']._serialized_start=2476
+  _globals['_IMPORTTAGSREQUEST']._serialized_end=2593
+  _globals['_IMPORTTAGSRESPONSE']._serialized_start=2595
+  _globals['_IMPORTTAGSRESPONSE']._serialized_end=2677
+  _globals['_SEGMENTATIONSERVICE']._serialized_start=2852
+  _globals['_SEGMENTATIONSERVICE']._serialized_end=4088
 # @@protoc_insertion_point(module_scope)

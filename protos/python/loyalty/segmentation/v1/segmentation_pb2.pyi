@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from loyalty.common.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -18,6 +19,36 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _EvaluationPhase:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EvaluationPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EvaluationPhase.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVALUATION_PHASE_UNSPECIFIED: _EvaluationPhase.ValueType  # 0
+    EVALUATION_PHASE_FETCHING: _EvaluationPhase.ValueType  # 1
+    """Receiving customer features from the metrics service."""
+    EVALUATION_PHASE_SCORING: _EvaluationPhase.ValueType  # 2
+    """Evaluating the rules."""
+    EVALUATION_PHASE_WRITING: _EvaluationPhase.ValueType  # 3
+    """Writing the membership version."""
+    EVALUATION_PHASE_DONE: _EvaluationPhase.ValueType  # 4
+    """Finished; `version` is set."""
+
+class EvaluationPhase(_EvaluationPhase, metaclass=_EvaluationPhaseEnumTypeWrapper):
+    """EvaluationPhase is where an evaluation is."""
+
+EVALUATION_PHASE_UNSPECIFIED: EvaluationPhase.ValueType  # 0
+EVALUATION_PHASE_FETCHING: EvaluationPhase.ValueType  # 1
+"""Receiving customer features from the metrics service."""
+EVALUATION_PHASE_SCORING: EvaluationPhase.ValueType  # 2
+"""Evaluating the rules."""
+EVALUATION_PHASE_WRITING: EvaluationPhase.ValueType  # 3
+"""Writing the membership version."""
+EVALUATION_PHASE_DONE: EvaluationPhase.ValueType  # 4
+"""Finished; `version` is set."""
+Global___EvaluationPhase: _TypeAlias = EvaluationPhase  # noqa: Y015
 
 @_typing.final
 class TagCustomersRequest(_message.Message):
@@ -115,6 +146,14 @@ class CustomerProfile(_message.Message):
     DAYS_SINCE_LAST_ORDER_FIELD_NUMBER: _builtins.int
     POINTS_BALANCE_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    RFM_FIELD_NUMBER: _builtins.int
+    RFM_SEGMENT_FIELD_NUMBER: _builtins.int
+    VALUE_CLASS_FIELD_NUMBER: _builtins.int
+    ACTIVITY_LAYER_FIELD_NUMBER: _builtins.int
+    CHURN_RISK_FIELD_NUMBER: _builtins.int
+    CHURN_REASON_FIELD_NUMBER: _builtins.int
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    SCORES_VERSION_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """The customer."""
     order_count: _builtins.int
@@ -123,6 +162,18 @@ class CustomerProfile(_message.Message):
     """Days from the last order's shop-local day to today (-1 when no orders)."""
     points_balance: _builtins.int
     """Spendable points, from the points service."""
+    rfm_segment: _builtins.str
+    """One of the 11 RFM segment names, e.g. "Champions"."""
+    value_class: _builtins.str
+    """The 8-class model, e.g. "重要价值"."""
+    activity_layer: _builtins.str
+    """"high", "mid" or "low"."""
+    churn_risk: _builtins.str
+    """Churn warning level: "none", "watch", "at_risk" or "churned"."""
+    churn_reason: _builtins.str
+    """Why, in words an operator can act on."""
+    scores_version: _builtins.int
+    """The evaluation these come from (0 = none yet)."""
     @_builtins.property
     def total_paid(self) -> _common_pb2.Money:
         """Total paid, from the metrics service (unset when no orders)."""
@@ -130,6 +181,17 @@ class CustomerProfile(_message.Message):
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tags, sorted."""
+
+    @_builtins.property
+    def rfm(self) -> Global___RfmScore:
+        """The following come from the latest segment evaluation (scores_version);
+        they are empty before the first one or for a customer it did not see.
+        RFM quintile scores 1..5 within the shop.
+        """
+
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Segments the customer belongs to, by id."""
 
     def __init__(
         self,
@@ -140,14 +202,52 @@ class CustomerProfile(_message.Message):
         days_since_last_order: _builtins.int = ...,
         points_balance: _builtins.int = ...,
         tags: _abc.Iterable[_builtins.str] | None = ...,
+        rfm: Global___RfmScore | None = ...,
+        rfm_segment: _builtins.str = ...,
+        value_class: _builtins.str = ...,
+        activity_layer: _builtins.str = ...,
+        churn_risk: _builtins.str = ...,
+        churn_reason: _builtins.str = ...,
+        segments: _abc.Iterable[_builtins.str] | None = ...,
+        scores_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["total_paid", b"total_paid"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rfm", b"rfm", "total_paid", b"total_paid"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "days_since_last_order", b"days_since_last_order", "order_count", b"order_count", "points_balance", b"points_balance", "tags", b"tags", "total_paid", b"total_paid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_layer", b"activity_layer", "churn_reason", b"churn_reason", "churn_risk", b"churn_risk", "customer_id", b"customer_id", "days_since_last_order", b"days_since_last_order", "order_count", b"order_count", "points_balance", b"points_balance", "rfm", b"rfm", "rfm_segment", b"rfm_segment", "scores_version", b"scores_version", "segments", b"segments", "tags", b"tags", "total_paid", b"total_paid", "value_class", b"value_class"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CustomerProfile: _TypeAlias = CustomerProfile  # noqa: Y015
+
+@_typing.final
+class RfmScore(_message.Message):
+    """RfmScore is a customer's recency, frequency and monetary quintiles (5 = best)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    R_FIELD_NUMBER: _builtins.int
+    F_FIELD_NUMBER: _builtins.int
+    M_FIELD_NUMBER: _builtins.int
+    r: _builtins.int
+    """Recency: 5 = bought most recently."""
+    f: _builtins.int
+    """Frequency."""
+    m: _builtins.int
+    """Monetary."""
+    def __init__(
+        self,
+        *,
+        r: _builtins.int = ...,
+        f: _builtins.int = ...,
+        m: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["f", b"f", "m", b"m", "r", b"r"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RfmScore: _TypeAlias = RfmScore  # noqa: Y015
 
 @_typing.final
 class GetCustomerProfileResponse(_message.Message):
@@ -172,3 +272,597 @@ class GetCustomerProfileResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCustomerProfileResponse: _TypeAlias = GetCustomerProfileResponse  # noqa: Y015
+
+@_typing.final
+class Segment(_message.Message):
+    """Segment is a named rule over customer features and tags (grammar in the README)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    AUTO_TAG_FIELD_NUMBER: _builtins.int
+    segment_id: _builtins.str
+    """Stable id: 1-64 of [A-Za-z0-9_.:-]."""
+    name: _builtins.str
+    """Display name."""
+    rule: _builtins.str
+    """The rule, e.g. `order_count >= 2 and recency_days > 60 and not has_tag("vip")`."""
+    auto_tag: _builtins.str
+    """Tag applied to every member at each evaluation (empty = none)."""
+    def __init__(
+        self,
+        *,
+        segment_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        auto_tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_tag", b"auto_tag", "name", b"name", "rule", b"rule", "segment_id", b"segment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Segment: _TypeAlias = Segment  # noqa: Y015
+
+@_typing.final
+class UpsertSegmentRequest(_message.Message):
+    """UpsertSegmentRequest stores a segment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    @_builtins.property
+    def segment(self) -> Global___Segment:
+        """The segment."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        segment: Global___Segment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "segment", b"segment", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertSegmentRequest: _TypeAlias = UpsertSegmentRequest  # noqa: Y015
+
+@_typing.final
+class UpsertSegmentResponse(_message.Message):
+    """UpsertSegmentResponse echoes it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def segment(self) -> Global___Segment:
+        """As stored."""
+
+    def __init__(
+        self,
+        *,
+        segment: Global___Segment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["segment", b"segment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertSegmentResponse: _TypeAlias = UpsertSegmentResponse  # noqa: Y015
+
+@_typing.final
+class ListSegmentsRequest(_message.Message):
+    """ListSegmentsRequest names the shop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSegmentsRequest: _TypeAlias = ListSegmentsRequest  # noqa: Y015
+
+@_typing.final
+class ListSegmentsResponse(_message.Message):
+    """ListSegmentsResponse carries the segments."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEGMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___Segment]:
+        """By id."""
+
+    def __init__(
+        self,
+        *,
+        segments: _abc.Iterable[Global___Segment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["segments", b"segments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSegmentsResponse: _TypeAlias = ListSegmentsResponse  # noqa: Y015
+
+@_typing.final
+class EvaluateSegmentsRequest(_message.Message):
+    """EvaluateSegmentsRequest starts an evaluation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    WINDOW_DAYS_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    window_days: _builtins.int
+    """Days up to as_of that activity layers and the *_in_window rule fields
+    look at (1..3650); 0 = 180.
+    """
+    @_builtins.property
+    def as_of(self) -> _common_pb2.Date:
+        """Features as of this day; unset = today in the shop's zone."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        as_of: _common_pb2.Date | None = ...,
+        window_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "shop_id", b"shop_id", "window_days", b"window_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateSegmentsRequest: _TypeAlias = EvaluateSegmentsRequest  # noqa: Y015
+
+@_typing.final
+class EvaluateSegmentsResponse(_message.Message):
+    """EvaluateSegmentsResponse is one progress report."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MembersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    PHASE_FIELD_NUMBER: _builtins.int
+    CUSTOMERS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    phase: Global___EvaluationPhase.ValueType
+    """Phase."""
+    customers: _builtins.int
+    """Customers received so far."""
+    version: _builtins.int
+    """The membership version written (DONE only)."""
+    @_builtins.property
+    def members(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Members per segment id (DONE only)."""
+
+    def __init__(
+        self,
+        *,
+        phase: Global___EvaluationPhase.ValueType = ...,
+        customers: _builtins.int = ...,
+        version: _builtins.int = ...,
+        members: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customers", b"customers", "members", b"members", "phase", b"phase", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvaluateSegmentsResponse: _TypeAlias = EvaluateSegmentsResponse  # noqa: Y015
+
+@_typing.final
+class ListSegmentMembersRequest(_message.Message):
+    """ListSegmentMembersRequest pages through one version of a segment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    segment_id: _builtins.str
+    """The segment."""
+    version: _builtins.int
+    """Membership version; 0 = the latest."""
+    page_size: _builtins.int
+    """0 = default (50); above 500 is clamped; negative is invalid."""
+    page_token: _builtins.str
+    """Opaque token from a previous response (it pins the version)."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        segment_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "segment_id", b"segment_id", "shop_id", b"shop_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSegmentMembersRequest: _TypeAlias = ListSegmentMembersRequest  # noqa: Y015
+
+@_typing.final
+class ListSegmentMembersResponse(_message.Message):
+    """ListSegmentMembersResponse is one page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_IDS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The version listed."""
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def customer_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Customer ids, ascending."""
+
+    def __init__(
+        self,
+        *,
+        customer_ids: _abc.Iterable[_builtins.str] | None = ...,
+        version: _builtins.int = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_ids", b"customer_ids", "next_page_token", b"next_page_token", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSegmentMembersResponse: _TypeAlias = ListSegmentMembersResponse  # noqa: Y015
+
+@_typing.final
+class GetSegmentDiffRequest(_message.Message):
+    """GetSegmentDiffRequest compares two versions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    FROM_VERSION_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    segment_id: _builtins.str
+    """The segment."""
+    from_version: _builtins.int
+    """Earlier version."""
+    to_version: _builtins.int
+    """Later version; 0 = the latest."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        segment_id: _builtins.str = ...,
+        from_version: _builtins.int = ...,
+        to_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_version", b"from_version", "segment_id", b"segment_id", "shop_id", b"shop_id", "to_version", b"to_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSegmentDiffRequest: _TypeAlias = GetSegmentDiffRequest  # noqa: Y015
+
+@_typing.final
+class GetSegmentDiffResponse(_message.Message):
+    """GetSegmentDiffResponse lists the movement."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTERED_FIELD_NUMBER: _builtins.int
+    LEFT_FIELD_NUMBER: _builtins.int
+    FROM_VERSION_FIELD_NUMBER: _builtins.int
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    from_version: _builtins.int
+    """The versions compared."""
+    to_version: _builtins.int
+    """The versions compared."""
+    truncated: _builtins.bool
+    """True when either list was cut at 100,000 ids."""
+    @_builtins.property
+    def entered(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """In `to_version` but not in `from_version`, ascending."""
+
+    @_builtins.property
+    def left(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """In `from_version` but not in `to_version`, ascending."""
+
+    def __init__(
+        self,
+        *,
+        entered: _abc.Iterable[_builtins.str] | None = ...,
+        left: _abc.Iterable[_builtins.str] | None = ...,
+        from_version: _builtins.int = ...,
+        to_version: _builtins.int = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entered", b"entered", "from_version", b"from_version", "left", b"left", "to_version", b"to_version", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSegmentDiffResponse: _TypeAlias = GetSegmentDiffResponse  # noqa: Y015
+
+@_typing.final
+class ExportSegmentRequest(_message.Message):
+    """ExportSegmentRequest names the segment and version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    segment_id: _builtins.str
+    """The segment."""
+    version: _builtins.int
+    """Membership version; 0 = the latest."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        segment_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["segment_id", b"segment_id", "shop_id", b"shop_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSegmentRequest: _TypeAlias = ExportSegmentRequest  # noqa: Y015
+
+@_typing.final
+class ExportSegmentResponse(_message.Message):
+    """ExportSegmentResponse is one member row."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    RFM_FIELD_NUMBER: _builtins.int
+    RFM_SEGMENT_FIELD_NUMBER: _builtins.int
+    VALUE_CLASS_FIELD_NUMBER: _builtins.int
+    ACTIVITY_LAYER_FIELD_NUMBER: _builtins.int
+    CHURN_RISK_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The member."""
+    rfm_segment: _builtins.str
+    """RFM segment name."""
+    value_class: _builtins.str
+    """8-class value class."""
+    activity_layer: _builtins.str
+    """Activity layer."""
+    churn_risk: _builtins.str
+    """Churn risk level."""
+    version: _builtins.int
+    """The version exported."""
+    @_builtins.property
+    def rfm(self) -> Global___RfmScore:
+        """RFM quintiles (unset for older versions)."""
+
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        rfm: Global___RfmScore | None = ...,
+        rfm_segment: _builtins.str = ...,
+        value_class: _builtins.str = ...,
+        activity_layer: _builtins.str = ...,
+        churn_risk: _builtins.str = ...,
+        version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rfm", b"rfm"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_layer", b"activity_layer", "churn_risk", b"churn_risk", "customer_id", b"customer_id", "rfm", b"rfm", "rfm_segment", b"rfm_segment", "value_class", b"value_class", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportSegmentResponse: _TypeAlias = ExportSegmentResponse  # noqa: Y015
+
+@_typing.final
+class EraseCustomerRequest(_message.Message):
+    """EraseCustomerRequest names the customer to erase."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    customer_id: _builtins.str
+    """The customer."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        customer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseCustomerRequest: _TypeAlias = EraseCustomerRequest  # noqa: Y015
+
+@_typing.final
+class EraseCustomerResponse(_message.Message):
+    """EraseCustomerResponse says what was anonymised."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANONYMOUS_ID_FIELD_NUMBER: _builtins.int
+    ROWS_ANONYMISED_FIELD_NUMBER: _builtins.int
+    anonymous_id: _builtins.str
+    """The stand-in id the customer's rows now carry (the same in every service)."""
+    rows_anonymised: _builtins.int
+    """Rows rewritten or cleared."""
+    def __init__(
+        self,
+        *,
+        anonymous_id: _builtins.str = ...,
+        rows_anonymised: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["anonymous_id", b"anonymous_id", "rows_anonymised", b"rows_anonymised"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseCustomerResponse: _TypeAlias = EraseCustomerResponse  # noqa: Y015
+
+@_typing.final
+class TagAssignment(_message.Message):
+    """TagAssignment is one (customer, tag) pair."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    TAG_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The customer."""
+    tag: _builtins.str
+    """The tag (same rules as TagCustomers)."""
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        tag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "tag", b"tag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TagAssignment: _TypeAlias = TagAssignment  # noqa: Y015
+
+@_typing.final
+class ImportTagsRequest(_message.Message):
+    """ImportTagsRequest is one chunk of an import."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant (the same in every chunk)."""
+    request_id: _builtins.str
+    """Idempotency key of this chunk."""
+    @_builtins.property
+    def assignments(self) -> _containers.RepeatedCompositeFieldContainer[Global___TagAssignment]:
+        """Up to 1,000 pairs."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        assignments: _abc.Iterable[Global___TagAssignment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignments", b"assignments", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportTagsRequest: _TypeAlias = ImportTagsRequest  # noqa: Y015
+
+@_typing.final
+class ImportTagsResponse(_message.Message):
+    """ImportTagsResponse sums the import."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNKS_FIELD_NUMBER: _builtins.int
+    NEWLY_TAGGED_FIELD_NUMBER: _builtins.int
+    ALREADY_TAGGED_FIELD_NUMBER: _builtins.int
+    chunks: _builtins.int
+    """Chunks applied (replayed chunks included)."""
+    newly_tagged: _builtins.int
+    """Pairs that were new."""
+    already_tagged: _builtins.int
+    """Pairs the customer already had."""
+    def __init__(
+        self,
+        *,
+        chunks: _builtins.int = ...,
+        newly_tagged: _builtins.int = ...,
+        already_tagged: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_tagged", b"already_tagged", "chunks", b"chunks", "newly_tagged", b"newly_tagged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImportTagsResponse: _TypeAlias = ImportTagsResponse  # noqa: Y015

@@ -42,10 +42,50 @@ class SegmentationServiceStub:
                 request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.TagCustomersRequest.SerializeToString,
                 response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.TagCustomersResponse.FromString,
                 _registered_method=True)
+        self.ImportTags = channel.stream_unary(
+                '/loyalty.segmentation.v1.SegmentationService/ImportTags',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ImportTagsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ImportTagsResponse.FromString,
+                _registered_method=True)
         self.GetCustomerProfile = channel.unary_unary(
                 '/loyalty.segmentation.v1.SegmentationService/GetCustomerProfile',
                 request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetCustomerProfileRequest.SerializeToString,
                 response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetCustomerProfileResponse.FromString,
+                _registered_method=True)
+        self.UpsertSegment = channel.unary_unary(
+                '/loyalty.segmentation.v1.SegmentationService/UpsertSegment',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.UpsertSegmentRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.UpsertSegmentResponse.FromString,
+                _registered_method=True)
+        self.ListSegments = channel.unary_unary(
+                '/loyalty.segmentation.v1.SegmentationService/ListSegments',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsResponse.FromString,
+                _registered_method=True)
+        self.EvaluateSegments = channel.unary_stream(
+                '/loyalty.segmentation.v1.SegmentationService/EvaluateSegments',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.EvaluateSegmentsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.EvaluateSegmentsResponse.FromString,
+                _registered_method=True)
+        self.ListSegmentMembers = channel.unary_unary(
+                '/loyalty.segmentation.v1.SegmentationService/ListSegmentMembers',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentMembersRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentMembersResponse.FromString,
+                _registered_method=True)
+        self.GetSegmentDiff = channel.unary_unary(
+                '/loyalty.segmentation.v1.SegmentationService/GetSegmentDiff',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentDiffRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentDiffResponse.FromString,
+                _registered_method=True)
+        self.ExportSegment = channel.unary_stream(
+                '/loyalty.segmentation.v1.SegmentationService/ExportSegment',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ExportSegmentRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ExportSegmentResponse.FromString,
+                _registered_method=True)
+        self.EraseCustomer = channel.unary_unary(
+                '/loyalty.segmentation.v1.SegmentationService/EraseCustomer',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.EraseCustomerRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.EraseCustomerResponse.FromString,
                 _registered_method=True)
 
 
@@ -62,9 +102,77 @@ class SegmentationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportTags(self, request_iterator, context):
+        """Bulk tag import (e.g. a CSV of customer, tag): a client stream of chunks of
+        at most 1,000 pairs, each chunk committed on its own and idempotent by its
+        request_id, so a broken import is resumed by sending it again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCustomerProfile(self, request, context):
         """What the suite knows of one customer: purchases (from metrics), balances
         (from points) and tags.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertSegment(self, request, context):
+        """Creates or replaces a rule-based segment. The rule is parsed and checked
+        here: a bad rule is INVALID_ARGUMENT naming the position and the problem.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSegments(self, request, context):
+        """The shop's segments, by id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EvaluateSegments(self, request, context):
+        """Scores every customer of the shop (features streamed from the metrics
+        service, tags from here) against every segment and writes one new
+        membership version for all of them; auto-tags are applied. Streams
+        progress. Two evaluations of one shop run one after the other, each with
+        its own version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSegmentMembers(self, request, context):
+        """Members of a segment in one version (default: the latest), by customer id.
+        The points service's campaign grant pages through this: keep it stable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSegmentDiff(self, request, context):
+        """Who entered and who left a segment between two versions (the outreach
+        list), by customer id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportSegment(self, request, context):
+        """Every member of a segment version as rows for a CSV export, by customer id,
+        with the scores of that evaluation (scores are kept for the latest
+        version only; older versions export ids alone).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseCustomer(self, request, context):
+        """Erases a customer: tags, memberships and scores move to the anonymous id
+        shared by every service.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,10 +186,50 @@ def add_SegmentationServiceServicer_to_server(servicer, server):
                     request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.TagCustomersRequest.FromString,
                     response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.TagCustomersResponse.SerializeToString,
             ),
+            'ImportTags': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportTags,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ImportTagsRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ImportTagsResponse.SerializeToString,
+            ),
             'GetCustomerProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCustomerProfile,
                     request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetCustomerProfileRequest.FromString,
                     response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetCustomerProfileResponse.SerializeToString,
+            ),
+            'UpsertSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertSegment,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.UpsertSegmentRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.UpsertSegmentResponse.SerializeToString,
+            ),
+            'ListSegments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSegments,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsResponse.SerializeToString,
+            ),
+            'EvaluateSegments': grpc.unary_stream_rpc_method_handler(
+                    servicer.EvaluateSegments,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.EvaluateSegmentsRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.EvaluateSegmentsResponse.SerializeToString,
+            ),
+            'ListSegmentMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSegmentMembers,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentMembersRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentMembersResponse.SerializeToString,
+            ),
+            'GetSegmentDiff': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSegmentDiff,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentDiffRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentDiffResponse.SerializeToString,
+            ),
+            'ExportSegment': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportSegment,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ExportSegmentRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ExportSegmentResponse.SerializeToString,
+            ),
+            'EraseCustomer': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseCustomer,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.EraseCustomerRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.EraseCustomerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -125,6 +273,33 @@ class SegmentationService:
             _registered_method=True)
 
     @staticmethod
+    def ImportTags(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/ImportTags',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ImportTagsRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ImportTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def GetCustomerProfile(request,
             target,
             options=(),
@@ -141,6 +316,195 @@ class SegmentationService:
             '/loyalty.segmentation.v1.SegmentationService/GetCustomerProfile',
             loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetCustomerProfileRequest.SerializeToString,
             loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetCustomerProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/UpsertSegment',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.UpsertSegmentRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.UpsertSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/ListSegments',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EvaluateSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/EvaluateSegments',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.EvaluateSegmentsRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.EvaluateSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSegmentMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/ListSegmentMembers',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentMembersRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSegmentDiff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/GetSegmentDiff',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentDiffRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentDiffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/ExportSegment',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ExportSegmentRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ExportSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseCustomer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/EraseCustomer',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.EraseCustomerRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.EraseCustomerResponse.FromString,
             options,
             channel_credentials,
             insecure,

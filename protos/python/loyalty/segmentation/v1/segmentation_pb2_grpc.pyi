@@ -38,9 +38,44 @@ class SegmentationServiceStub:
     def __new__(cls, channel: _aio.Channel) -> SegmentationServiceAsyncStub: ...
     TagCustomers: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.TagCustomersRequest, _segmentation_pb2.TagCustomersResponse]
     """Adds a tag to customers. Tagging a customer twice is a no-op."""
+    ImportTags: _grpc.StreamUnaryMultiCallable[_segmentation_pb2.ImportTagsRequest, _segmentation_pb2.ImportTagsResponse]
+    """Bulk tag import (e.g. a CSV of customer, tag): a client stream of chunks of
+    at most 1,000 pairs, each chunk committed on its own and idempotent by its
+    request_id, so a broken import is resumed by sending it again.
+    """
     GetCustomerProfile: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.GetCustomerProfileRequest, _segmentation_pb2.GetCustomerProfileResponse]
     """What the suite knows of one customer: purchases (from metrics), balances
     (from points) and tags.
+    """
+    UpsertSegment: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.UpsertSegmentRequest, _segmentation_pb2.UpsertSegmentResponse]
+    """Creates or replaces a rule-based segment. The rule is parsed and checked
+    here: a bad rule is INVALID_ARGUMENT naming the position and the problem.
+    """
+    ListSegments: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.ListSegmentsRequest, _segmentation_pb2.ListSegmentsResponse]
+    """The shop's segments, by id."""
+    EvaluateSegments: _grpc.UnaryStreamMultiCallable[_segmentation_pb2.EvaluateSegmentsRequest, _segmentation_pb2.EvaluateSegmentsResponse]
+    """Scores every customer of the shop (features streamed from the metrics
+    service, tags from here) against every segment and writes one new
+    membership version for all of them; auto-tags are applied. Streams
+    progress. Two evaluations of one shop run one after the other, each with
+    its own version.
+    """
+    ListSegmentMembers: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.ListSegmentMembersRequest, _segmentation_pb2.ListSegmentMembersResponse]
+    """Members of a segment in one version (default: the latest), by customer id.
+    The points service's campaign grant pages through this: keep it stable.
+    """
+    GetSegmentDiff: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.GetSegmentDiffRequest, _segmentation_pb2.GetSegmentDiffResponse]
+    """Who entered and who left a segment between two versions (the outreach
+    list), by customer id.
+    """
+    ExportSegment: _grpc.UnaryStreamMultiCallable[_segmentation_pb2.ExportSegmentRequest, _segmentation_pb2.ExportSegmentResponse]
+    """Every member of a segment version as rows for a CSV export, by customer id,
+    with the scores of that evaluation (scores are kept for the latest
+    version only; older versions export ids alone).
+    """
+    EraseCustomer: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.EraseCustomerRequest, _segmentation_pb2.EraseCustomerResponse]
+    """Erases a customer: tags, memberships and scores move to the anonymous id
+    shared by every service.
     """
 
 @_typing.type_check_only
@@ -53,9 +88,44 @@ class SegmentationServiceAsyncStub(SegmentationServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     TagCustomers: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.TagCustomersRequest, _segmentation_pb2.TagCustomersResponse]  # type: ignore[assignment]
     """Adds a tag to customers. Tagging a customer twice is a no-op."""
+    ImportTags: _aio.StreamUnaryMultiCallable[_segmentation_pb2.ImportTagsRequest, _segmentation_pb2.ImportTagsResponse]  # type: ignore[assignment]
+    """Bulk tag import (e.g. a CSV of customer, tag): a client stream of chunks of
+    at most 1,000 pairs, each chunk committed on its own and idempotent by its
+    request_id, so a broken import is resumed by sending it again.
+    """
     GetCustomerProfile: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.GetCustomerProfileRequest, _segmentation_pb2.GetCustomerProfileResponse]  # type: ignore[assignment]
     """What the suite knows of one customer: purchases (from metrics), balances
     (from points) and tags.
+    """
+    UpsertSegment: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.UpsertSegmentRequest, _segmentation_pb2.UpsertSegmentResponse]  # type: ignore[assignment]
+    """Creates or replaces a rule-based segment. The rule is parsed and checked
+    here: a bad rule is INVALID_ARGUMENT naming the position and the problem.
+    """
+    ListSegments: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.ListSegmentsRequest, _segmentation_pb2.ListSegmentsResponse]  # type: ignore[assignment]
+    """The shop's segments, by id."""
+    EvaluateSegments: _aio.UnaryStreamMultiCallable[_segmentation_pb2.EvaluateSegmentsRequest, _segmentation_pb2.EvaluateSegmentsResponse]  # type: ignore[assignment]
+    """Scores every customer of the shop (features streamed from the metrics
+    service, tags from here) against every segment and writes one new
+    membership version for all of them; auto-tags are applied. Streams
+    progress. Two evaluations of one shop run one after the other, each with
+    its own version.
+    """
+    ListSegmentMembers: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.ListSegmentMembersRequest, _segmentation_pb2.ListSegmentMembersResponse]  # type: ignore[assignment]
+    """Members of a segment in one version (default: the latest), by customer id.
+    The points service's campaign grant pages through this: keep it stable.
+    """
+    GetSegmentDiff: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.GetSegmentDiffRequest, _segmentation_pb2.GetSegmentDiffResponse]  # type: ignore[assignment]
+    """Who entered and who left a segment between two versions (the outreach
+    list), by customer id.
+    """
+    ExportSegment: _aio.UnaryStreamMultiCallable[_segmentation_pb2.ExportSegmentRequest, _segmentation_pb2.ExportSegmentResponse]  # type: ignore[assignment]
+    """Every member of a segment version as rows for a CSV export, by customer id,
+    with the scores of that evaluation (scores are kept for the latest
+    version only; older versions export ids alone).
+    """
+    EraseCustomer: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.EraseCustomerRequest, _segmentation_pb2.EraseCustomerResponse]  # type: ignore[assignment]
+    """Erases a customer: tags, memberships and scores move to the anonymous id
+    shared by every service.
     """
 
 class SegmentationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -73,6 +143,17 @@ class SegmentationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Adds a tag to customers. Tagging a customer twice is a no-op."""
 
     @_abc_1.abstractmethod
+    def ImportTags(
+        self,
+        request_iterator: _MaybeAsyncIterator[_segmentation_pb2.ImportTagsRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_segmentation_pb2.ImportTagsResponse, _abc.Awaitable[_segmentation_pb2.ImportTagsResponse]]:
+        """Bulk tag import (e.g. a CSV of customer, tag): a client stream of chunks of
+        at most 1,000 pairs, each chunk committed on its own and idempotent by its
+        request_id, so a broken import is resumed by sending it again.
+        """
+
+    @_abc_1.abstractmethod
     def GetCustomerProfile(
         self,
         request: _segmentation_pb2.GetCustomerProfileRequest,
@@ -80,6 +161,78 @@ class SegmentationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_segmentation_pb2.GetCustomerProfileResponse, _abc.Awaitable[_segmentation_pb2.GetCustomerProfileResponse]]:
         """What the suite knows of one customer: purchases (from metrics), balances
         (from points) and tags.
+        """
+
+    @_abc_1.abstractmethod
+    def UpsertSegment(
+        self,
+        request: _segmentation_pb2.UpsertSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segmentation_pb2.UpsertSegmentResponse, _abc.Awaitable[_segmentation_pb2.UpsertSegmentResponse]]:
+        """Creates or replaces a rule-based segment. The rule is parsed and checked
+        here: a bad rule is INVALID_ARGUMENT naming the position and the problem.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSegments(
+        self,
+        request: _segmentation_pb2.ListSegmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segmentation_pb2.ListSegmentsResponse, _abc.Awaitable[_segmentation_pb2.ListSegmentsResponse]]:
+        """The shop's segments, by id."""
+
+    @_abc_1.abstractmethod
+    def EvaluateSegments(
+        self,
+        request: _segmentation_pb2.EvaluateSegmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_segmentation_pb2.EvaluateSegmentsResponse], _abc.AsyncIterator[_segmentation_pb2.EvaluateSegmentsResponse]]:
+        """Scores every customer of the shop (features streamed from the metrics
+        service, tags from here) against every segment and writes one new
+        membership version for all of them; auto-tags are applied. Streams
+        progress. Two evaluations of one shop run one after the other, each with
+        its own version.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSegmentMembers(
+        self,
+        request: _segmentation_pb2.ListSegmentMembersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segmentation_pb2.ListSegmentMembersResponse, _abc.Awaitable[_segmentation_pb2.ListSegmentMembersResponse]]:
+        """Members of a segment in one version (default: the latest), by customer id.
+        The points service's campaign grant pages through this: keep it stable.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSegmentDiff(
+        self,
+        request: _segmentation_pb2.GetSegmentDiffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segmentation_pb2.GetSegmentDiffResponse, _abc.Awaitable[_segmentation_pb2.GetSegmentDiffResponse]]:
+        """Who entered and who left a segment between two versions (the outreach
+        list), by customer id.
+        """
+
+    @_abc_1.abstractmethod
+    def ExportSegment(
+        self,
+        request: _segmentation_pb2.ExportSegmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_segmentation_pb2.ExportSegmentResponse], _abc.AsyncIterator[_segmentation_pb2.ExportSegmentResponse]]:
+        """Every member of a segment version as rows for a CSV export, by customer id,
+        with the scores of that evaluation (scores are kept for the latest
+        version only; older versions export ids alone).
+        """
+
+    @_abc_1.abstractmethod
+    def EraseCustomer(
+        self,
+        request: _segmentation_pb2.EraseCustomerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segmentation_pb2.EraseCustomerResponse, _abc.Awaitable[_segmentation_pb2.EraseCustomerResponse]]:
+        """Erases a customer: tags, memberships and scores move to the anonymous id
+        shared by every service.
         """
 
 def add_SegmentationServiceServicer_to_server(servicer: SegmentationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,518 @@
+"""loyaltyctl: the operator's command line for the four services, through their generated stubs.
+
+Same settings as the services (LOYALTY_POINTS_TARGET, LOYALTY_METRICS_TARGET,
+...); the token comes from LOYALTY_TOKEN (or --token), the shop from
+LOYALTY_SHOP (or --shop). Tables by default, `--json` for scripts. A failed
+call prints one line (`error: NOT_FOUND: ...`) and exits 1; bad arguments exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Annotated, Any, TypeVar
+
+import grpc
+import typer
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from loyalty.common.v1 import common_pb2
+from loyalty.cycle_delivery.v1 import cycle_delivery_pb2 as cd
+from loyalty.cycle_delivery.v1 import cycle_delivery_pb2_grpc
+from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+from loyalty.points.v1 import points_pb2, points_pb2_grpc
+from loyalty.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from services.cli import seed as seed_module
+from services.common.channels import peer_channel
+
+T = TypeVar("T")
+DEFAULT_TARGETS = {
+    "points": "127.0.0.1:50051",
+    "metrics": "127.0.0.1:50052",
+    "segmentation": "127.0.0.1:50053",
+    "cycle_delivery": "127.0.0.1:50054",
+}
+STUBS: dict[str, Any] = {
+    "points": points_pb2_grpc.PointsServiceStub,
+    "metrics": metrics_pb2_grpc.MetricsServiceStub,
+    "segmentation": segmentation_pb2_grpc.SegmentationServiceStub,
+    "cycle_delivery": cycle_delivery_pb2_grpc.CycleDeliveryServiceStub,
+}
+CALL_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass
+class Cli:
+    shop: str
+    token: str
+    as_json: bool
+    targets: dict[str, str] = field(default_factory=dict)
+    out: Console = field(default_factory=Console)
+    err: Console = field(default_factory=lambda: Console(stderr=True))
+
+    def stub(self, service: str) -> Any:
+        return STUBS[service](peer_channel(self.targets[service], self.token))
+
+    def show(self, message: Message, table: Callable[[], Table]) -> None:
+        if self.as_json:
+            self.out.print_json(json.dumps(MessageToDict(message, preserving_proto_field_name=True)))
+        else:
+            self.out.print(table())
+
+
+app = typer.Typer(help="Operate the loyalty suite: points, metrics, segments, cycle delivery.", no_args_is_help=True)
+points_app = typer.Typer(help="Points ledger and member accounts.", no_args_is_help=True)
+metrics_app = typer.Typer(help="Repurchase, cohort and other numbers.", no_args_is_help=True)
+segments_app = typer.Typer(help="Segments: evaluation and members.", no_args_is_help=True)
+cycle_app = typer.Typer(help="Cycle delivery (周期购) schedules and subscriptions.", no_args_is_help=True)
+app.add_typer(points_app, name="points")
+app.add_typer(metrics_app, name="metrics")
+app.add_typer(segments_app, name="segments")
+demo_app = typer.Typer(help="A realistic demo shop for trying the suite (and loading it).", no_args_is_help=True)
+app.add_typer(cycle_app, name="cycle")
+app.add_typer(demo_app, name="demo")
+
+
+@app.callback()
+def configure(
+    ctx: typer.Context,
+    shop: Annotated[str, typer.Option(envvar="LOYALTY_SHOP", help="Shop id.")] = "demo",
+    token: Annotated[str, typer.Option(envvar="LOYALTY_TOKEN", help="Bearer token.", show_default=False)] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    targets = {
+        name: os.environ.get(f"LOYALTY_{name.upper()}_TARGET", target) for name, target in DEFAULT_TARGETS.items()
+    }
+    ctx.obj = Cli(
+        shop=shop,
+        token=token or os.environ.get("LOYALTY_DEV_TOKEN", "loyalty-dev-token"),
+        as_json=as_json,
+        targets=targets,
+    )
+
+
+def cli(ctx: typer.Context) -> Cli:
+    obj: Cli = ctx.obj
+    return obj
+
+
+@contextmanager
+def calling(state: Cli, service: str) -> Iterator[None]:
+    """Turns a failed call into one clear line and exit code 1 (no traceback for a user's mistake)."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        name = code.name if isinstance(code, grpc.StatusCode) else "ERROR"
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            state.err.print(f"error: {name}: cannot reach the {service} service at {state.targets[service]}")
+        else:
+            state.err.print(f"error: {name}: {exc.details()}", markup=False)
+        raise typer.Exit(1) from None
+
+
+def parse_day(value: str, option: str) -> common_pb2.Date:
+    try:
+        day = date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date like 2026-03-01", param_hint=option) from None
+    return common_pb2.Date(year=day.year, month=day.month, day=day.day)
+
+
+def day_text(value: common_pb2.Date) -> str:
+    return f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
+
+
+def new_request_id() -> str:
+    return f"cli-{uuid.uuid4().hex[:16]}"
+
+
+# ---------------------------------------------------------------- points
+
+
+@points_app.command("account")
+def points_account(ctx: typer.Context, customer: str) -> None:
+    """A member's balances, tier and the points expiring soonest."""
+    state = cli(ctx)
+    with calling(state, "points"):
+        account = (
+            state.stub("points")
+            .GetAccount(
+                points_pb2.GetAccountRequest(shop_id=state.shop, customer_id=customer), timeout=CALL_TIMEOUT_SECONDS
+            )
+            .account
+        )
+
+    def table() -> Table:
+        t = Table(title=f"Member {customer} · {state.shop}")
+        t.add_column("balance")
+        t.add_column("value", justify="right")
+        t.add_row("points 积分", str(account.points_balance))
+        t.add_row("pending points", str(account.pending_points))
+        t.add_row("growth 成长值", str(account.growth_balance))
+        t.add_row("stored value 储值 (principal + bonus)", f"{account.stored_principal} + {account.stored_bonus}")
+        t.add_row("rebate credit 消费金", str(account.rebate_balance))
+        tier = account.tier
+        t.add_row(
+            "tier 等级",
+            f"{tier.name or tier.code or '-'}" + (f" ({tier.to_next} to {tier.next_code})" if tier.next_code else ""),
+        )
+        if account.HasField("expiring_soonest"):
+            expiry = account.expiring_soonest
+            t.add_row("expiring soonest", f"{expiry.points} at {expiry.expires_at.ToDatetime():%Y-%m-%d %H:%M} UTC")
+        return t
+
+    state.show(account, table)
+
+
+@points_app.command("grant")
+def points_grant(
+    ctx: typer.Context,
+    customer: str,
+    points: Annotated[int, typer.Argument(help="Points to add (negative to take away).")],
+    reason: Annotated[str, typer.Option(help="Why, shown to operators.")] = "loyaltyctl",
+    request_id: Annotated[str, typer.Option(help="Idempotency key; a retry with the same one applies once.")] = "",
+) -> None:
+    """Adjust a member's points (compensation, correction)."""
+    state = cli(ctx)
+    if points == 0:
+        raise typer.BadParameter("must not be zero", param_hint="POINTS")
+    with calling(state, "points"):
+        response = state.stub("points").AdjustPoints(
+            points_pb2.AdjustPointsRequest(
+                shop_id=state.shop,
+                request_id=request_id or new_request_id(),
+                customer_id=customer,
+                asset=points_pb2.ASSET_POINTS,
+                delta=points,
+                reason=reason,
+            ),
+            timeout=CALL_TIMEOUT_SECONDS,
+        )
+
+    def table() -> Table:
+        t = Table(title="Adjusted")
+        for column in ("entry", "delta", "balance after", "request id"):
+            t.add_column(column)
+        e = response.entry
+        t.add_row(str(e.entry_id), f"{e.delta:+d}", str(e.balance_after), e.request_id)
+        return t
+
+    state.show(response, table)
+
+
+@points_app.command("reconcile")
+def points_reconcile(ctx: typer.Context) -> None:
+    """Prove the shop's ledger; exits 1 when a check fails."""
+    state = cli(ctx)
+    with (
+        calling(state, "points"),
+        Progress(
+            SpinnerColumn(),
+            TextColumn("reconciling {task.description}"),
+            TimeElapsedColumn(),
+            console=state.err,
+            transient=True,
+        ) as progress,
+    ):
+        progress.add_task(state.shop, total=None)
+        result = state.stub("points").ReconcileLedger(
+            points_pb2.ReconcileLedgerRequest(shop_id=state.shop), timeout=600
+        )
+
+    def table() -> Table:
+        t = Table(title=f"Ledger of {state.shop}: {'balanced' if result.balanced else 'MISMATCHES'}")
+        for column in ("check", "holder", "asset", "expected", "actual"):
+            t.add_column(column)
+        for m in result.mismatches:
+            t.add_row(m.check, m.holder, points_pb2.Asset.Name(m.asset), str(m.expected), str(m.actual))
+        t.caption = f"{result.balances_checked} balances, {result.entries_checked} entries checked"
+        return t
+
+    state.show(result, table)
+    if not result.balanced:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- metrics
+
+
+@metrics_app.command("repurchase")
+def metrics_repurchase(
+    ctx: typer.Context,
+    start: Annotated[str, typer.Option(help="First day, e.g. 2026-01-01.")],
+    end: Annotated[str, typer.Option(help="Last day, inclusive.")],
+    by: Annotated[str, typer.Option(help="customer or order.")] = "customer",
+    history: Annotated[bool, typer.Option(help="Count purchases before the period.")] = False,
+) -> None:
+    """Repurchase rate (复购率) of a period."""
+    state = cli(ctx)
+    bases = {"customer": metrics_pb2.REPURCHASE_BASIS_CUSTOMER, "order": metrics_pb2.REPURCHASE_BASIS_ORDER}
+    if by not in bases:
+        raise typer.BadParameter("must be 'customer' or 'order'", param_hint="--by")
+    request = metrics_pb2.GetRepurchaseRateRequest(
+        shop_id=state.shop,
+        period_start=parse_day(start, "--start"),
+        period_end=parse_day(end, "--end"),
+        basis=bases[by],
+        count_history=history,
+    )
+    with calling(state, "metrics"):
+        rate = state.stub("metrics").GetRepurchaseRate(request, timeout=CALL_TIMEOUT_SECONDS).rate
+
+    def table() -> Table:
+        t = Table(title=f"Repurchase rate by {by}, {start} .. {end}" + (" (with history)" if history else ""))
+        for column in ("repurchasing", "of", "rate"):
+            t.add_column(column, justify="right")
+        shown = f"{rate.value:.2%}" if rate.HasField("value") else "n/a (empty period)"
+        t.add_row(str(rate.numerator), str(rate.denominator), shown)
+        return t
+
+    state.show(rate, table)
+
+
+@metrics_app.command("cohort")
+def metrics_cohort(ctx: typer.Context, grain: Annotated[str, typer.Option(help="month or week.")] = "month") -> None:
+    """Cohort retention: customers of each first-order cohort active k periods later."""
+    state = cli(ctx)
+    grains = {"month": metrics_pb2.COHORT_GRAIN_MONTH, "week": metrics_pb2.COHORT_GRAIN_WEEK}
+    if grain not in grains:
+        raise typer.BadParameter("must be 'month' or 'week'", param_hint="--grain")
+    with calling(state, "metrics"):
+        response = state.stub("metrics").GetCohortRetention(
+            metrics_pb2.GetCohortRetentionRequest(shop_id=state.shop, grain=grains[grain]), timeout=CALL_TIMEOUT_SECONDS
+        )
+
+    def table() -> Table:
+        width = max((len(r.active) for r in response.rows), default=0)
+        t = Table(title=f"Cohort retention by {grain}")
+        t.add_column("cohort")
+        t.add_column("size", justify="right")
+        for k in range(width):
+            t.add_column(f"+{k}", justify="right")
+        for row in response.rows:
+            shares = [f"{a / row.size:.0%}" if row.size else "-" for a in row.active]
+            t.add_row(day_text(row.cohort_start), str(row.size), *shares)
+        return t
+
+    state.show(response, table)
+
+
+# ---------------------------------------------------------------- segments
+
+
+@segments_app.command("eval")
+def segments_eval(ctx: typer.Context) -> None:
+    """Evaluate every segment of the shop into a new membership version (with a progress bar)."""
+    state = cli(ctx)
+    final = segmentation_pb2.EvaluateSegmentsResponse()
+    with (
+        calling(state, "segmentation"),
+        Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=state.err, transient=True
+        ) as progress,
+    ):
+        task = progress.add_task("starting", total=None)
+        for update in state.stub("segmentation").EvaluateSegments(
+            segmentation_pb2.EvaluateSegmentsRequest(shop_id=state.shop), timeout=3600
+        ):
+            phase = segmentation_pb2.EvaluationPhase.Name(update.phase).removeprefix("EVALUATION_PHASE_").lower()
+            progress.update(task, description=f"{phase}: {update.customers:,} customers")
+            final = update
+
+    def table() -> Table:
+        t = Table(title=f"Segments of {state.shop}, version {final.version} ({final.customers:,} customers)")
+        t.add_column("segment")
+        t.add_column("members", justify="right")
+        for segment_id, count in sorted(final.members.items()):
+            t.add_row(segment_id, f"{count:,}")
+        return t
+
+    state.show(final, table)
+
+
+@segments_app.command("members")
+def segments_members(
+    ctx: typer.Context,
+    segment: str,
+    version: Annotated[int, typer.Option(help="Membership version; 0 = latest.")] = 0,
+    limit: Annotated[int, typer.Option(help="At most this many members.")] = 100,
+) -> None:
+    """Members of a segment, by customer id."""
+    state = cli(ctx)
+    members: list[str] = []
+    token = ""
+    listed = segmentation_pb2.ListSegmentMembersResponse()
+    with calling(state, "segmentation"):
+        while len(members) < limit:
+            listed = state.stub("segmentation").ListSegmentMembers(
+                segmentation_pb2.ListSegmentMembersRequest(
+                    shop_id=state.shop, segment_id=segment, version=version, page_size=min(500, limit), page_token=token
+                ),
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+            members += listed.customer_ids
+            token = listed.next_page_token
+            if not token:
+                break
+    result = segmentation_pb2.ListSegmentMembersResponse(customer_ids=members[:limit], version=listed.version)
+
+    def table() -> Table:
+        t = Table(title=f"{segment}, version {result.version}")
+        t.add_column("customer")
+        for customer in result.customer_ids:
+            t.add_row(customer)
+        return t
+
+    state.show(result, table)
+
+
+# ---------------------------------------------------------------- cycle delivery
+
+
+@cycle_app.command("preview")
+def cycle_preview(
+    ctx: typer.Context,
+    start: Annotated[str, typer.Option(help="First possible day, e.g. 2026-12-01.")],
+    count: Annotated[int, typer.Option(help="Number of deliveries.")] = 5,
+    cadence: Annotated[str, typer.Option(help="daily, every-n-days, weekly or monthly.")] = "weekly",
+    interval: Annotated[int, typer.Option(help="Days between deliveries for every-n-days.")] = 0,
+    weekdays: Annotated[str, typer.Option(help="ISO weekdays for weekly, e.g. 1,3,5.")] = "1",
+    month_days: Annotated[str, typer.Option(help="Days of month for monthly, e.g. 1,15,31.")] = "1",
+) -> None:
+    """Delivery dates for a rule, without writing anything."""
+    state = cli(ctx)
+    cadences = {
+        "daily": cd.CADENCE_DAILY,
+        "every-n-days": cd.CADENCE_EVERY_N_DAYS,
+        "weekly": cd.CADENCE_WEEKLY,
+        "monthly": cd.CADENCE_MONTHLY,
+    }
+    if cadence not in cadences:
+        raise typer.BadParameter(f"must be one of {', '.join(cadences)}", param_hint="--cadence")
+    rule = cd.ScheduleRule(
+        cadence=cadences[cadence],
+        interval_days=interval,
+        weekdays=numbers(weekdays, "--weekdays") if cadence == "weekly" else [],  # type: ignore[arg-type]
+        month_days=numbers(month_days, "--month-days") if cadence == "monthly" else [],
+    )
+    request = cd.PreviewScheduleRequest(
+        shop_id=state.shop, rule=rule, start_date=parse_day(start, "--start"), delivery_count=count
+    )
+    with calling(state, "cycle_delivery"):
+        response = state.stub("cycle_delivery").PreviewSchedule(request, timeout=CALL_TIMEOUT_SECONDS)
+
+    def table() -> Table:
+        t = Table(title=f"{cadence} from {start}")
+        t.add_column("#", justify="right")
+        t.add_column("date")
+        t.add_column("weekday")
+        for i, d in enumerate(response.dates):
+            t.add_row(str(i + 1), day_text(d), date(d.year, d.month, d.day).strftime("%a"))
+        return t
+
+    state.show(response, table)
+
+
+@cycle_app.command("subscription")
+def cycle_subscription(ctx: typer.Context, subscription_id: str) -> None:
+    """A subscription with its calendar."""
+    state = cli(ctx)
+    with calling(state, "cycle_delivery"):
+        sub = (
+            state.stub("cycle_delivery")
+            .GetSubscription(
+                cd.GetSubscriptionRequest(shop_id=state.shop, subscription_id=subscription_id),
+                timeout=CALL_TIMEOUT_SECONDS,
+            )
+            .subscription
+        )
+
+    def table() -> Table:
+        state_name = cd.SubscriptionState.Name(sub.state).removeprefix("SUBSCRIPTION_STATE_").lower()
+        t = Table(
+            title=f"Subscription {sub.subscription_id} · {sub.customer_id} · {state_name} · {sub.remaining} to come"
+        )
+        for column in ("#", "date", "state", "qty", "change until (UTC)"):
+            t.add_column(column)
+        for d in sub.deliveries:
+            t.add_row(
+                str(d.index),
+                day_text(d.date),
+                cd.DeliveryState.Name(d.state).removeprefix("DELIVERY_STATE_").lower(),
+                str(d.quantity),
+                f"{d.change_deadline.ToDatetime():%Y-%m-%d %H:%M}",
+            )
+        return t
+
+    state.show(sub, table)
+
+
+# ---------------------------------------------------------------- demo
+
+
+@demo_app.command("seed")
+def demo_seed(
+    ctx: typer.Context,
+    customers: Annotated[int, typer.Option(min=1, max=1_000_000, help="Customers to generate (1 k .. 1 M).")] = 1_000,
+    seed: Annotated[int, typer.Option(help="Same seed, same shop.")] = 7,
+    today: Annotated[str, typer.Option(help="The demo's 'today' (default: today, UTC).")] = "",
+) -> None:
+    """Generate a year of orders, refunds, top-ups, reviews and subscriptions and load them through the RPCs."""
+    state = cli(ctx)
+    day = date.fromisoformat(today) if today else seed_module.today_utc()
+    stubs = seed_module.Stubs(
+        points=state.stub("points"),
+        metrics=state.stub("metrics"),
+        segmentation=state.stub("segmentation"),
+        cycle_delivery=state.stub("cycle_delivery"),
+    )
+    with calling(state, "services"), Progress(console=state.err, transient=not state.err.is_terminal) as progress:
+
+        def step(description: str, total: int) -> Callable[[int], None]:
+            task = progress.add_task(description, total=total)
+            return lambda n: progress.advance(task, n)
+
+        data = seed_module.seed_demo(stubs, state.shop, customers=customers, seed=seed, today=day, step=step)
+    summary = {
+        "shop": state.shop,
+        "customers": customers,
+        "orders": len(data.orders),
+        "refunds": len(data.refunds),
+        "top_ups": len(data.top_ups),
+        "reviews": len(data.reviews),
+        "subscriptions": len(data.subscriptions),
+    }
+    if state.as_json:
+        state.out.print_json(json.dumps(summary))
+    else:
+        t = Table(title=f"Demo shop {state.shop} (seed {seed}, today {day})")
+        t.add_column("what")
+        t.add_column("count", justify="right")
+        for name, count in summary.items():
+            t.add_row(name, str(count))
+        state.out.print(t)
+
+
+def numbers(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option) from None
+
+
+def main() -> None:
+    app(prog_name="loyaltyctl")
+
+
+if __name__ == "__main__":
+    main()

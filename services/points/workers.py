@@ -1,0 +1,88 @@
+"""Background work of the points service: activating earnings, expiring lots, reviewing tiers.
+
+Each tick does a bounded amount of work, one member per transaction, so a
+crash loses at most the member in flight (its transaction rolls back and the
+next tick redoes it). Every step re-checks its condition under the member lock,
+so two replicas running the same tick never apply a step twice.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import structlog
+from sqlalchemy.orm import Session
+
+from services.common.server import ServiceContext, Worker
+from services.points import earnings, store
+
+log = structlog.get_logger("points.workers")
+BATCH = 200
+
+
+def activate_due_earnings(ctx: ServiceContext) -> int:
+    now = ctx.clock()
+    due = ctx.db.run(lambda s: earnings.due_earnings(s, now=now, limit=BATCH))
+    zone = ctx.settings.default_time_zone
+    done = 0
+    for shop_id, order_id in due:
+
+        def one(session: Session, shop_id: str = shop_id, order_id: str = order_id) -> bool:
+            rules = store.load_program(session, shop_id=shop_id, default_zone=zone)[1]
+            return earnings.activate_due(session, shop_id=shop_id, order_id=order_id, rules=rules, now=now)
+
+        done += ctx.db.run(one)
+    if done:
+        log.info("earnings_activated", count=done)
+    return done
+
+
+def expire_due_lots(ctx: ServiceContext) -> int:
+    now = ctx.clock()
+    members = ctx.db.run(lambda s: store.members_with_expired_lots(s, now=now, limit=BATCH))
+    expired = 0
+    for shop_id, customer_id in members:
+
+        def one(session: Session, shop_id: str = shop_id, customer_id: str = customer_id) -> int:
+            return store.expire_member(session, shop_id=shop_id, customer_id=customer_id, now=now)
+
+        expired += ctx.db.run(one)
+    if expired:
+        log.info("points_expired", members=len(members), points=expired)
+    return expired
+
+
+def review_tiers(ctx: ServiceContext, shop_id: str) -> int:
+    """Reviews every tiered member of a shop not reviewed in the last day; returns how many."""
+    now = ctx.clock()
+    zone = ctx.settings.default_time_zone
+    reviewed = 0
+    while True:
+        members = ctx.db.run(
+            lambda s: store.members_due_for_review(
+                s, shop_id=shop_id, reviewed_before=now - timedelta(days=1), limit=BATCH
+            )
+        )
+        for customer_id in members:
+
+            def one(session: Session, customer_id: str = customer_id) -> None:
+                rules = store.load_program(session, shop_id=shop_id, default_zone=zone)[1]
+                store.review_member_tier(session, shop_id=shop_id, customer_id=customer_id, rules=rules, now=now)
+
+            ctx.db.run(one)
+        reviewed += len(members)
+        if len(members) < BATCH:
+            return reviewed
+
+
+def review_all_tiers(ctx: ServiceContext) -> int:
+    shops = ctx.db.run(store.shops_with_tiers)
+    return sum(review_tiers(ctx, shop_id) for shop_id in shops)
+
+
+def points_workers(ctx: ServiceContext) -> list[Worker]:
+    return [
+        Worker("earning-activation", 30.0, lambda: activate_due_earnings(ctx)),
+        Worker("points-expiry", 60.0, lambda: expire_due_lots(ctx)),
+        Worker("tier-review", 3600.0, lambda: review_all_tiers(ctx)),
+    ]

@@ -1,0 +1,146 @@
+"""Scoring a shop's customers against its segments, vectorised: features in, member lists out.
+
+Pure: the caller streams the features in and writes the memberships out. The
+derived fields a rule may use (RFM segment, 8-class value class, activity
+layer, churn risk) are computed here from the same features, with the rules of
+`services.segmentation.rfm`.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.segmentation import rfm
+from services.segmentation.rules import Columns, Node, evaluate_columns
+
+
+@dataclass(frozen=True)
+class FeatureRow:
+    customer_id: str
+    order_count: int
+    purchase_days: int
+    net_revenue_minor: int
+    aov_minor: float
+    recency_days: int
+    age_days: int
+    mean_interval_days: float | None
+    probability_alive: float | None
+    points_balance: int | None = None  # from the points service; None for a customer it does not know
+    tier: str | None = None
+    window_orders: int = 0  # the same counts over the evaluation's window (recent behaviour)
+    window_active_days: int = 0
+    window_net_revenue_minor: int = 0
+
+    @property
+    def window_aov_minor(self) -> float:
+        return self.window_net_revenue_minor / self.window_orders if self.window_orders else 0.0
+
+
+NUMBER_FIELDS: dict[str, Callable[[FeatureRow], float | None]] = {
+    "recency_days": lambda r: r.recency_days,
+    "order_count": lambda r: r.order_count,
+    "purchase_days": lambda r: r.purchase_days,
+    "net_revenue": lambda r: r.net_revenue_minor,
+    "aov": lambda r: r.aov_minor,
+    "age_days": lambda r: r.age_days,
+    "mean_interval_days": lambda r: r.mean_interval_days,
+    "probability_alive": lambda r: r.probability_alive,
+    "points_balance": lambda r: r.points_balance,
+    "orders_in_window": lambda r: r.window_orders,
+    "active_days_in_window": lambda r: r.window_active_days,
+    "revenue_in_window": lambda r: r.window_net_revenue_minor,
+}
+# Fields the evaluation does not know yet (member attributes the suite does not store);
+# a rule that uses them matches nobody on them, exactly as for a customer without the value.
+UNKNOWN_FIELDS = ("birthday_month", "registered_days", "channel")
+
+
+@dataclass(frozen=True)
+class CustomerScore:
+    """What an evaluation concludes about one customer, kept for their profile."""
+
+    customer_id: str
+    r: int
+    f: int
+    m: int
+    rfm_segment: str
+    value_class: str
+    activity_layer: str
+    churn_risk: str
+    churn_reason: str
+
+
+def customer_scores(rows: Sequence[FeatureRow]) -> list[CustomerScore]:
+    """RFM scores and segment, value class, activity layer and churn risk (with its reason) per row."""
+    inputs = [rfm.RfmInput(r.customer_id, r.recency_days, r.order_count, r.net_revenue_minor) for r in rows]
+    scores = rfm.rfm_scores(inputs)
+    classes = rfm.value_classes(inputs)
+    intervals = [r.mean_interval_days for r in rows if r.mean_interval_days is not None]
+    median_interval = statistics.median(intervals) if intervals else None
+    result = []
+    for row, score in zip(rows, scores, strict=True):
+        churn = rfm.churn_warning(row.recency_days, row.mean_interval_days, median_interval, row.probability_alive)
+        result.append(
+            CustomerScore(
+                customer_id=row.customer_id,
+                r=score.r,
+                f=score.f,
+                m=score.m,
+                rfm_segment=rfm.segment_of(score).value,
+                value_class=classes[row.customer_id].value,
+                activity_layer=rfm.activity_layer(
+                    row.window_orders, row.window_active_days, row.window_aov_minor
+                ).value,
+                churn_risk=churn.level.value,
+                churn_reason=churn.reason[:200],
+            )
+        )
+    return result
+
+
+LABELS = ("rfm_segment", "value_class", "activity_layer", "churn_risk")
+
+
+def feature_columns(
+    rows: Sequence[FeatureRow], scores: Sequence[CustomerScore], tags: Mapping[str, set[str]]
+) -> Columns:
+    """Columns for `evaluate_columns`: one array per field, presence masks, and a mask per tag."""
+    n = len(rows)
+    values: dict[str, object] = {}
+    present: dict[str, object] = {}
+    for name, get in NUMBER_FIELDS.items():
+        raw = [get(r) for r in rows]
+        present[name] = np.fromiter((x is not None for x in raw), dtype=bool, count=n)
+        values[name] = np.fromiter((float(x) if x is not None else np.nan for x in raw), dtype=np.float64, count=n)
+    for name in LABELS:
+        values[name] = np.array([getattr(score, name) for score in scores], dtype=object)
+        present[name] = np.ones(n, dtype=bool)
+    tiers = [r.tier for r in rows]
+    values["tier"] = np.array([t or "" for t in tiers], dtype=object)
+    present["tier"] = np.fromiter((t is not None for t in tiers), dtype=bool, count=n)
+    for name in UNKNOWN_FIELDS:
+        values[name] = np.full(n, np.nan)
+        present[name] = np.zeros(n, dtype=bool)
+    index = {r.customer_id: i for i, r in enumerate(rows)}
+    tag_masks = {}
+    for tag, customers in tags.items():
+        mask = np.zeros(n, dtype=bool)
+        mask[[index[c] for c in customers if c in index]] = True
+        tag_masks[tag] = mask
+    return Columns(values=values, present=present, tags=tag_masks, rows=n)
+
+
+def members(
+    segments: Mapping[str, Node],
+    rows: Sequence[FeatureRow],
+    scores: Sequence[CustomerScore],
+    tags: Mapping[str, set[str]],
+) -> dict[str, list[str]]:
+    """Each segment's members, sorted by customer id."""
+    columns = feature_columns(rows, scores, tags)
+    ids = np.array([r.customer_id for r in rows], dtype=object)
+    return {segment_id: sorted(ids[evaluate_columns(rule, columns)].tolist()) for segment_id, rule in segments.items()}

@@ -1,0 +1,203 @@
+"""loyaltyctl against the in-process stack: output, JSON, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from loyalty.common.v1 import common_pb2
+from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
+from loyalty.segmentation.v1 import segmentation_pb2 as sg
+from loyalty.segmentation.v1 import segmentation_pb2_grpc
+from typer.testing import CliRunner
+
+from services.cli.demo import demo_shop
+from services.cli.loyaltyctl import app
+from tests.integration.test_metrics_rpc import order
+from tests.support import TOKENS, Stack, bearer, free_port
+
+
+@pytest.fixture
+def run(stack: Stack, uid: str) -> CliRunnerCall:
+    return CliRunnerCall(stack, f"cli-{uid}")
+
+
+class CliRunnerCall:
+    def __init__(self, stack: Stack, shop: str) -> None:
+        self.shop = shop
+        self.env = {f"LOYALTY_{name.upper()}_TARGET": service.address for name, service in stack.services.items()}
+        self.env["LOYALTY_TOKEN"] = TOKENS["admin"][0]
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+        result = self.runner.invoke(app, ["--shop", self.shop, *args], env={**self.env, **(env or {})})
+        return result.exit_code, without_service_logs(result.stdout), without_service_logs(result.stderr)
+
+
+SERVICE_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
+
+
+def without_service_logs(text: str) -> str:
+    """The in-process services log to the same stdout the runner captures; keep only the CLI's own lines."""
+    return "".join(line for line in text.splitlines(keepends=True) if not SERVICE_LOG_LINE.match(line))
+
+
+def test_grant_then_account_as_table_and_json(run: CliRunnerCall) -> None:
+    code, out, _ = run("points", "grant", "c1", "120", "--reason", "welcome")
+    assert code == 0
+    assert "+120" in out
+    code, out, _ = run("points", "account", "c1")
+    assert code == 0
+    assert "120" in out
+    assert "points" in out
+    code, out, _ = run("--json", "points", "account", "c1")
+    assert code == 0
+    assert json.loads(out)["points_balance"] == "120"
+
+
+def test_same_request_id_applies_once(run: CliRunnerCall) -> None:
+    for _ in range(2):
+        assert run("points", "grant", "c1", "50", "--request-id", "once-only")[0] == 0
+    assert json.loads(run("--json", "points", "account", "c1")[1])["points_balance"] == "50"
+
+
+def test_reconcile_reports_a_balanced_ledger(run: CliRunnerCall) -> None:
+    run("points", "grant", "c1", "10")
+    code, out, _ = run("points", "reconcile")
+    assert (code, "balanced" in out) == (0, True)
+
+
+def test_repurchase_and_cohort_from_recorded_orders(stack: Stack, run: CliRunnerCall) -> None:
+    now = datetime.now(UTC)
+    orders = [
+        order(f"o{i}", c, now - timedelta(days=d), 5_000) for i, (c, d) in enumerate([("a", 3), ("a", 2), ("b", 2)])
+    ]
+    metrics_pb2_grpc.MetricsServiceStub(stack.channel("metrics")).RecordOrders(
+        metrics_pb2.RecordOrdersRequest(shop_id=run.shop, request_id="r1", orders=orders), metadata=bearer("admin")
+    )
+    day = (now - timedelta(days=10)).date().isoformat()
+    code, out, _ = run("--json", "metrics", "repurchase", "--start", day, "--end", now.date().isoformat())
+    assert code == 0
+    assert (json.loads(out)["numerator"], json.loads(out)["denominator"]) == ("1", "2")
+    code, out, _ = run("metrics", "cohort")
+    assert code == 0
+    assert "size" in out
+
+
+def test_segments_eval_and_members(stack: Stack, run: CliRunnerCall) -> None:
+    now = datetime.now(UTC)
+    metrics_pb2_grpc.MetricsServiceStub(stack.channel("metrics")).RecordOrders(
+        metrics_pb2.RecordOrdersRequest(
+            shop_id=run.shop, request_id="r1", orders=[order("o1", "z1", now - timedelta(days=1), 900)]
+        ),
+        metadata=bearer("admin"),
+    )
+    segment = sg.Segment(segment_id="buyers", name="buyers", rule="order_count >= 1")
+    segmentation_pb2_grpc.SegmentationServiceStub(stack.channel("segmentation")).UpsertSegment(
+        sg.UpsertSegmentRequest(shop_id=run.shop, request_id="s1", segment=segment), metadata=bearer("admin")
+    )
+    code, out, _ = run("segments", "eval")
+    assert (code, "buyers" in out) == (0, True)
+    code, out, _ = run("--json", "segments", "members", "buyers")
+    assert (code, json.loads(out)["customer_ids"]) == (0, ["z1"])
+
+
+def test_cycle_preview_lists_dates(run: CliRunnerCall) -> None:
+    code, out, _ = run(
+        "--json",
+        "cycle",
+        "preview",
+        "--start",
+        "2028-01-01",
+        "--cadence",
+        "monthly",
+        "--month-days",
+        "31",
+        "--count",
+        "3",
+    )
+    assert code == 0
+    assert [d["month"] for d in json.loads(out)["dates"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "text"),
+    [
+        (("metrics", "repurchase", "--start", "2026-01-01", "--end", "2026-02-01", "--by", "visit"), 2, "--by"),
+        (("cycle", "preview", "--start", "yesterday"), 2, "--start"),
+        (("points", "grant", "c1", "zero"), 2, "points"),
+        (
+            (
+                "points",
+                "nosuchcommand",
+            ),
+            2,
+            "No such command",
+        ),
+        (("points", "account", "bad id!"), 1, "error: INVALID_ARGUMENT"),
+        (("cycle", "subscription", "missing"), 1, "error: NOT_FOUND"),
+    ],
+)
+def test_user_mistakes_exit_non_zero_with_one_clear_line(
+    run: CliRunnerCall, args: tuple[str, ...], code: int, text: str
+) -> None:
+    exit_code, out, err = run(*args)
+    assert exit_code == code
+    assert text in out + err
+    assert "Traceback" not in out + err
+
+
+def test_bad_token_and_unreachable_service_are_one_line_errors(run: CliRunnerCall) -> None:
+    code, _out, err = run("points", "account", "c1", env={"LOYALTY_TOKEN": "not-a-token"})
+    assert (code, err.strip().count("\n")) == (1, 0)
+    assert "error: UNAUTHENTICATED" in err
+    target = f"127.0.0.1:{free_port()}"
+    code, _out, err = run("points", "account", "c1", env={"LOYALTY_POINTS_TARGET": target})
+    assert (code, err.strip()) == (1, f"error: UNAVAILABLE: cannot reach the points service at {target}")
+
+
+def test_demo_seed_loads_a_shop_through_the_rpcs_and_is_safe_to_rerun(stack: Stack, run: CliRunnerCall) -> None:
+    args = ("--json", "demo", "seed", "--customers", "60", "--seed", "3", "--today", "2026-11-20")
+    code, out, err = run(*args)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["orders"] > 60
+    metrics = metrics_pb2_grpc.MetricsServiceStub(stack.channel("metrics"))
+    overview = metrics.GetRepurchaseRate(
+        metrics_pb2.GetRepurchaseRateRequest(
+            shop_id=run.shop,
+            period_start=common_pb2.Date(year=2025, month=11, day=20),
+            period_end=common_pb2.Date(year=2026, month=11, day=20),
+            basis=metrics_pb2.REPURCHASE_BASIS_CUSTOMER,
+        ),
+        metadata=bearer("admin"),
+    ).rate
+    data = demo_shop(60, 3, date(2026, 11, 20))
+    fully_refunded = {
+        r.order_id
+        for r in data.refunds
+        if r.amount_minor == next(o for o in data.orders if o.order_id == r.order_id).amount_minor
+    }
+    kept = [o for o in data.orders if o.order_id not in fully_refunded]
+    orders_per_customer = Counter(o.customer_id for o in kept)
+    assert overview.denominator == len(orders_per_customer)  # customers with an order that was not refunded in full
+    assert overview.numerator == sum(1 for n in orders_per_customer.values() if n >= 2)
+    assert 0 < overview.numerator < overview.denominator
+    assert run(*args)[0] == 0  # a rerun changes nothing (every call is idempotent)
+    again = metrics.GetRepurchaseRate(
+        metrics_pb2.GetRepurchaseRateRequest(
+            shop_id=run.shop,
+            period_start=common_pb2.Date(year=2025, month=11, day=20),
+            period_end=common_pb2.Date(year=2026, month=11, day=20),
+            basis=metrics_pb2.REPURCHASE_BASIS_CUSTOMER,
+        ),
+        metadata=bearer("admin"),
+    ).rate
+    assert again == overview
+    code, out, _ = run("--json", "segments", "members", "repeat_buyers", "--limit", "1000")
+    assert len(json.loads(out)["customer_ids"]) == overview.numerator
+    code, out, _ = run("points", "reconcile")
+    assert code == 0
