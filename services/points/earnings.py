@@ -47,6 +47,7 @@ from services.points.store import (
     _member_scalar,
     credit,
     debit,
+    lock_balances,
     lock_member,
     record_spend,
     restore_to_lots,
@@ -135,7 +136,8 @@ def earn_for_order(
     The same order again returns the first earning; a changed order is refused,
     because its points may already be spent: changes arrive as refunds.
     """
-    lock_member(session, shop_id=shop_id, customer_id=order.customer_id)
+    # Every balance the earning may credit, locked in one statement (points first: the member lock).
+    lock_balances(session, shop_id=shop_id, holder=order.customer_id, assets=earned_assets(rules))
     existing = session.get(OrderEarning, (shop_id, order.order_id))
     if existing is not None:
         if existing.fingerprint != order.fingerprint:
@@ -165,10 +167,19 @@ def earn_for_order(
         created_at=now,
     )
     session.add(row)
-    session.flush()
     if rules.return_window_days == 0:
-        activate(session, row, request_id=request_id, rules=rules, now=now)
+        activate(session, row, request_id=request_id, rules=rules, now=now)  # inserted once, already active
+    session.flush()
     return row
+
+
+def earned_assets(rules: ProgramRules) -> tuple[Asset, ...]:
+    """The assets an order can credit under `rules`: points always, growth and rebate when the program pays them."""
+    return (
+        Asset.POINTS,
+        *((Asset.GROWTH,) if rules.growth_per_unit else ()),
+        *((Asset.REBATE,) if rules.rebate_rate_bp else ()),
+    )
 
 
 def activate(session: Session, row: OrderEarning, *, request_id: str, rules: ProgramRules, now: datetime) -> None:

@@ -24,7 +24,9 @@ from loyalty.points.v1 import points_pb2
 from sqlalchemy import String, and_, bindparam, case, func, or_, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from services.common.db import UtcDateTime
 from services.common.errors import FailedPrecondition, Violations
@@ -112,27 +114,53 @@ def lock_member(session: Session, *, shop_id: str, customer_id: str) -> Balance:
 
 
 def lock_balance(session: Session, *, shop_id: str, holder: str, asset: Asset) -> Balance:
-    """A balance row, created if missing, locked until the transaction ends (locked once per transaction).
+    """A balance row, created if missing, locked until the transaction ends (locked once per transaction)."""
+    return lock_balances(session, shop_id=shop_id, holder=holder, assets=(asset,))[asset]
 
-    One statement: an upsert whose no-op update takes the row lock and returns
-    the row, instead of insert-if-missing followed by SELECT ... FOR UPDATE.
+
+def _persistent_balance(
+    session: Session, shop_id: str, holder: str, asset: int, balance: int, updated_at: datetime | None
+) -> Balance:
+    """The session's Balance for a row just read by a Core statement, without loading it again.
+
+    (An ORM-enabled upsert returning entities costs several times the statement itself.)
     """
-    key = (shop_id, holder, int(asset))
-    locked: set[tuple[str, str, int]] = session.info.setdefault("locked_balances", set())
-    if key in locked:
-        held = session.get(Balance, key)
-        if held is not None:
-            return held
-    values = {"shop_id": shop_id, "holder": holder, "asset": int(asset), "balance": 0}
-    dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    upsert = dialect_insert(Balance).values(values)
-    statement = upsert.on_conflict_do_update(
-        index_elements=[Balance.shop_id, Balance.holder, Balance.asset],
-        set_={"balance": Balance.balance},  # a no-op update: it only takes the row lock
-    ).returning(Balance)
-    row: Balance = session.scalars(statement, execution_options={"populate_existing": True}).one()
-    locked.add(key)
+    key = identity_key(Balance, (shop_id, holder, asset))
+    held = session.identity_map.get(key)
+    if held is not None:
+        row: Balance = held
+        set_committed_value(row, "balance", balance)
+        set_committed_value(row, "updated_at", updated_at)
+        return row
+    row = Balance(shop_id=shop_id, holder=holder, asset=asset, balance=balance, updated_at=updated_at)
+    make_transient_to_detached(row)
+    session.add(row)
     return row
+
+
+def lock_balances(session: Session, *, shop_id: str, holder: str, assets: Sequence[Asset]) -> dict[Asset, Balance]:
+    """Several balance rows of one holder, created if missing and locked, in one statement.
+
+    An upsert whose no-op update takes the row lock and returns the row, instead
+    of insert-if-missing followed by SELECT ... FOR UPDATE; rows are locked in
+    asset order (points, the member lock, first). Rows this transaction already
+    locked are answered from the session without a statement.
+    """
+    locked: dict[tuple[str, str, int], Balance] = session.info.setdefault("locked_balances", {})
+    wanted = sorted({int(asset) for asset in assets})
+    missing = [asset for asset in wanted if (shop_id, holder, asset) not in locked]
+    if missing:
+        dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        upsert = dialect_insert(Balance).values(
+            [{"shop_id": shop_id, "holder": holder, "asset": asset, "balance": 0} for asset in missing]
+        )
+        statement = upsert.on_conflict_do_update(
+            index_elements=[Balance.shop_id, Balance.holder, Balance.asset],
+            set_={"balance": Balance.balance},  # a no-op update: it only takes the row lock
+        ).returning(Balance.asset, Balance.balance, Balance.updated_at)
+        for asset, balance, updated_at in session.execute(statement).all():
+            locked[(shop_id, holder, asset)] = _persistent_balance(session, shop_id, holder, asset, balance, updated_at)
+    return {Asset(asset): locked[(shop_id, holder, asset)] for asset in wanted}
 
 
 @dataclass(frozen=True)
