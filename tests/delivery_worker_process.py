@@ -1,31 +1,68 @@
-"""A bare delivery worker for the crash test: `python -m tests.delivery_worker_process URL NOW_ISO`.
+"""A bare delivery replica for the crash test (worker, and relay when given the receivers' addresses).
 
-Runs the real `store.create_due_deliveries` in small batches until nothing is
-due, bounded in count, so the test can SIGKILL it at any point.
+`python -m tests.delivery_worker_process URL NOW_ISO [METRICS_ADDRESS POINTS_ADDRESS TOKEN]`
+
+Runs the real `store.create_due_deliveries` in small batches and, when given the
+metrics and points addresses, the real `OutboxRelay` after each batch, until
+nothing is due and every event is delivered; bounded in count and time, so the
+test can SIGKILL it at any point (mid-transaction or mid-send).
 """
 
 from __future__ import annotations
 
 import sys
-from datetime import datetime
+import time
+from datetime import datetime, timedelta
 
+from sqlalchemy import func, select
+
+from services.common.channels import peer_channel
+from services.common.clock import utc_now
 from services.common.db import Database
+from services.common.outbox import OutboxEvent, OutboxRelay
 from services.cycle_delivery import store
 
-MAX_BATCHES = 10_000
+MAX_ROUNDS = 10_000
+MAX_SECONDS = 240.0
+BATCH = 50
+# A killed replica's claimed events wait this long before another replica sends them again.
+RELAY_LEASE = timedelta(seconds=3)
 
 
-def main(url: str, now_iso: str) -> int:
+def outstanding(db: Database) -> int:
+    return int(
+        db.run(
+            lambda s: s.scalar(
+                select(func.count()).where(OutboxEvent.delivered_at.is_(None), OutboxEvent.dead.is_(False))
+            )
+        )
+        or 0
+    )
+
+
+def main(url: str, now_iso: str, targets: list[str]) -> int:
     now = datetime.fromisoformat(now_iso)
     db = Database(url, pool_size=2)
+    relay = None
+    if targets:
+        metrics, points, token = targets
+        channels = {"metrics": peer_channel(metrics, token), "points": peer_channel(points, token)}
+        relay = OutboxRelay(db, channels.__getitem__, utc_now, batch_size=BATCH, lease=RELAY_LEASE)
+    stop_at = time.monotonic() + MAX_SECONDS
     try:
-        for _ in range(MAX_BATCHES):
-            if db.run(lambda s: store.create_due_deliveries(s, now=now, limit=50)) == 0:
-                return 0
+        for _ in range(MAX_ROUNDS):
+            if time.monotonic() > stop_at:
+                return 1
+            created = db.run(lambda s: store.create_due_deliveries(s, now=now, limit=BATCH))
+            sent = relay.relay_once() if relay is not None else 0
+            if created == 0 and sent == 0:
+                if relay is None or outstanding(db) == 0:
+                    return 0
+                time.sleep(0.2)  # what is left is leased by another replica (or a killed one)
         return 1
     finally:
         db.dispose()
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1], sys.argv[2]))
+    raise SystemExit(main(sys.argv[1], sys.argv[2], sys.argv[3:]))

@@ -146,11 +146,15 @@ class FakeClock:
         return self.now
 
 
-def start_stack(database_url: str, *, clock: Clock = utc_now, **overrides: Any) -> Stack:
-    """Four services on ports the OS picks while binding (no free-port race), then wired to each other."""
+def start_stack(
+    database_url: str, *, clock: Clock = utc_now, only: tuple[str, ...] = SERVICE_NAMES, **overrides: Any
+) -> Stack:
+    """The services (all four unless `only` names some) on ports the OS picks while binding, wired to each other."""
     created: dict[str, RunningService] = {}
     try:
         for name, spec in specs().items():
+            if name not in only:
+                continue
             values: dict[str, Any] = {
                 "service": name,
                 "grpc_port": 0,

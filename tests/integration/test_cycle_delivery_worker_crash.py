@@ -1,8 +1,12 @@
-"""Two delivery workers over 10,000 due deliveries, one SIGKILLed mid-run and restarted.
+"""Two delivery replicas over 10,000 due deliveries, one SIGKILLed mid-run and restarted.
 
-Afterwards every delivery is created exactly once and has exactly its two outbox
-events (metrics and points): the state change and the events commit together,
-and SKIP LOCKED keeps the two workers off each other's rows.
+Each replica runs the delivery worker and the outbox relay against real metrics
+and points services. Afterwards every delivery is created exactly once with
+exactly its two outbox events, every event is delivered, and metrics and points
+each applied every delivery order exactly once although the killed replica's
+claimed events were sent again: the state change and the events commit
+together, SKIP LOCKED keeps the replicas off each other's rows, and the
+receivers' request-id idempotency absorbs the repeats.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from datetime import UTC, date, datetime
 import pytest
 from loyalty.common.v1 import common_pb2
 from loyalty.cycle_delivery.v1 import cycle_delivery_pb2 as cd
+from loyalty.points.v1 import points_pb2, points_pb2_grpc
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -27,7 +32,9 @@ from services.common.orders import PaidOrder
 from services.common.outbox import OutboxEvent
 from services.cycle_delivery import store
 from services.cycle_delivery.models import DeliveryRecord
-from tests.support import ROOT, specs
+from services.metrics.models import Order
+from services.points.models import Entry, OrderEarning
+from tests.support import ROOT, TOKENS, Stack, bearer, specs, start_stack
 
 SUBSCRIPTIONS = 2_000
 DELIVERIES_EACH = 5
@@ -78,10 +85,13 @@ def subscribe_many(db: Database) -> None:
         db.run(batch)
 
 
-def start_worker(url: str) -> subprocess.Popen[bytes]:
+def start_replica(url: str, receivers: Stack) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    targets = [receivers.services["metrics"].address, receivers.services["points"].address, TOKENS["peer"][0]]
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.delivery_worker_process", url, WORKERS_RUN_AT.isoformat()], cwd=ROOT, env=env
+        [sys.executable, "-m", "tests.delivery_worker_process", url, WORKERS_RUN_AT.isoformat(), *targets],
+        cwd=ROOT,
+        env=env,
     )
 
 
@@ -92,24 +102,62 @@ def created(db: Database) -> int:
     )
 
 
-def test_two_workers_and_a_sigkill_create_each_delivery_once(delivery_db: tuple[str, Database]) -> None:
+def test_two_replicas_and_a_sigkill_create_each_delivery_once_and_deliver_each_event_once(
+    delivery_db: tuple[str, Database], database_url: str
+) -> None:
     url, db = delivery_db
     subscribe_many(db)
     total = SUBSCRIPTIONS * DELIVERIES_EACH
-    victim, survivor = start_worker(url), start_worker(url)
-    deadline = time.monotonic() + 120
-    while created(db) < total // 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(10)
-    replacement = start_worker(url)
-    for process in (survivor, replacement):
-        assert process.wait(timeout=max(1.0, deadline - time.monotonic())) == 0
-    assert victim.returncode == -signal.SIGKILL
-    with db.sessions() as session:
-        states = dict(session.execute(select(DeliveryRecord.state, func.count()).group_by(DeliveryRecord.state)).all())
-        assert states == {4: total}, states
-        orders = session.scalar(select(func.count(func.distinct(DeliveryRecord.delivery_order_id))))
-        assert orders == total
-        events = session.execute(select(OutboxEvent.destination, func.count()).group_by(OutboxEvent.destination)).all()
-        assert dict(events) == {"metrics": total, "points": total}
+    receivers = start_stack(database_url, only=("metrics", "points"))
+    try:
+        victim, survivor = start_replica(url, receivers), start_replica(url, receivers)
+        deadline = time.monotonic() + 300
+        while created(db) < total // 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        replacement = start_replica(url, receivers)
+        for process in (survivor, replacement):
+            assert process.wait(timeout=max(1.0, deadline - time.monotonic())) == 0
+        assert victim.returncode == -signal.SIGKILL
+
+        with db.sessions() as session:
+            states = dict(
+                session.execute(select(DeliveryRecord.state, func.count()).group_by(DeliveryRecord.state)).all()
+            )
+            assert states == {4: total}, states
+            assert session.scalar(select(func.count(func.distinct(DeliveryRecord.delivery_order_id)))) == total
+            events = session.execute(
+                select(
+                    OutboxEvent.destination,
+                    func.count(),
+                    func.count(OutboxEvent.delivered_at),
+                    func.sum(OutboxEvent.attempts),
+                ).group_by(OutboxEvent.destination)
+            ).all()
+            assert {d: (n, delivered) for d, n, delivered, _ in events} == {
+                "metrics": (total, total),
+                "points": (total, total),
+            }
+            assert not session.scalar(select(func.count()).where(OutboxEvent.dead.is_(True)))
+
+        with receivers.services["metrics"].db.sessions() as session:
+            recorded = session.scalar(select(func.count()).select_from(Order).where(Order.shop_id == "crash"))
+            assert recorded == total  # every delivery order once, none twice
+        with receivers.services["points"].db.sessions() as session:
+            earned = session.scalar(
+                select(func.count()).select_from(OrderEarning).where(OrderEarning.shop_id == "crash")
+            )
+            assert earned == total
+            credits = session.execute(
+                select(Entry.transfer_id, func.count())
+                .where(Entry.shop_id == "crash", Entry.kind == "EARN", ~Entry.holder.startswith("@"))
+                .group_by(Entry.transfer_id)
+                .having(func.count() > 2)  # points and growth: one member entry each
+            ).all()
+            assert credits == []
+        stub = points_pb2_grpc.PointsServiceStub(receivers.channel("points"))
+        ledger = stub.ReconcileLedger(points_pb2.ReconcileLedgerRequest(shop_id="crash"), metadata=bearer("admin"))
+        assert ledger.balanced, list(ledger.mismatches)
+    finally:
+        receivers.stop()
