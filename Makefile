@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BUF := npx --yes @bufbuild/buf@1.75.0
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv run test lint protos protos-check buf-lint bench up down migration clean
+.PHONY: venv run test soak lint protos protos-check buf-lint bench up down migration clean
 
 $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml protos/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ run: venv protos/python/loyalty/__init__.py
 ## The whole test suite, on SQLite and PostgreSQL.
 test: venv
 	$(PY) -m pytest tests
+
+## A longer kill -9 soak of the compose stack on PostgreSQL (3,000 operations, 10 SIGKILLs; minutes).
+soak: venv
+	$(PY) -m tests.soak
 
 ## ruff, mypy --strict, generated stubs up to date, buf lint.
 lint: venv protos-check buf-lint
