@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,34 @@ def classify(exc: BaseException) -> DomainError | None:
     return None
 
 
+@dataclass(frozen=True)
+class Undecodable:
+    """A request body that does not parse as the method's message (garbage, truncated, invalid UTF-8).
+
+    gRPC would answer a failing deserializer with INTERNAL; the guard answers
+    INVALID_ARGUMENT instead, after authentication, like any other bad request.
+    """
+
+    type_name: str
+    error: str
+
+
+def tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The method's deserializer, returning Undecodable instead of raising."""
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)
+    type_name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request")
+
+    def decode(body: bytes) -> Any:
+        try:
+            return deserializer(body)
+        except Exception as exc:  # DecodeError, UnicodeDecodeError, RecursionError: all mean a bad body
+            return Undecodable(type_name, type(exc).__name__)
+
+    return decode
+
+
 class _Guard:
     """Per-call state of one RPC."""
 
@@ -87,6 +116,11 @@ class _Guard:
         return principal
 
     def check_message(self, principal: Principal, message: Any) -> None:
+        if isinstance(message, Undecodable):
+            raise InvalidArgument(
+                [FieldViolation("(request)", f"is not a valid {message.type_name} message ({message.error})")],
+                reason="UNDECODABLE_REQUEST",
+            )
         shop_id = getattr(message, "shop_id", "")
         if not self.shop_id:
             self.shop_id = shop_id if ID_PATTERN.match(shop_id or "") else ""
@@ -202,7 +236,7 @@ class GuardInterceptor(_ServerInterceptor):
             if behavior is not None:
                 wrapped: grpc.RpcMethodHandler[Any, Any] = factory(
                     guarded(behavior, request_streaming, response_streaming),
-                    request_deserializer=handler.request_deserializer,
+                    request_deserializer=tolerant(handler.request_deserializer),
                     response_serializer=handler.response_serializer,
                 )
                 return wrapped

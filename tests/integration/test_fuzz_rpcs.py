@@ -8,6 +8,9 @@ at the token's own shop. After the run each service still answers health checks.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import random
 from typing import Any
 
 import grpc
@@ -135,3 +138,78 @@ def test_rpc_answers_fuzzed_requests_with_documented_statuses(
     health = health_pb2_grpc.HealthStub(stack.channel(service))
     assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
     assert COUNTED[method.full_name] >= 1
+
+
+GARBAGE_PER_RPC = 12
+GARBAGE_COUNTED: dict[str, int] = {}
+
+
+def garbage_bodies(rng: random.Random) -> list[bytes]:
+    """Bodies no well-behaved client sends: random bytes, truncations, bad UTF-8, absurd lengths, deep nesting."""
+    bodies = [
+        b"\xff" * 7,
+        b"\x0a\x02\xff\xfe",  # field 1 (shop_id, a string) holding invalid UTF-8
+        b"\x0a\xff\xff\xff\xff\x0f",  # a length far beyond the body
+        b"\x0b" * 200 + b"\x0c" * 200,  # groups nested 200 deep, unterminated shapes
+        b"\x12" + b"\x02\x12" * 150,  # nested length-delimited fields
+        b"\x08",  # a tag with no value
+    ]
+    bodies += [rng.randbytes(rng.choice([1, 3, 17, 255, 4096])) for _ in range(GARBAGE_PER_RPC - len(bodies))]
+    return bodies
+
+
+def call_raw(stack: Stack, service: str, method: MethodDescriptor, body: bytes) -> None:
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    channel = stack.channel(service)
+    kind = (method.client_streaming, method.server_streaming)
+    if kind == (False, False):
+        channel.unary_unary(path, _raw, _raw)(body, metadata=A, timeout=10)
+    elif kind == (False, True):
+        list(channel.unary_stream(path, _raw, _raw)(body, metadata=A, timeout=10))
+    elif kind == (True, False):
+        channel.stream_unary(path, _raw, _raw)(iter([body]), metadata=A, timeout=10)
+    else:
+        list(channel.stream_stream(path, _raw, _raw)(iter([body]), metadata=A, timeout=10))
+
+
+def _raw(body: bytes) -> bytes:
+    return body
+
+
+def resident_megabytes() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_garbage_frames_get_documented_statuses_and_the_servers_stay_up_and_bounded(stack: Stack) -> None:
+    """Every RPC gets frames that do not parse: INVALID_ARGUMENT (or another documented refusal when the
+    bytes happen to parse), never INTERNAL or UNKNOWN; afterwards every service is healthy and the
+    process (which hosts the four services) has not grown without bound."""
+    rng = random.Random(20261123)
+    for service, method in METHODS[:3]:  # warm up channels and caches before the memory baseline
+        with contextlib.suppress(grpc.RpcError):
+            call_raw(stack, service, method, b"\xff")
+    before = resident_megabytes()
+    for _round in range(3):
+        for service, method in METHODS:
+            for body in garbage_bodies(rng):
+                GARBAGE_COUNTED[method.full_name] = GARBAGE_COUNTED.get(method.full_name, 0) + 1
+                try:
+                    call_raw(stack, service, method, body)
+                except grpc.RpcError as exc:
+                    assert exc.code() in DOCUMENTED, (
+                        f"{method.full_name}: {exc.code()} {exc.details()} for {body[:40]!r}"
+                    )
+    grown = resident_megabytes() - before
+    assert grown < 150, f"resident memory grew {grown:.0f} MB over {sum(GARBAGE_COUNTED.values())} garbage frames"
+    for service in {s for s, _ in METHODS}:
+        health = health_pb2_grpc.HealthStub(stack.channel(service))
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_garbage_frame_is_named_invalid_argument_with_the_expected_type(stack: Stack) -> None:
+    method = next(m for s, m in METHODS if m.name == "AdjustPoints")
+    with pytest.raises(grpc.RpcError) as refused:
+        call_raw(stack, "points", method, b"\x0a\x02\xff\xfe")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "loyalty.points.v1.AdjustPointsRequest" in str(refused.value.details())
