@@ -10,6 +10,7 @@ from services.common.clock import local_date
 
 # Letters of any script (Chinese tags such as 高价值), digits, '_', '-', ':'.
 TAG_PATTERN = re.compile(r"^[\w\-:]{1,64}$")
+CHANNEL_PATTERN = re.compile(r"^[a-z0-9_]{1,32}$")
 
 
 def days_since(last: datetime, now: datetime, zone: ZoneInfo) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 
 import numpy as np
 
@@ -54,9 +55,31 @@ NUMBER_FIELDS: dict[str, Callable[[FeatureRow], float | None]] = {
     "active_days_in_window": lambda r: r.window_active_days,
     "revenue_in_window": lambda r: r.window_net_revenue_minor,
 }
-# Fields the evaluation does not know yet (member attributes the suite does not store);
-# a rule that uses them matches nobody on them, exactly as for a customer without the value.
-UNKNOWN_FIELDS = ("birthday_month", "registered_days", "channel")
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """A member's attributes as set by the shop; None is unknown (a rule on it does not match)."""
+
+    birthday_month: int | None = None
+    registered_on: date | None = None
+    channel: str | None = None
+
+
+def attribute_values(
+    attributes: Attributes | None, as_of: date | None
+) -> tuple[float | None, float | None, str | None]:
+    """(birthday_month, registered_days, channel) as rules see them on `as_of`.
+
+    A member registered after `as_of` was not registered then, and without an
+    `as_of` there is no day to count to: registered_days is unknown in both cases.
+    """
+    if attributes is None:
+        return None, None, None
+    registered = attributes.registered_on
+    days = (as_of - registered).days if registered is not None and as_of is not None and registered <= as_of else None
+    month = float(attributes.birthday_month) if attributes.birthday_month else None
+    return month, (float(days) if days is not None else None), attributes.channel or None
 
 
 @dataclass(frozen=True)
@@ -106,7 +129,11 @@ LABELS = ("rfm_segment", "value_class", "activity_layer", "churn_risk")
 
 
 def feature_columns(
-    rows: Sequence[FeatureRow], scores: Sequence[CustomerScore], tags: Mapping[str, set[str]]
+    rows: Sequence[FeatureRow],
+    scores: Sequence[CustomerScore],
+    tags: Mapping[str, set[str]],
+    attributes: Mapping[str, Attributes] | None = None,
+    as_of: date | None = None,
 ) -> Columns:
     """Columns for `evaluate_columns`: one array per field, presence masks, and a mask per tag."""
     n = len(rows)
@@ -122,9 +149,15 @@ def feature_columns(
     tiers = [r.tier for r in rows]
     values["tier"] = np.array([t or "" for t in tiers], dtype=object)
     present["tier"] = np.fromiter((t is not None for t in tiers), dtype=bool, count=n)
-    for name in UNKNOWN_FIELDS:
-        values[name] = np.full(n, np.nan)
-        present[name] = np.zeros(n, dtype=bool)
+    known = attributes or {}
+    seen = [attribute_values(known.get(r.customer_id), as_of) for r in rows]
+    for position, name in enumerate(("birthday_month", "registered_days")):
+        numbers = [member[position] for member in seen]
+        present[name] = np.fromiter((x is not None for x in numbers), dtype=bool, count=n)
+        values[name] = np.fromiter((x if x is not None else np.nan for x in numbers), dtype=np.float64, count=n)
+    channel = [member[2] for member in seen]
+    values["channel"] = np.array([c or "" for c in channel], dtype=object)
+    present["channel"] = np.fromiter((c is not None for c in channel), dtype=bool, count=n)
     index = {r.customer_id: i for i, r in enumerate(rows)}
     tag_masks = {}
     for tag, customers in tags.items():
@@ -139,8 +172,10 @@ def members(
     rows: Sequence[FeatureRow],
     scores: Sequence[CustomerScore],
     tags: Mapping[str, set[str]],
+    attributes: Mapping[str, Attributes] | None = None,
+    as_of: date | None = None,
 ) -> dict[str, list[str]]:
     """Each segment's members, sorted by customer id."""
-    columns = feature_columns(rows, scores, tags)
+    columns = feature_columns(rows, scores, tags, attributes, as_of)
     ids = np.array([r.customer_id for r in rows], dtype=object)
     return {segment_id: sorted(ids[evaluate_columns(rule, columns)].tolist()) for segment_id, rule in segments.items()}

@@ -71,3 +71,16 @@ class CustomerScoreRecord(Base):
     activity_layer: Mapped[str] = mapped_column(String(16))
     churn_risk: Mapped[str] = mapped_column(String(16))
     churn_reason: Mapped[str] = mapped_column(String(200))
+
+
+class MemberAttributesRecord(Base):
+    """Facts about a member that orders do not carry; personal data, removed by EraseCustomer."""
+
+    __tablename__ = "member_attributes"
+
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    birthday_month: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    registered_on: Mapped[date | None] = mapped_column(Date, nullable=True)
+    channel: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)

@@ -23,8 +23,8 @@ from services.common.paging import Cursor, decode_token, encode_token, page_size
 from services.common.server import ServiceContext
 from services.common.validation import check_id, check_text
 from services.segmentation import evaluation, store
-from services.segmentation.domain import TAG_PATTERN, days_since
-from services.segmentation.evaluation import FeatureRow
+from services.segmentation.domain import CHANNEL_PATTERN, TAG_PATTERN, days_since
+from services.segmentation.evaluation import Attributes, FeatureRow
 from services.segmentation.models import CustomerScoreRecord
 from services.segmentation.rules import parse_rule
 
@@ -96,6 +96,42 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
             chunks, newly, already = chunks + 1, newly + done.newly_tagged, already + done.already_tagged
         return segmentation_pb2.ImportTagsResponse(chunks=chunks, newly_tagged=newly, already_tagged=already)
 
+    def SetMemberAttributes(
+        self, request: segmentation_pb2.SetMemberAttributesRequest, context: grpc.ServicerContext
+    ) -> segmentation_pb2.SetMemberAttributesResponse:
+        v = Violations()
+        v.check(1 <= len(request.members) <= MAX_TAG_BATCH, "members", f"must hold 1..{MAX_TAG_BATCH} members")
+        today = local_date(self.ctx.clock(), ZoneInfo(self.ctx.settings.default_time_zone))
+        members: dict[str, Attributes] = {}
+        for i, member in enumerate(request.members):
+            path = f"members[{i}]"
+            check_id(v, member.customer_id, f"{path}.customer_id")
+            v.check(member.customer_id not in members, f"{path}.customer_id", "appears twice in this request")
+            v.check(0 <= member.birthday_month <= 12, f"{path}.birthday_month", "must be 1..12, or 0 when unknown")
+            registered = (
+                from_date(v, member.registered_on, f"{path}.registered_on")
+                if member.HasField("registered_on")
+                else None
+            )
+            v.check(registered is None or registered <= today, f"{path}.registered_on", "must not be after today")
+            v.check(
+                not member.channel or bool(CHANNEL_PATTERN.match(member.channel)),
+                f"{path}.channel",
+                "must be 1-32 chars of a-z, 0-9, '_'",
+            )
+            members[member.customer_id] = Attributes(member.birthday_month or None, registered, member.channel or None)
+        v.raise_if_any()
+
+        def apply(session: Session) -> segmentation_pb2.SetMemberAttributesResponse:
+            written = store.set_member_attributes(
+                session, shop_id=request.shop_id, members=members, now=self.ctx.clock()
+            )
+            return segmentation_pb2.SetMemberAttributesResponse(written=written)
+
+        return run_idempotent(
+            self.ctx.db, request, segmentation_pb2.SetMemberAttributesResponse, apply, clock=self.ctx.clock
+        )
+
     def GetCustomerProfile(
         self, request: segmentation_pb2.GetCustomerProfileRequest, context: grpc.ServicerContext
     ) -> segmentation_pb2.GetCustomerProfileResponse:
@@ -125,6 +161,9 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         ).account
         profile.points_balance = account.points_balance
         profile.tags.extend(self.ctx.db.run(lambda s: store.tags_of(s, shop_id=shop_id, customer_id=customer_id)))
+        known = self.ctx.db.run(lambda s: store.member_attributes(s, shop_id=shop_id, customer_id=customer_id))
+        if customer_id in known:
+            profile.attributes.CopyFrom(attributes_proto(customer_id, known[customer_id]))
         score, segment_ids = self.ctx.db.run(
             lambda s: store.customer_standing(s, shop_id=shop_id, customer_id=customer_id)
         )
@@ -206,8 +245,9 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
             phase=segmentation_pb2.EVALUATION_PHASE_SCORING, customers=len(rows)
         )
         tags = self.ctx.db.run(lambda s: store.tagged_customers(s, shop_id=shop_id))
+        attributes = self.ctx.db.run(lambda s: store.member_attributes(s, shop_id=shop_id))
         scores = evaluation.customer_scores(rows)
-        members = evaluation.members(rules, rows, scores, tags)
+        members = evaluation.members(rules, rows, scores, tags, attributes, day)
         yield segmentation_pb2.EvaluateSegmentsResponse(
             phase=segmentation_pb2.EVALUATION_PHASE_WRITING, customers=len(rows)
         )
@@ -340,6 +380,15 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
             if len(batch) < EXPORT_BATCH:
                 return
             after = batch[-1][0]
+
+
+def attributes_proto(customer_id: str, attributes: Attributes) -> segmentation_pb2.MemberAttributes:
+    message = segmentation_pb2.MemberAttributes(
+        customer_id=customer_id, birthday_month=attributes.birthday_month or 0, channel=attributes.channel or ""
+    )
+    if attributes.registered_on is not None:
+        message.registered_on.CopyFrom(to_date(attributes.registered_on))
+    return message
 
 
 def with_standing(row: FeatureRow, standing: tuple[int, str] | None) -> FeatureRow:

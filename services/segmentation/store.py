@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import date, datetime
 
@@ -13,8 +13,15 @@ from sqlalchemy.orm import Session
 from services.common.db import insert_ignoring_conflicts, lock_keys
 from services.common.erasure import anonymous_id
 from services.common.errors import NotFound
-from services.segmentation.evaluation import CustomerScore
-from services.segmentation.models import CustomerScoreRecord, CustomerTag, Evaluation, Membership, SegmentRecord
+from services.segmentation.evaluation import Attributes, CustomerScore
+from services.segmentation.models import (
+    CustomerScoreRecord,
+    CustomerTag,
+    Evaluation,
+    MemberAttributesRecord,
+    Membership,
+    SegmentRecord,
+)
 
 
 def tag_customers(session: Session, *, shop_id: str, tag: str, customer_ids: list[str], now: datetime) -> int:
@@ -226,7 +233,7 @@ def erase_customer(session: Session, *, shop_id: str, customer_id: str) -> tuple
             )
         )
     ]
-    for model in (CustomerTag, Membership, CustomerScoreRecord):
+    for model in (CustomerTag, Membership, CustomerScoreRecord, MemberAttributesRecord):
         session.execute(delete(model).where(model.shop_id == shop_id, model.customer_id == customer_id))
     insert_ignoring_conflicts(session, CustomerTag, tags)
     for first in range(0, len(memberships), 10_000):
@@ -251,3 +258,43 @@ def import_tags(session: Session, *, shop_id: str, pairs: Sequence[tuple[str, st
     )
     session.flush()
     return len(new)
+
+
+def set_member_attributes(session: Session, *, shop_id: str, members: Mapping[str, Attributes], now: datetime) -> int:
+    """Replaces each named member's attributes as a whole (delete then insert: one shape on both backends)."""
+    ids = sorted(members)
+    session.execute(
+        delete(MemberAttributesRecord).where(
+            MemberAttributesRecord.shop_id == shop_id, MemberAttributesRecord.customer_id.in_(ids)
+        )
+    )
+    rows = [
+        {
+            "shop_id": shop_id,
+            "customer_id": customer_id,
+            "birthday_month": members[customer_id].birthday_month,
+            "registered_on": members[customer_id].registered_on,
+            "channel": members[customer_id].channel,
+            "updated_at": now,
+        }
+        for customer_id in ids
+    ]
+    if rows:
+        session.execute(insert(MemberAttributesRecord), rows)
+    return len(rows)
+
+
+def member_attributes(session: Session, *, shop_id: str, customer_id: str | None = None) -> dict[str, Attributes]:
+    """The shop's member attributes (or one member's), by customer id."""
+    query = select(
+        MemberAttributesRecord.customer_id,
+        MemberAttributesRecord.birthday_month,
+        MemberAttributesRecord.registered_on,
+        MemberAttributesRecord.channel,
+    ).where(MemberAttributesRecord.shop_id == shop_id)
+    if customer_id is not None:
+        query = query.where(MemberAttributesRecord.customer_id == customer_id)
+    return {
+        row.customer_id: Attributes(row.birthday_month, row.registered_on, row.channel)
+        for row in session.execute(query)
+    }

@@ -77,6 +77,14 @@ def test_erasing_a_customer_everywhere_keeps_every_number(stack: Stack, uid: str
     segments.TagCustomers(
         sg.TagCustomersRequest(shop_id=shop, request_id="t", tag="vip", customer_ids=[PERSON]), metadata=A
     )
+    segments.SetMemberAttributes(
+        sg.SetMemberAttributesRequest(
+            shop_id=shop,
+            request_id="a",
+            members=[sg.MemberAttributes(customer_id=PERSON, birthday_month=5, channel="mini_program")],
+        ),
+        metadata=A,
+    )
     segments.UpsertSegment(
         sg.UpsertSegmentRequest(
             shop_id=shop, request_id="s", segment=sg.Segment(segment_id="repeat", name="r", rule="order_count >= 2")

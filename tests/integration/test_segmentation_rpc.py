@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
+from loyalty.common.v1 import common_pb2
+from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from loyalty.points.v1 import points_pb2, points_pb2_grpc
 from loyalty.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 
@@ -84,3 +87,80 @@ def test_bad_tags_are_invalid_argument(stack: Stack, uid: str, tag: str) -> None
             metadata=W,
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def attributes(customer: str, month: int = 0, registered: date | None = None, channel: str = "") -> Any:
+    member = segmentation_pb2.MemberAttributes(customer_id=customer, birthday_month=month, channel=channel)
+    if registered is not None:
+        member.registered_on.CopyFrom(common_pb2.Date(year=registered.year, month=registered.month, day=registered.day))
+    return member
+
+
+def test_member_attributes_reach_the_profile_and_the_segment_rules(stack: Stack, uid: str) -> None:
+    shop, admin = f"attr-{uid}", bearer("admin")
+    stub = segmentation(stack)
+    paid = datetime.now(UTC) - timedelta(days=2)
+    stack.stub("metrics", metrics_pb2_grpc.MetricsServiceStub).RecordOrders(
+        metrics_pb2.RecordOrdersRequest(
+            shop_id=shop, request_id=f"{uid}-o", orders=[order(f"{uid}-{c}", f"{uid}-{c}", paid, 5000) for c in "abc"]
+        ),
+        metadata=admin,
+    )
+    today = datetime.now(UTC).date()
+    written = stub.SetMemberAttributes(
+        segmentation_pb2.SetMemberAttributesRequest(
+            shop_id=shop,
+            request_id=f"{uid}-attrs",
+            members=[
+                attributes(f"{uid}-a", 11, today - timedelta(days=10), "mini_program"),
+                attributes(f"{uid}-b", 3, date(2024, 5, 1), "h5"),
+            ],
+        ),
+        metadata=admin,
+    )
+    assert written.written == 2
+    found = stub.GetCustomerProfile(
+        segmentation_pb2.GetCustomerProfileRequest(shop_id=shop, customer_id=f"{uid}-a"), metadata=admin
+    ).profile
+    assert (found.attributes.birthday_month, found.attributes.channel) == (11, "mini_program")
+    for segment_id, rule in (("newcomers", "registered_days < 30"), ("h5", 'channel = "h5" and birthday_month = 3')):
+        stub.UpsertSegment(
+            segmentation_pb2.UpsertSegmentRequest(
+                shop_id=shop,
+                request_id=f"{uid}-{segment_id}",
+                segment=segmentation_pb2.Segment(segment_id=segment_id, name=segment_id, rule=rule),
+            ),
+            metadata=admin,
+        )
+    done = list(stub.EvaluateSegments(segmentation_pb2.EvaluateSegmentsRequest(shop_id=shop), metadata=admin))[-1]
+    assert dict(done.members) == {"newcomers": 1, "h5": 1}
+    # Replaced as a whole: the channel is now unknown, so the h5 segment loses b.
+    stub.SetMemberAttributes(
+        segmentation_pb2.SetMemberAttributesRequest(
+            shop_id=shop, request_id=f"{uid}-attrs-2", members=[attributes(f"{uid}-b", 3)]
+        ),
+        metadata=admin,
+    )
+    done = list(stub.EvaluateSegments(segmentation_pb2.EvaluateSegmentsRequest(shop_id=shop), metadata=admin))[-1]
+    assert dict(done.members) == {"newcomers": 1, "h5": 0}
+
+
+@pytest.mark.parametrize(
+    ("member", "field"),
+    [
+        (attributes("c1", month=13), "members[0].birthday_month"),
+        (attributes("c1", channel="Mini Program"), "members[0].channel"),
+        (attributes("c1", registered=date(2999, 1, 1)), "members[0].registered_on"),
+        (attributes("", month=1), "members[0].customer_id"),
+    ],
+)
+def test_bad_member_attributes_are_invalid_argument_naming_the_field(
+    stack: Stack, uid: str, member: Any, field: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        segmentation(stack).SetMemberAttributes(
+            segmentation_pb2.SetMemberAttributesRequest(shop_id="shop-a", request_id=uid, members=[member]),
+            metadata=W,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in str(refused.value.details())

@@ -109,6 +109,100 @@ class TagCustomersResponse(_message.Message):
 Global___TagCustomersResponse: _TypeAlias = TagCustomersResponse  # noqa: Y015
 
 @_typing.final
+class MemberAttributes(_message.Message):
+    """MemberAttributes are facts about a member that orders do not carry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CUSTOMER_ID_FIELD_NUMBER: _builtins.int
+    BIRTHDAY_MONTH_FIELD_NUMBER: _builtins.int
+    REGISTERED_ON_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    customer_id: _builtins.str
+    """The customer."""
+    birthday_month: _builtins.int
+    """Birthday month 1..12, or 0 when unknown."""
+    channel: _builtins.str
+    """Where the member registered or buys (e.g. "mini_program", "h5", "app",
+    "pos"): 1-32 chars of a-z, 0-9, '_', or empty when unknown.
+    """
+    @_builtins.property
+    def registered_on(self) -> _common_pb2.Date:
+        """The shop-local day the member registered; unset when unknown. Rules see
+        `registered_days`, the days from it to the evaluation's as_of date.
+        """
+
+    def __init__(
+        self,
+        *,
+        customer_id: _builtins.str = ...,
+        birthday_month: _builtins.int = ...,
+        registered_on: _common_pb2.Date | None = ...,
+        channel: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["registered_on", b"registered_on"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["birthday_month", b"birthday_month", "channel", b"channel", "customer_id", b"customer_id", "registered_on", b"registered_on"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MemberAttributes: _TypeAlias = MemberAttributes  # noqa: Y015
+
+@_typing.final
+class SetMemberAttributesRequest(_message.Message):
+    """SetMemberAttributesRequest replaces the attributes of up to 1,000 members."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberAttributes]:
+        """One entry per member; a customer may appear once."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        members: _abc.Iterable[Global___MemberAttributes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "request_id", b"request_id", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemberAttributesRequest: _TypeAlias = SetMemberAttributesRequest  # noqa: Y015
+
+@_typing.final
+class SetMemberAttributesResponse(_message.Message):
+    """SetMemberAttributesResponse counts what was written."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WRITTEN_FIELD_NUMBER: _builtins.int
+    written: _builtins.int
+    """Members whose attributes were written."""
+    def __init__(
+        self,
+        *,
+        written: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["written", b"written"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetMemberAttributesResponse: _TypeAlias = SetMemberAttributesResponse  # noqa: Y015
+
+@_typing.final
 class GetCustomerProfileRequest(_message.Message):
     """GetCustomerProfileRequest names the customer."""
 
@@ -154,6 +248,7 @@ class CustomerProfile(_message.Message):
     CHURN_REASON_FIELD_NUMBER: _builtins.int
     SEGMENTS_FIELD_NUMBER: _builtins.int
     SCORES_VERSION_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """The customer."""
     order_count: _builtins.int
@@ -193,6 +288,10 @@ class CustomerProfile(_message.Message):
     def segments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Segments the customer belongs to, by id."""
 
+    @_builtins.property
+    def attributes(self) -> Global___MemberAttributes:
+        """Birthday month, registration day and channel, as last set."""
+
     def __init__(
         self,
         *,
@@ -210,10 +309,11 @@ class CustomerProfile(_message.Message):
         churn_reason: _builtins.str = ...,
         segments: _abc.Iterable[_builtins.str] | None = ...,
         scores_version: _builtins.int = ...,
+        attributes: Global___MemberAttributes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["rfm", b"rfm", "total_paid", b"total_paid"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "rfm", b"rfm", "total_paid", b"total_paid"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_layer", b"activity_layer", "churn_reason", b"churn_reason", "churn_risk", b"churn_risk", "customer_id", b"customer_id", "days_since_last_order", b"days_since_last_order", "order_count", b"order_count", "points_balance", b"points_balance", "rfm", b"rfm", "rfm_segment", b"rfm_segment", "scores_version", b"scores_version", "segments", b"segments", "tags", b"tags", "total_paid", b"total_paid", "value_class", b"value_class"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_layer", b"activity_layer", "attributes", b"attributes", "churn_reason", b"churn_reason", "churn_risk", b"churn_risk", "customer_id", b"customer_id", "days_since_last_order", b"days_since_last_order", "order_count", b"order_count", "points_balance", b"points_balance", "rfm", b"rfm", "rfm_segment", b"rfm_segment", "scores_version", b"scores_version", "segments", b"segments", "tags", b"tags", "total_paid", b"total_paid", "value_class", b"value_class"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -47,6 +47,11 @@ class SegmentationServiceStub:
                 request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ImportTagsRequest.SerializeToString,
                 response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ImportTagsResponse.FromString,
                 _registered_method=True)
+        self.SetMemberAttributes = channel.unary_unary(
+                '/loyalty.segmentation.v1.SegmentationService/SetMemberAttributes',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetMemberAttributesRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetMemberAttributesResponse.FromString,
+                _registered_method=True)
         self.GetCustomerProfile = channel.unary_unary(
                 '/loyalty.segmentation.v1.SegmentationService/GetCustomerProfile',
                 request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetCustomerProfileRequest.SerializeToString,
@@ -106,6 +111,16 @@ class SegmentationServiceServicer:
         """Bulk tag import (e.g. a CSV of customer, tag): a client stream of chunks of
         at most 1,000 pairs, each chunk committed on its own and idempotent by its
         request_id, so a broken import is resumed by sending it again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetMemberAttributes(self, request, context):
+        """Sets what the shop knows of members beyond their purchases (birthday month,
+        registration date, channel), up to 1,000 members per call. Each member's
+        attributes are replaced as a whole; an unset field means unknown. Rules see
+        them as `birthday_month`, `registered_days` and `channel`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -190,6 +205,11 @@ def add_SegmentationServiceServicer_to_server(servicer, server):
                     servicer.ImportTags,
                     request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ImportTagsRequest.FromString,
                     response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ImportTagsResponse.SerializeToString,
+            ),
+            'SetMemberAttributes': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetMemberAttributes,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetMemberAttributesRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetMemberAttributesResponse.SerializeToString,
             ),
             'GetCustomerProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCustomerProfile,
@@ -289,6 +309,33 @@ class SegmentationService:
             '/loyalty.segmentation.v1.SegmentationService/ImportTags',
             loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ImportTagsRequest.SerializeToString,
             loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ImportTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetMemberAttributes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/SetMemberAttributes',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetMemberAttributesRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetMemberAttributesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,12 @@ class SegmentationServiceStub:
     at most 1,000 pairs, each chunk committed on its own and idempotent by its
     request_id, so a broken import is resumed by sending it again.
     """
+    SetMemberAttributes: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.SetMemberAttributesRequest, _segmentation_pb2.SetMemberAttributesResponse]
+    """Sets what the shop knows of members beyond their purchases (birthday month,
+    registration date, channel), up to 1,000 members per call. Each member's
+    attributes are replaced as a whole; an unset field means unknown. Rules see
+    them as `birthday_month`, `registered_days` and `channel`.
+    """
     GetCustomerProfile: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.GetCustomerProfileRequest, _segmentation_pb2.GetCustomerProfileResponse]
     """What the suite knows of one customer: purchases (from metrics), balances
     (from points) and tags.
@@ -92,6 +98,12 @@ class SegmentationServiceAsyncStub(SegmentationServiceStub):
     """Bulk tag import (e.g. a CSV of customer, tag): a client stream of chunks of
     at most 1,000 pairs, each chunk committed on its own and idempotent by its
     request_id, so a broken import is resumed by sending it again.
+    """
+    SetMemberAttributes: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.SetMemberAttributesRequest, _segmentation_pb2.SetMemberAttributesResponse]  # type: ignore[assignment]
+    """Sets what the shop knows of members beyond their purchases (birthday month,
+    registration date, channel), up to 1,000 members per call. Each member's
+    attributes are replaced as a whole; an unset field means unknown. Rules see
+    them as `birthday_month`, `registered_days` and `channel`.
     """
     GetCustomerProfile: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.GetCustomerProfileRequest, _segmentation_pb2.GetCustomerProfileResponse]  # type: ignore[assignment]
     """What the suite knows of one customer: purchases (from metrics), balances
@@ -151,6 +163,18 @@ class SegmentationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Bulk tag import (e.g. a CSV of customer, tag): a client stream of chunks of
         at most 1,000 pairs, each chunk committed on its own and idempotent by its
         request_id, so a broken import is resumed by sending it again.
+        """
+
+    @_abc_1.abstractmethod
+    def SetMemberAttributes(
+        self,
+        request: _segmentation_pb2.SetMemberAttributesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segmentation_pb2.SetMemberAttributesResponse, _abc.Awaitable[_segmentation_pb2.SetMemberAttributesResponse]]:
+        """Sets what the shop knows of members beyond their purchases (birthday month,
+        registration date, channel), up to 1,000 members per call. Each member's
+        attributes are replaced as a whole; an unset field means unknown. Rules see
+        them as `birthday_month`, `registered_days` and `channel`.
         """
 
     @_abc_1.abstractmethod
