@@ -84,10 +84,12 @@ def ingest_table(result: ingest_bench.IngestBenchResult) -> str:
 def segments_table(result: segmentation_bench.SegmentationBenchResult) -> str:
     return "\n".join(
         [
-            "| segment rules | customers | rules | engine s | hand-written numpy s | engine ÷ numpy |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| segment rules | customers | rules | engine s | hand-written numpy s | engine ÷ numpy "
+            "| whole evaluation s | peak RSS MB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
             f"| same masks checked | {result.customers} | {result.rules} | {result.engine_seconds:.3f} | "
-            f"{result.numpy_seconds:.3f} | {result.ratio:.2f} |",
+            f"{result.numpy_seconds:.3f} | {result.ratio:.2f} | {result.pipeline_seconds:.1f} | "
+            f"{result.peak_rss_mb:.0f} |",
         ]
     )
 
