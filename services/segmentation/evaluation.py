@@ -97,7 +97,15 @@ class CustomerScore:
     churn_reason: str
 
 
-def customer_scores(rows: Sequence[FeatureRow]) -> list[CustomerScore]:
+DEFAULT_ACTIVITY = rfm.ActivityThresholds()
+DEFAULT_CHURN = rfm.ChurnRules()
+
+
+def customer_scores(
+    rows: Sequence[FeatureRow],
+    activity: rfm.ActivityThresholds = DEFAULT_ACTIVITY,
+    churn_rules: rfm.ChurnRules = DEFAULT_CHURN,
+) -> list[CustomerScore]:
     """RFM scores and segment, value class, activity layer and churn risk (with its reason) per row."""
     inputs = [rfm.RfmInput(r.customer_id, r.recency_days, r.order_count, r.net_revenue_minor) for r in rows]
     scores = rfm.rfm_scores(inputs)
@@ -106,7 +114,9 @@ def customer_scores(rows: Sequence[FeatureRow]) -> list[CustomerScore]:
     median_interval = statistics.median(intervals) if intervals else None
     result = []
     for row, score in zip(rows, scores, strict=True):
-        churn = rfm.churn_warning(row.recency_days, row.mean_interval_days, median_interval, row.probability_alive)
+        churn = rfm.churn_warning(
+            row.recency_days, row.mean_interval_days, median_interval, row.probability_alive, churn_rules
+        )
         result.append(
             CustomerScore(
                 customer_id=row.customer_id,
@@ -116,7 +126,7 @@ def customer_scores(rows: Sequence[FeatureRow]) -> list[CustomerScore]:
                 rfm_segment=rfm.segment_of(score).value,
                 value_class=classes[row.customer_id].value,
                 activity_layer=rfm.activity_layer(
-                    row.window_orders, row.window_active_days, row.window_aov_minor
+                    row.window_orders, row.window_active_days, row.window_aov_minor, activity
                 ).value,
                 churn_risk=churn.level.value,
                 churn_reason=churn.reason[:200],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Date, Integer, String, Text
+from sqlalchemy import BigInteger, Date, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.db import UtcDateTime
@@ -83,4 +83,14 @@ class MemberAttributesRecord(Base):
     birthday_month: Mapped[int | None] = mapped_column(Integer, nullable=True)
     registered_on: Mapped[date | None] = mapped_column(Date, nullable=True)
     channel: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class LayeringRulesRecord(Base):
+    """A shop's activity and churn thresholds, stored as the proto it set."""
+
+    __tablename__ = "layering_rules"
+
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)

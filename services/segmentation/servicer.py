@@ -25,6 +25,7 @@ from services.common.validation import check_id, check_text
 from services.segmentation import evaluation, store
 from services.segmentation.domain import CHANNEL_PATTERN, TAG_PATTERN, days_since
 from services.segmentation.evaluation import Attributes, FeatureRow
+from services.segmentation.layering import DEFAULT_LAYERING, Layering, from_proto, to_proto
 from services.segmentation.models import CustomerScoreRecord
 from services.segmentation.rules import parse_rule
 
@@ -196,6 +197,39 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
 
         return run_idempotent(self.ctx.db, request, segmentation_pb2.UpsertSegmentResponse, apply, clock=self.ctx.clock)
 
+    def SetLayeringRules(
+        self, request: segmentation_pb2.SetLayeringRulesRequest, context: grpc.ServicerContext
+    ) -> segmentation_pb2.SetLayeringRulesResponse:
+        v = Violations()
+        layering = from_proto(v, request.rules)
+        v.raise_if_any()
+        assert layering is not None
+        stored = to_proto(layering)
+
+        def apply(session: Session) -> segmentation_pb2.SetLayeringRulesResponse:
+            body = stored.SerializeToString(deterministic=True)
+            store.set_layering_rules(session, shop_id=request.shop_id, body=body, now=self.ctx.clock())
+            return segmentation_pb2.SetLayeringRulesResponse(rules=stored)
+
+        return run_idempotent(
+            self.ctx.db, request, segmentation_pb2.SetLayeringRulesResponse, apply, clock=self.ctx.clock
+        )
+
+    def GetLayeringRules(
+        self, request: segmentation_pb2.GetLayeringRulesRequest, context: grpc.ServicerContext
+    ) -> segmentation_pb2.GetLayeringRulesResponse:
+        body = self.ctx.db.run(lambda s: store.layering_rules(s, shop_id=request.shop_id))
+        if body is None:
+            return segmentation_pb2.GetLayeringRulesResponse(rules=to_proto(DEFAULT_LAYERING), defaults=True)
+        return segmentation_pb2.GetLayeringRulesResponse(rules=segmentation_pb2.LayeringRules.FromString(body))
+
+    def _layering(self, shop_id: str) -> Layering:
+        body = self.ctx.db.run(lambda s: store.layering_rules(s, shop_id=shop_id))
+        if body is None:
+            return DEFAULT_LAYERING
+        layering = from_proto(Violations(), segmentation_pb2.LayeringRules.FromString(body))
+        return layering or DEFAULT_LAYERING  # stored rules were validated; a later, stricter check keeps defaults
+
     def ListSegments(
         self, request: segmentation_pb2.ListSegmentsRequest, context: grpc.ServicerContext
     ) -> segmentation_pb2.ListSegmentsResponse:
@@ -246,7 +280,8 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         )
         tags = self.ctx.db.run(lambda s: store.tagged_customers(s, shop_id=shop_id))
         attributes = self.ctx.db.run(lambda s: store.member_attributes(s, shop_id=shop_id))
-        scores = evaluation.customer_scores(rows)
+        layering = self._layering(shop_id)
+        scores = evaluation.customer_scores(rows, layering.activity, layering.churn)
         members = evaluation.members(rules, rows, scores, tags, attributes, day)
         yield segmentation_pb2.EvaluateSegmentsResponse(
             phase=segmentation_pb2.EVALUATION_PHASE_WRITING, customers=len(rows)

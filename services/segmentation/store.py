@@ -18,6 +18,7 @@ from services.segmentation.models import (
     CustomerScoreRecord,
     CustomerTag,
     Evaluation,
+    LayeringRulesRecord,
     MemberAttributesRecord,
     Membership,
     SegmentRecord,
@@ -298,3 +299,18 @@ def member_attributes(session: Session, *, shop_id: str, customer_id: str | None
         row.customer_id: Attributes(row.birthday_month, row.registered_on, row.channel)
         for row in session.execute(query)
     }
+
+
+def layering_rules(session: Session, *, shop_id: str) -> bytes | None:
+    """The shop's stored thresholds (a LayeringRules proto), None when it never set any."""
+    record = session.get(LayeringRulesRecord, shop_id)
+    return None if record is None else record.body
+
+
+def set_layering_rules(session: Session, *, shop_id: str, body: bytes, now: datetime) -> None:
+    record = session.get(LayeringRulesRecord, shop_id, with_for_update=True)
+    if record is None:
+        session.add(LayeringRulesRecord(shop_id=shop_id, body=body, updated_at=now))
+    else:
+        record.body, record.updated_at = body, now
+    session.flush()

@@ -164,3 +164,49 @@ def test_bad_member_attributes_are_invalid_argument_naming_the_field(
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in str(refused.value.details())
+
+
+def test_layering_rules_default_then_stored_then_used_by_the_evaluation(stack: Stack, uid: str) -> None:
+    shop, admin = f"layers-{uid}", bearer("admin")
+    stub = segmentation(stack)
+    defaults = stub.GetLayeringRules(segmentation_pb2.GetLayeringRulesRequest(shop_id=shop), metadata=admin)
+    assert defaults.defaults
+    assert defaults.rules.activity.high_orders == 3
+    paid = datetime.now(UTC) - timedelta(days=2)
+    stack.stub("metrics", metrics_pb2_grpc.MetricsServiceStub).RecordOrders(
+        metrics_pb2.RecordOrdersRequest(
+            shop_id=shop, request_id=f"{uid}-o", orders=[order(f"{uid}-{c}", f"{uid}-{c}", paid, 5000) for c in "ab"]
+        ),
+        metadata=admin,
+    )
+    stub.UpsertSegment(
+        segmentation_pb2.UpsertSegmentRequest(
+            shop_id=shop,
+            request_id=f"{uid}-seg",
+            segment=segmentation_pb2.Segment(segment_id="mid", name="mid", rule='activity_layer = "mid"'),
+        ),
+        metadata=admin,
+    )
+
+    def mid_members() -> int:
+        request = segmentation_pb2.EvaluateSegmentsRequest(shop_id=shop)
+        return dict(list(stub.EvaluateSegments(request, metadata=admin))[-1].members)["mid"]
+
+    assert mid_members() == 0  # one order each: "low" under the defaults
+    rules = defaults.rules
+    rules.activity.mid_orders, rules.activity.mid_active_days = 1, 1
+    stored = stub.SetLayeringRules(
+        segmentation_pb2.SetLayeringRulesRequest(shop_id=shop, request_id=f"{uid}-rules", rules=rules), metadata=admin
+    )
+    assert stored.rules == rules
+    now = stub.GetLayeringRules(segmentation_pb2.GetLayeringRulesRequest(shop_id=shop), metadata=admin)
+    assert (now.defaults, now.rules) == (False, rules)
+    assert mid_members() == 2
+    rules.churn.watch_after_intervals = 9.0  # above at_risk_after_intervals
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.SetLayeringRules(
+            segmentation_pb2.SetLayeringRulesRequest(shop_id=shop, request_id=f"{uid}-bad", rules=rules),
+            metadata=admin,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "rules.churn" in str(refused.value.details())

@@ -109,6 +109,224 @@ class TagCustomersResponse(_message.Message):
 Global___TagCustomersResponse: _TypeAlias = TagCustomersResponse  # noqa: Y015
 
 @_typing.final
+class ActivityRules(_message.Message):
+    """ActivityRules layer customers high / mid / low by what they did in the
+    evaluation's window (Youzan practice): high needs all three high thresholds,
+    mid both mid thresholds, everyone else is low.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HIGH_ORDERS_FIELD_NUMBER: _builtins.int
+    HIGH_ACTIVE_DAYS_FIELD_NUMBER: _builtins.int
+    HIGH_AOV_MINOR_FIELD_NUMBER: _builtins.int
+    MID_ORDERS_FIELD_NUMBER: _builtins.int
+    MID_ACTIVE_DAYS_FIELD_NUMBER: _builtins.int
+    high_orders: _builtins.int
+    """Orders in the window for "high" (default 3)."""
+    high_active_days: _builtins.int
+    """Distinct purchase days in the window for "high" (default 3)."""
+    high_aov_minor: _builtins.int
+    """Average order value in the window for "high", minor units; 0 = not a criterion (default)."""
+    mid_orders: _builtins.int
+    """Orders in the window for "mid" (default 2); at most high_orders."""
+    mid_active_days: _builtins.int
+    """Distinct purchase days in the window for "mid" (default 2); at most high_active_days."""
+    def __init__(
+        self,
+        *,
+        high_orders: _builtins.int = ...,
+        high_active_days: _builtins.int = ...,
+        high_aov_minor: _builtins.int = ...,
+        mid_orders: _builtins.int = ...,
+        mid_active_days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["high_active_days", b"high_active_days", "high_aov_minor", b"high_aov_minor", "high_orders", b"high_orders", "mid_active_days", b"mid_active_days", "mid_orders", b"mid_orders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivityRules: _TypeAlias = ActivityRules  # noqa: Y015
+
+@_typing.final
+class ChurnRules(_message.Message):
+    """ChurnRules decide the churn warning (流失预警): the worse of the interval rule
+    (days since the last order over the customer's own mean interval, the shop's
+    median for one-order customers) and the P(alive) rule.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WATCH_AFTER_INTERVALS_FIELD_NUMBER: _builtins.int
+    AT_RISK_AFTER_INTERVALS_FIELD_NUMBER: _builtins.int
+    CHURNED_AFTER_INTERVALS_FIELD_NUMBER: _builtins.int
+    AT_RISK_BELOW_P_ALIVE_FIELD_NUMBER: _builtins.int
+    CHURNED_BELOW_P_ALIVE_FIELD_NUMBER: _builtins.int
+    watch_after_intervals: _builtins.float
+    """"watch" from this many intervals (default 1.5)."""
+    at_risk_after_intervals: _builtins.float
+    """"at_risk" from this many intervals (default 2.5)."""
+    churned_after_intervals: _builtins.float
+    """"churned" from this many intervals (default 4.0)."""
+    at_risk_below_p_alive: _builtins.float
+    """"at_risk" when P(alive) is below this (default 0.5)."""
+    churned_below_p_alive: _builtins.float
+    """"churned" when P(alive) is below this (default 0.2)."""
+    def __init__(
+        self,
+        *,
+        watch_after_intervals: _builtins.float = ...,
+        at_risk_after_intervals: _builtins.float = ...,
+        churned_after_intervals: _builtins.float = ...,
+        at_risk_below_p_alive: _builtins.float = ...,
+        churned_below_p_alive: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_risk_after_intervals", b"at_risk_after_intervals", "at_risk_below_p_alive", b"at_risk_below_p_alive", "churned_after_intervals", b"churned_after_intervals", "churned_below_p_alive", b"churned_below_p_alive", "watch_after_intervals", b"watch_after_intervals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChurnRules: _TypeAlias = ChurnRules  # noqa: Y015
+
+@_typing.final
+class LayeringRules(_message.Message):
+    """LayeringRules are a shop's thresholds for the built-in layers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVITY_FIELD_NUMBER: _builtins.int
+    CHURN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def activity(self) -> Global___ActivityRules:
+        """Activity layers."""
+
+    @_builtins.property
+    def churn(self) -> Global___ChurnRules:
+        """Churn warning."""
+
+    def __init__(
+        self,
+        *,
+        activity: Global___ActivityRules | None = ...,
+        churn: Global___ChurnRules | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity", "churn", b"churn"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity", b"activity", "churn", b"churn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LayeringRules: _TypeAlias = LayeringRules  # noqa: Y015
+
+@_typing.final
+class SetLayeringRulesRequest(_message.Message):
+    """SetLayeringRulesRequest replaces the shop's thresholds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key (AIP-155)."""
+    @_builtins.property
+    def rules(self) -> Global___LayeringRules:
+        """The thresholds; every field must be set."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        rules: Global___LayeringRules | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "rules", b"rules", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetLayeringRulesRequest: _TypeAlias = SetLayeringRulesRequest  # noqa: Y015
+
+@_typing.final
+class SetLayeringRulesResponse(_message.Message):
+    """SetLayeringRulesResponse echoes what was stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rules(self) -> Global___LayeringRules:
+        """The stored thresholds."""
+
+    def __init__(
+        self,
+        *,
+        rules: Global___LayeringRules | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetLayeringRulesResponse: _TypeAlias = SetLayeringRulesResponse  # noqa: Y015
+
+@_typing.final
+class GetLayeringRulesRequest(_message.Message):
+    """GetLayeringRulesRequest names the shop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLayeringRulesRequest: _TypeAlias = GetLayeringRulesRequest  # noqa: Y015
+
+@_typing.final
+class GetLayeringRulesResponse(_message.Message):
+    """GetLayeringRulesResponse carries the thresholds in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    DEFAULTS_FIELD_NUMBER: _builtins.int
+    defaults: _builtins.bool
+    """True when these are the defaults."""
+    @_builtins.property
+    def rules(self) -> Global___LayeringRules:
+        """The shop's thresholds (the defaults when never set)."""
+
+    def __init__(
+        self,
+        *,
+        rules: Global___LayeringRules | None = ...,
+        defaults: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["defaults", b"defaults", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLayeringRulesResponse: _TypeAlias = GetLayeringRulesResponse  # noqa: Y015
+
+@_typing.final
 class MemberAttributes(_message.Message):
     """MemberAttributes are facts about a member that orders do not carry."""
 

@@ -57,6 +57,16 @@ class SegmentationServiceStub:
                 request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetCustomerProfileRequest.SerializeToString,
                 response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetCustomerProfileResponse.FromString,
                 _registered_method=True)
+        self.SetLayeringRules = channel.unary_unary(
+                '/loyalty.segmentation.v1.SegmentationService/SetLayeringRules',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetLayeringRulesRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetLayeringRulesResponse.FromString,
+                _registered_method=True)
+        self.GetLayeringRules = channel.unary_unary(
+                '/loyalty.segmentation.v1.SegmentationService/GetLayeringRules',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetLayeringRulesRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetLayeringRulesResponse.FromString,
+                _registered_method=True)
         self.UpsertSegment = channel.unary_unary(
                 '/loyalty.segmentation.v1.SegmentationService/UpsertSegment',
                 request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.UpsertSegmentRequest.SerializeToString,
@@ -129,6 +139,21 @@ class SegmentationServiceServicer:
     def GetCustomerProfile(self, request, context):
         """What the suite knows of one customer: purchases (from metrics), balances
         (from points) and tags.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetLayeringRules(self, request, context):
+        """Sets the shop's activity-layer and churn-warning thresholds (validated as
+        a whole); the next EvaluateSegments uses them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLayeringRules(self, request, context):
+        """The shop's thresholds, or the defaults when it never set any.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -215,6 +240,16 @@ def add_SegmentationServiceServicer_to_server(servicer, server):
                     servicer.GetCustomerProfile,
                     request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetCustomerProfileRequest.FromString,
                     response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetCustomerProfileResponse.SerializeToString,
+            ),
+            'SetLayeringRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetLayeringRules,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetLayeringRulesRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetLayeringRulesResponse.SerializeToString,
+            ),
+            'GetLayeringRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLayeringRules,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetLayeringRulesRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetLayeringRulesResponse.SerializeToString,
             ),
             'UpsertSegment': grpc.unary_unary_rpc_method_handler(
                     servicer.UpsertSegment,
@@ -363,6 +398,60 @@ class SegmentationService:
             '/loyalty.segmentation.v1.SegmentationService/GetCustomerProfile',
             loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetCustomerProfileRequest.SerializeToString,
             loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetCustomerProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetLayeringRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/SetLayeringRules',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetLayeringRulesRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetLayeringRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLayeringRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/GetLayeringRules',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetLayeringRulesRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetLayeringRulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,12 @@ class SegmentationServiceStub:
     """What the suite knows of one customer: purchases (from metrics), balances
     (from points) and tags.
     """
+    SetLayeringRules: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.SetLayeringRulesRequest, _segmentation_pb2.SetLayeringRulesResponse]
+    """Sets the shop's activity-layer and churn-warning thresholds (validated as
+    a whole); the next EvaluateSegments uses them.
+    """
+    GetLayeringRules: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.GetLayeringRulesRequest, _segmentation_pb2.GetLayeringRulesResponse]
+    """The shop's thresholds, or the defaults when it never set any."""
     UpsertSegment: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.UpsertSegmentRequest, _segmentation_pb2.UpsertSegmentResponse]
     """Creates or replaces a rule-based segment. The rule is parsed and checked
     here: a bad rule is INVALID_ARGUMENT naming the position and the problem.
@@ -109,6 +115,12 @@ class SegmentationServiceAsyncStub(SegmentationServiceStub):
     """What the suite knows of one customer: purchases (from metrics), balances
     (from points) and tags.
     """
+    SetLayeringRules: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.SetLayeringRulesRequest, _segmentation_pb2.SetLayeringRulesResponse]  # type: ignore[assignment]
+    """Sets the shop's activity-layer and churn-warning thresholds (validated as
+    a whole); the next EvaluateSegments uses them.
+    """
+    GetLayeringRules: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.GetLayeringRulesRequest, _segmentation_pb2.GetLayeringRulesResponse]  # type: ignore[assignment]
+    """The shop's thresholds, or the defaults when it never set any."""
     UpsertSegment: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.UpsertSegmentRequest, _segmentation_pb2.UpsertSegmentResponse]  # type: ignore[assignment]
     """Creates or replaces a rule-based segment. The rule is parsed and checked
     here: a bad rule is INVALID_ARGUMENT naming the position and the problem.
@@ -186,6 +198,24 @@ class SegmentationServiceServicer(metaclass=_abc_1.ABCMeta):
         """What the suite knows of one customer: purchases (from metrics), balances
         (from points) and tags.
         """
+
+    @_abc_1.abstractmethod
+    def SetLayeringRules(
+        self,
+        request: _segmentation_pb2.SetLayeringRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segmentation_pb2.SetLayeringRulesResponse, _abc.Awaitable[_segmentation_pb2.SetLayeringRulesResponse]]:
+        """Sets the shop's activity-layer and churn-warning thresholds (validated as
+        a whole); the next EvaluateSegments uses them.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLayeringRules(
+        self,
+        request: _segmentation_pb2.GetLayeringRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segmentation_pb2.GetLayeringRulesResponse, _abc.Awaitable[_segmentation_pb2.GetLayeringRulesResponse]]:
+        """The shop's thresholds, or the defaults when it never set any."""
 
     @_abc_1.abstractmethod
     def UpsertSegment(
