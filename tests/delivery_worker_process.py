@@ -23,7 +23,7 @@ from services.common.outbox import OutboxEvent, OutboxRelay
 from services.cycle_delivery import store
 
 MAX_ROUNDS = 10_000
-MAX_SECONDS = 240.0
+MAX_SECONDS = 600.0
 BATCH = 50
 # A killed replica's claimed events wait this long before another replica sends them again.
 RELAY_LEASE = timedelta(seconds=3)

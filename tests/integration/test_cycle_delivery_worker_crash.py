@@ -111,7 +111,7 @@ def test_two_replicas_and_a_sigkill_create_each_delivery_once_and_deliver_each_e
     receivers = start_stack(database_url, only=("metrics", "points"))
     try:
         victim, survivor = start_replica(url, receivers), start_replica(url, receivers)
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while created(db) < total // 4 and time.monotonic() < deadline:
             time.sleep(0.05)
         victim.send_signal(signal.SIGKILL)
