@@ -35,7 +35,6 @@ from zoneinfo import ZoneInfo
 
 import grpc
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from loyalty.common.v1 import common_pb2
 from loyalty.cycle_delivery.v1 import cycle_delivery_pb2 as cd
 from loyalty.cycle_delivery.v1 import cycle_delivery_pb2_grpc as cd_grpc
@@ -51,6 +50,7 @@ from services.cycle_delivery.models import DeliveryRecord, SubscriptionRecord
 from services.metrics.models import Order
 from services.points.models import Entry, MallItemRecord, OrderEarning, Redemption
 from tests.compose_stack import NativeStack, load_compose
+from tests.integration.test_metrics_rpc import order
 
 AUTH = (("authorization", f"Bearer {DEV_TOKEN}"),)
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
@@ -109,17 +109,6 @@ class SoakReport:
         )
 
 
-def paid_order(order_id: str, customer: str, amount: int, at: datetime) -> common_pb2.Order:
-    stamp = Timestamp()
-    stamp.FromDatetime(at)
-    return common_pb2.Order(
-        order_id=order_id,
-        customer_id=customer,
-        paid_at=stamp,
-        paid=common_pb2.Money(amount_minor=amount, currency="CNY"),
-    )
-
-
 def workload(shop: str, plan: SoakPlan, rng: random.Random, now: datetime) -> list[Operation]:
     """A seeded operation list; refunds pick earlier earned orders (they may arrive first: NOT_FOUND)."""
     customers = [f"m{i}" for i in range(12)]
@@ -139,7 +128,7 @@ def workload(shop: str, plan: SoakPlan, rng: random.Random, now: datetime) -> li
             amount = rng.randint(1_000, 60_000)
             earned.append((f"e{i}", amount))
             request: Message = points_pb2.EarnForOrderRequest(
-                shop_id=shop, request_id=rid, order=paid_order(f"e{i}", customer, amount, now)
+                shop_id=shop, request_id=rid, order=order(f"e{i}", customer, now, amount)
             )
             ops.append(Operation(kind, "points", "EarnForOrder", request))
         elif kind == "spend":
@@ -173,14 +162,14 @@ def workload(shop: str, plan: SoakPlan, rng: random.Random, now: datetime) -> li
             ops.append(Operation(kind, "points", "AdjustPoints", request))
         elif kind == "record":
             request = metrics_pb2.RecordOrdersRequest(
-                shop_id=shop, request_id=rid, orders=[paid_order(f"r{i}", customer, rng.randint(500, 90_000), now)]
+                shop_id=shop, request_id=rid, orders=[order(f"r{i}", customer, now, rng.randint(500, 90_000))]
             )
             ops.append(Operation(kind, "metrics", "RecordOrders", request, order_id=f"r{i}"))
         else:
             request = cd.CreateSubscriptionRequest(
                 shop_id=shop,
                 request_id=rid,
-                order=paid_order(f"s{i}", customer, 2 * 800, now),
+                order=order(f"s{i}", customer, now, 2 * 800),
                 plan_id=PLAN_ID,
                 quantity=1,
                 address="soak address",
@@ -251,30 +240,37 @@ class Killer(threading.Thread):
             self.stack.wait_healthy(name, timeout=60)
 
 
-def send(
-    stubs: dict[str, Any], op: Operation, report: SoakReport, budget: float
-) -> tuple[str, bytes | None, str | None]:
-    """(request_id, response body or None when refused, unexpected status or None); retries like a storefront."""
+@dataclass(frozen=True)
+class Outcome:
+    request_id: str
+    body: bytes | None  # None when refused
+    unexpected: str | None  # a status no client should ever see
+    retries: int
+
+
+def send(stubs: dict[str, Any], op: Operation, budget: float) -> Outcome:
+    """One operation, retried with the same request id like a storefront does."""
     method = getattr(stubs[op.service], op.method)
     give_up = time.monotonic() + budget
-    pause = 0.05
+    pause, retries = 0.05, 0
     while True:
         try:
-            return op.request_id, method(op.request, metadata=AUTH, timeout=10).SerializeToString(), None
+            body = method(op.request, metadata=AUTH, timeout=10).SerializeToString()
+            return Outcome(op.request_id, body, None, retries)
         except grpc.RpcError as exc:
             code = exc.code()
             if code in RETRYABLE and time.monotonic() < give_up:
-                report.retries += 1
+                retries += 1
                 time.sleep(pause)
                 pause = min(1.0, pause * 2)
                 continue
             if code in REFUSALS:
-                return op.request_id, None, None
-            return op.request_id, None, f"{op.method} {op.request_id}: {code.name} {exc.details()}"
+                return Outcome(op.request_id, None, None, retries)
+            return Outcome(op.request_id, None, f"{op.method} {op.request_id}: {code.name} {exc.details()}", retries)
 
 
 def database_url(stack: NativeStack, service: str) -> str:
-    template = dict(stack.env_for(service, None, None))["DATABASE_URL"]
+    template = stack.env_for(service, None, None)["DATABASE_URL"]
     return template.replace("{service}", service)
 
 
@@ -428,8 +424,8 @@ def run_soak(plan: SoakPlan, log_dir: Path, progress: Callable[[str], None] = la
         killer = Killer(stack, random.Random(plan.seed + 1), plan.kills, len(sends))
         lock = threading.Lock()
 
-        def client(op: Operation) -> tuple[str, bytes | None, str | None]:
-            outcome = send(stubs, op, report, plan.call_budget_seconds)
+        def client(op: Operation) -> Outcome:
+            outcome = send(stubs, op, plan.call_budget_seconds)
             with lock:
                 killer.done += 1
             return outcome
@@ -445,11 +441,12 @@ def run_soak(plan: SoakPlan, log_dir: Path, progress: Callable[[str], None] = la
         report.kills = killer.killed
         killer.wait_all_healthy()
         answers: dict[str, set[bytes]] = {}
-        for request_id, body, unexpected in outcomes:
-            if unexpected:
-                report.violations.append(unexpected)
-            if body is not None:
-                answers.setdefault(request_id, set()).add(body)
+        for outcome in outcomes:
+            report.retries += outcome.retries
+            if outcome.unexpected:
+                report.violations.append(outcome.unexpected)
+            if outcome.body is not None:
+                answers.setdefault(outcome.request_id, set()).add(outcome.body)
         report.acknowledged = len(answers)
         report.refused = len(ops) - len(answers)
         progress("workload done; waiting for workers and relays")

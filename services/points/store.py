@@ -574,11 +574,10 @@ def members_with_expired_lots(session: Session, *, now: datetime, limit: int) ->
 
 def expire_member(session: Session, *, shop_id: str, customer_id: str, now: datetime) -> int:
     """Expires the member's due points and rebate credit; returns the total expired."""
-    lock_member(session, shop_id=shop_id, customer_id=customer_id)
+    held = lock_balances(session, shop_id=shop_id, holder=customer_id, assets=(Asset.POINTS, *EXPIRING_ASSETS))
     total = 0
     for asset in EXPIRING_ASSETS:
-        balance = lock_balance(session, shop_id=shop_id, holder=customer_id, asset=asset)
-        total += expire_member_lots(session, balance, asset, now)
+        total += expire_member_lots(session, held[asset], asset, now)
     session.flush()
     return total
 

@@ -32,6 +32,7 @@ from services.points.store import (
     credit,
     debit,
     lock_balance,
+    lock_balances,
     lock_member,
     post,
     record_spend,
@@ -169,9 +170,10 @@ def spend_stored_value(
 ) -> tuple[int, int]:
     """(from principal, from bonus): split by the shop's draw rule, each side oldest top-up first."""
     check_program_currency(rules, currency)
-    lock_member(session, shop_id=shop_id, customer_id=customer_id)
-    principal = lock_balance(session, shop_id=shop_id, holder=customer_id, asset=Asset.STORED_PRINCIPAL)
-    bonus = lock_balance(session, shop_id=shop_id, holder=customer_id, asset=Asset.STORED_BONUS)
+    held = lock_balances(  # points first: the member lock
+        session, shop_id=shop_id, holder=customer_id, assets=(Asset.POINTS, Asset.STORED_PRINCIPAL, Asset.STORED_BONUS)
+    )
+    principal, bonus = held[Asset.STORED_PRINCIPAL], held[Asset.STORED_BONUS]
     from_principal, from_bonus = split_stored_value_draw(
         amount_minor, principal.balance, bonus.balance, rules.draw_rule
     )

@@ -218,17 +218,17 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
     def GetLayeringRules(
         self, request: segmentation_pb2.GetLayeringRulesRequest, context: grpc.ServicerContext
     ) -> segmentation_pb2.GetLayeringRulesResponse:
-        body = self.ctx.db.run(lambda s: store.layering_rules(s, shop_id=request.shop_id))
-        if body is None:
-            return segmentation_pb2.GetLayeringRulesResponse(rules=to_proto(DEFAULT_LAYERING), defaults=True)
-        return segmentation_pb2.GetLayeringRulesResponse(rules=segmentation_pb2.LayeringRules.FromString(body))
+        layering, defaults = self._layering(request.shop_id)
+        return segmentation_pb2.GetLayeringRulesResponse(rules=to_proto(layering), defaults=defaults)
 
-    def _layering(self, shop_id: str) -> Layering:
+    def _layering(self, shop_id: str) -> tuple[Layering, bool]:
+        """The shop's thresholds and whether they are the defaults (never set)."""
         body = self.ctx.db.run(lambda s: store.layering_rules(s, shop_id=shop_id))
         if body is None:
-            return DEFAULT_LAYERING
+            return DEFAULT_LAYERING, True
         layering = from_proto(Violations(), segmentation_pb2.LayeringRules.FromString(body))
-        return layering or DEFAULT_LAYERING  # stored rules were validated; a later, stricter check keeps defaults
+        # Stored rules passed this check when set; should a later, stricter check refuse them, use the defaults.
+        return (layering, False) if layering is not None else (DEFAULT_LAYERING, True)
 
     def ListSegments(
         self, request: segmentation_pb2.ListSegmentsRequest, context: grpc.ServicerContext
@@ -280,7 +280,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         )
         tags = self.ctx.db.run(lambda s: store.tagged_customers(s, shop_id=shop_id))
         attributes = self.ctx.db.run(lambda s: store.member_attributes(s, shop_id=shop_id))
-        layering = self._layering(shop_id)
+        layering, _defaults = self._layering(shop_id)
         scores = evaluation.customer_scores(rows, layering.activity, layering.churn)
         members = evaluation.members(rules, rows, scores, tags, attributes, day)
         yield segmentation_pb2.EvaluateSegmentsResponse(

@@ -7,7 +7,7 @@ from dataclasses import asdict
 from datetime import date, datetime
 
 from loyalty.segmentation.v1 import segmentation_pb2
-from sqlalchemy import and_, delete, func, insert, select
+from sqlalchemy import ColumnElement, and_, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from services.common.db import insert_ignoring_conflicts, lock_keys
@@ -145,18 +145,18 @@ def check_version(session: Session, *, shop_id: str, version: int) -> int:
     return version
 
 
+def _in_version(shop_id: str, segment_id: str, version: int) -> tuple[ColumnElement[bool], ...]:
+    """Memberships of one segment in one evaluation version."""
+    return (Membership.shop_id == shop_id, Membership.segment_id == segment_id, Membership.version == version)
+
+
 def segment_members(
     session: Session, *, shop_id: str, segment_id: str, version: int, after: str, limit: int
 ) -> list[str]:
     return list(
         session.scalars(
             select(Membership.customer_id)
-            .where(
-                Membership.shop_id == shop_id,
-                Membership.segment_id == segment_id,
-                Membership.version == version,
-                Membership.customer_id > after,
-            )
+            .where(*_in_version(shop_id, segment_id, version), Membership.customer_id > after)
             .order_by(Membership.customer_id)
             .limit(limit)
         )
@@ -169,18 +169,11 @@ def segment_diff(
     """(entered, left) between two versions, each at most `limit` ids, ascending."""
 
     def only_in(version: int, other: int) -> list[str]:
-        theirs = select(Membership.customer_id).where(
-            Membership.shop_id == shop_id, Membership.segment_id == segment_id, Membership.version == other
-        )
+        theirs = select(Membership.customer_id).where(*_in_version(shop_id, segment_id, other))
         return list(
             session.scalars(
                 select(Membership.customer_id)
-                .where(
-                    Membership.shop_id == shop_id,
-                    Membership.segment_id == segment_id,
-                    Membership.version == version,
-                    Membership.customer_id.not_in(theirs),
-                )
+                .where(*_in_version(shop_id, segment_id, version), Membership.customer_id.not_in(theirs))
                 .order_by(Membership.customer_id)
                 .limit(limit)
             )
@@ -203,12 +196,7 @@ def export_rows(
                 CustomerScoreRecord.version == Membership.version,
             ),
         )
-        .where(
-            Membership.shop_id == shop_id,
-            Membership.segment_id == segment_id,
-            Membership.version == version,
-            Membership.customer_id > after,
-        )
+        .where(*_in_version(shop_id, segment_id, version), Membership.customer_id > after)
         .order_by(Membership.customer_id)
         .limit(limit)
     ).all()

@@ -6,6 +6,7 @@ the moment it is added to a proto.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -36,20 +37,31 @@ METHODS = [(name, method) for name, service in SERVICES.items() for method in se
 
 
 def call(stack: Stack, service: str, method: MethodDescriptor, request: Any, metadata: Metadata) -> None:
-    request_class = GetMessageClass(method.input_type)
-    response_class = GetMessageClass(method.output_type)
+    serializer = GetMessageClass(method.input_type).SerializeToString
+    invoke(stack, service, method, request, metadata, serializer, GetMessageClass(method.output_type).FromString)
+
+
+def invoke(
+    stack: Stack,
+    service: str,
+    method: MethodDescriptor,
+    payload: Any,
+    metadata: Metadata,
+    serializer: Callable[[Any], bytes],
+    deserializer: Callable[[bytes], Any],
+) -> None:
+    """Calls any RPC by its descriptor, whatever its streaming kind, with the given (de)serializers."""
     path = f"/{method.containing_service.full_name}/{method.name}"
     channel = stack.channel(service)
     kind = (method.client_streaming, method.server_streaming)
-    serializer, deserializer = request_class.SerializeToString, response_class.FromString
     if kind == (False, False):
-        channel.unary_unary(path, serializer, deserializer)(request, metadata=metadata, timeout=10)
+        channel.unary_unary(path, serializer, deserializer)(payload, metadata=metadata, timeout=10)
     elif kind == (False, True):
-        list(channel.unary_stream(path, serializer, deserializer)(request, metadata=metadata, timeout=10))
+        list(channel.unary_stream(path, serializer, deserializer)(payload, metadata=metadata, timeout=10))
     elif kind == (True, False):
-        channel.stream_unary(path, serializer, deserializer)(iter([request]), metadata=metadata, timeout=10)
+        channel.stream_unary(path, serializer, deserializer)(iter([payload]), metadata=metadata, timeout=10)
     else:
-        list(channel.stream_stream(path, serializer, deserializer)(iter([request]), metadata=metadata, timeout=10))
+        list(channel.stream_stream(path, serializer, deserializer)(iter([payload]), metadata=metadata, timeout=10))
 
 
 def request_for(method: MethodDescriptor, shop_id: str) -> Any:

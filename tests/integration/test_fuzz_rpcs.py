@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.test_auth import METHODS, call
+from tests.integration.test_auth import METHODS, call, invoke
 from tests.support import Stack, bearer
 
 A = bearer("admin")
@@ -159,17 +159,7 @@ def garbage_bodies(rng: random.Random) -> list[bytes]:
 
 
 def call_raw(stack: Stack, service: str, method: MethodDescriptor, body: bytes) -> None:
-    path = f"/{method.containing_service.full_name}/{method.name}"
-    channel = stack.channel(service)
-    kind = (method.client_streaming, method.server_streaming)
-    if kind == (False, False):
-        channel.unary_unary(path, _raw, _raw)(body, metadata=A, timeout=10)
-    elif kind == (False, True):
-        list(channel.unary_stream(path, _raw, _raw)(body, metadata=A, timeout=10))
-    elif kind == (True, False):
-        channel.stream_unary(path, _raw, _raw)(iter([body]), metadata=A, timeout=10)
-    else:
-        list(channel.stream_stream(path, _raw, _raw)(iter([body]), metadata=A, timeout=10))
+    invoke(stack, service, method, body, A, _raw, _raw)
 
 
 def _raw(body: bytes) -> bytes:
