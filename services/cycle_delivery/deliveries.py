@@ -261,3 +261,47 @@ def postpone_missed(calendar: Calendar, terms: Terms, anchor: date, index: int) 
 
 def remaining(calendar: Sequence[Delivery]) -> int:
     return sum(1 for d in calendar if d.is_open)
+
+
+MAX_CALENDAR_DAYS = 366
+UNITS_TO_SEND = OPEN | {DeliveryState.CREATED, DeliveryState.SHIPPED}
+
+
+@dataclass(frozen=True)
+class CalendarDay:
+    """One day of the warehouse calendar: deliveries by state, and the units still to send."""
+
+    day: date
+    planned: int = 0
+    created: int = 0
+    shipped: int = 0
+    delivered: int = 0
+    skipped: int = 0
+    cancelled: int = 0
+    units: int = 0
+
+
+_COLUMN_OF_STATE = {
+    DeliveryState.SCHEDULED: "planned",
+    DeliveryState.POSTPONED: "planned",
+    DeliveryState.CREATED: "created",
+    DeliveryState.SHIPPED: "shipped",
+    DeliveryState.DELIVERED: "delivered",
+    DeliveryState.SKIPPED: "skipped",
+    DeliveryState.CANCELLED: "cancelled",
+}
+
+
+def calendar_days(counts: Sequence[tuple[date, int, int, int]], first: date, last: date) -> list[CalendarDay]:
+    """Every day from `first` to `last` (zeros included) from (day, state, deliveries, quantity) group counts."""
+    tallies: dict[date, dict[str, int]] = {}
+    for day, state, deliveries, quantity in counts:
+        tally = tallies.setdefault(day, {})
+        column = _COLUMN_OF_STATE[DeliveryState(state)]
+        tally[column] = tally.get(column, 0) + deliveries
+        if state in UNITS_TO_SEND:
+            tally["units"] = tally.get("units", 0) + quantity
+    return [
+        CalendarDay(day=first + timedelta(days=n), **tallies.get(first + timedelta(days=n), {}))
+        for n in range((last - first).days + 1)
+    ]

@@ -138,6 +138,35 @@ class CycleDeliveryServicer(cycle_delivery_pb2_grpc.CycleDeliveryServiceServicer
         )
         return cycle_delivery_pb2.GetSubscriptionResponse(subscription=subscription_proto(loaded))
 
+    def GetDeliveryCalendar(
+        self, request: cycle_delivery_pb2.GetDeliveryCalendarRequest, context: grpc.ServicerContext
+    ) -> cycle_delivery_pb2.GetDeliveryCalendarResponse:
+        v = Violations()
+        first = from_date(v, request.from_date, "from_date")
+        last = from_date(v, request.to_date, "to_date")
+        if first is not None and last is not None:
+            v.check(first <= last, "to_date", "must not be before from_date")
+            v.check((last - first).days < deliveries.MAX_CALENDAR_DAYS, "to_date", "at most 365 days after from_date")
+        v.raise_if_any()
+        assert first is not None
+        assert last is not None
+        counts = self.ctx.db.run(lambda s: store.delivery_counts(s, shop_id=request.shop_id, first=first, last=last))
+        return cycle_delivery_pb2.GetDeliveryCalendarResponse(
+            days=[
+                cycle_delivery_pb2.DeliveryDay(
+                    day=to_date(d.day),
+                    planned=d.planned,
+                    created=d.created,
+                    shipped=d.shipped,
+                    delivered=d.delivered,
+                    skipped=d.skipped,
+                    cancelled=d.cancelled,
+                    units=d.units,
+                )
+                for d in deliveries.calendar_days(counts, first, last)
+            ]
+        )
+
     def ListSubscriptions(
         self, request: cycle_delivery_pb2.ListSubscriptionsRequest, context: grpc.ServicerContext
     ) -> cycle_delivery_pb2.ListSubscriptionsResponse:

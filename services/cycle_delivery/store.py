@@ -19,7 +19,7 @@ from loyalty.common.v1 import common_pb2
 from loyalty.cycle_delivery.v1 import cycle_delivery_pb2
 from loyalty.metrics.v1 import metrics_pb2
 from loyalty.points.v1 import points_pb2
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from services.common.clock import local_midnight
@@ -405,3 +405,13 @@ def erase_customer(session: Session, *, shop_id: str, customer_id: str) -> tuple
     )
     session.flush()
     return anonymous, len(subscriptions) + int(getattr(cleared, "rowcount", 0) or 0)
+
+
+def delivery_counts(session: Session, *, shop_id: str, first: date, last: date) -> list[tuple[date, int, int, int]]:
+    """(day, state, deliveries, quantity) for the shop's deliveries dated first..last (uses ix_deliveries_day)."""
+    rows = session.execute(
+        select(DeliveryRecord.day, DeliveryRecord.state, func.count(), func.sum(DeliveryRecord.quantity))
+        .where(DeliveryRecord.shop_id == shop_id, DeliveryRecord.day >= first, DeliveryRecord.day <= last)
+        .group_by(DeliveryRecord.day, DeliveryRecord.state)
+    ).all()
+    return [(day, int(state), int(n), int(quantity or 0)) for day, state, n, quantity in rows]

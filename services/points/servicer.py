@@ -17,14 +17,14 @@ from loyalty.points.v1 import points_pb2, points_pb2_grpc
 from loyalty.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 from sqlalchemy.orm import Session
 
-from services.common.convert import from_timestamp, to_money, to_timestamp
+from services.common.convert import from_timestamp, to_date, to_money, to_timestamp
 from services.common.errors import Violations
 from services.common.idempotency import run_idempotent
 from services.common.orders import parse_order
 from services.common.paging import Cursor, decode_token, encode_token, page_size, position_int
 from services.common.server import ServiceContext
 from services.common.validation import check_amount, check_currency, check_id, check_text
-from services.points import earnings, erasure, mall, rewards, store, wallet
+from services.points import earnings, erasure, mall, rewards, store, summary, wallet
 from services.points.domain import MAX_ADJUSTMENT, Asset, kept_share
 from services.points.models import CouponRecord, Entry, MallItemRecord, OrderEarning
 from services.points.program import ProgramRules, program_rules, with_defaults
@@ -244,6 +244,49 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
             entries_checked=result.entries_checked,
             mismatches=result.mismatches,
         )
+
+    def GetPointsSummary(
+        self, request: points_pb2.GetPointsSummaryRequest, context: grpc.ServicerContext
+    ) -> points_pb2.GetPointsSummaryResponse:
+        v = Violations()
+        first = summary.month_of(v, request.from_month, "from_month")
+        last = summary.month_of(v, request.to_month, "to_month")
+        if first is not None and last is not None:
+            v.check(first <= last, "to_month", "must not be before from_month")
+            v.check(
+                len(summary.month_starts(first, last)) <= summary.MAX_SUMMARY_MONTHS,
+                "to_month",
+                "at most 36 months from from_month",
+            )
+        v.raise_if_any()
+        assert first is not None
+        assert last is not None
+        months = summary.month_starts(first, last)
+
+        def read(session: Session) -> points_pb2.GetPointsSummaryResponse:
+            rules = self._program(session, request.shop_id)
+            response = points_pb2.GetPointsSummaryResponse()
+            for month in months:
+                start, end = summary.month_bounds(month, rules.zone)
+                flows = summary.points_flows(
+                    store.points_movements(session, shop_id=request.shop_id, start=start, end=end)
+                )
+                response.months.add(
+                    month=to_date(month),
+                    issued=flows.issued,
+                    redeemed=flows.redeemed,
+                    expired=flows.expired,
+                    clawed_back=flows.clawed_back,
+                )
+            counts = store.tier_counts(session, shop_id=request.shop_id)
+            ladder = [("", "")] + [(t.code, t.name) for t in rules.tiers.tiers]
+            retired = sorted(set(counts) - {code for code, _ in ladder})
+            for code, name in ladder + [(code, "") for code in retired]:
+                response.tiers.add(tier_code=code, name=name, members=counts.get(code, 0))
+            response.members = sum(counts.values())
+            return response
+
+        return self.ctx.db.run(read)
 
     # -- program
 

@@ -654,3 +654,33 @@ def member_standings(session: Session, *, shop_id: str, after: str, limit: int) 
         .limit(limit)
     ).all()
     return [(holder, int(balance), str(tier)) for holder, balance, tier in rows]
+
+
+def points_movements(session: Session, *, shop_id: str, start: datetime, end: datetime) -> list[tuple[str, int]]:
+    """Member-side points entries in [start, end), summed per kind and sign (for `summary.points_flows`)."""
+    positive = Entry.delta > 0
+    rows = session.execute(
+        select(Entry.kind, func.sum(Entry.delta))
+        .where(
+            Entry.shop_id == shop_id,
+            Entry.asset == int(Asset.POINTS),
+            ~Entry.holder.startswith("@"),
+            Entry.created_at >= start,
+            Entry.created_at < end,
+        )
+        .group_by(Entry.kind, positive)
+    ).all()
+    return [(str(kind), int(total or 0)) for kind, total in rows]
+
+
+def tier_counts(session: Session, *, shop_id: str) -> dict[str, int]:
+    """Members with a points account per tier code ("" = no tier yet), as `member_standings` sees them."""
+    tier = func.coalesce(MemberTier.tier_code, "")
+    rows = session.execute(
+        select(tier, func.count())
+        .select_from(Balance)
+        .outerjoin(MemberTier, and_(MemberTier.shop_id == Balance.shop_id, MemberTier.customer_id == Balance.holder))
+        .where(Balance.shop_id == shop_id, Balance.asset == int(Asset.POINTS), ~Balance.holder.startswith("@"))
+        .group_by(tier)
+    ).all()
+    return {str(code): int(n) for code, n in rows}

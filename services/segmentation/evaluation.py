@@ -95,6 +95,7 @@ class CustomerScore:
     activity_layer: str
     churn_risk: str
     churn_reason: str
+    net_revenue_minor: int
 
 
 DEFAULT_ACTIVITY = rfm.ActivityThresholds()
@@ -130,6 +131,7 @@ def customer_scores(
                 ).value,
                 churn_risk=churn.level.value,
                 churn_reason=churn.reason[:200],
+                net_revenue_minor=row.net_revenue_minor,
             )
         )
     return result

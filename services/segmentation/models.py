@@ -71,6 +71,7 @@ class CustomerScoreRecord(Base):
     activity_layer: Mapped[str] = mapped_column(String(16))
     churn_risk: Mapped[str] = mapped_column(String(16))
     churn_reason: Mapped[str] = mapped_column(String(200))
+    net_revenue_minor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class MemberAttributesRecord(Base):

@@ -221,6 +221,30 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         layering, defaults = self._layering(request.shop_id)
         return segmentation_pb2.GetLayeringRulesResponse(rules=to_proto(layering), defaults=defaults)
 
+    def GetLayerSummary(
+        self, request: segmentation_pb2.GetLayerSummaryRequest, context: grpc.ServicerContext
+    ) -> segmentation_pb2.GetLayerSummaryResponse:
+        summary = self.ctx.db.run(lambda s: store.layer_summary(s, shop_id=request.shop_id))
+        layers = {
+            name: [
+                segmentation_pb2.LayerCount(label=label, customers=customers, net_revenue_minor=revenue)
+                for label, customers, revenue in rows
+            ]
+            for name, rows in summary.counts.items()
+        }
+        response = segmentation_pb2.GetLayerSummaryResponse(
+            version=summary.version,
+            customers=sum(c.customers for c in layers["churn_risk"]),
+            net_revenue_minor=sum(c.net_revenue_minor for c in layers["churn_risk"]),
+            rfm_segments=layers["rfm_segment"],
+            value_classes=layers["value_class"],
+            activity_layers=layers["activity_layer"],
+            churn_risks=layers["churn_risk"],
+        )
+        if summary.as_of is not None:
+            response.as_of.CopyFrom(to_date(summary.as_of))
+        return response
+
     def _layering(self, shop_id: str) -> tuple[Layering, bool]:
         """The shop's thresholds and whether they are the defaults (never set)."""
         body = self.ctx.db.run(lambda s: store.layering_rules(s, shop_id=shop_id))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import date, datetime
 
 from loyalty.segmentation.v1 import segmentation_pb2
@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from services.common.db import insert_ignoring_conflicts, lock_keys
 from services.common.erasure import anonymous_id
 from services.common.errors import NotFound
-from services.segmentation.evaluation import Attributes, CustomerScore
+from services.segmentation.evaluation import LABELS, Attributes, CustomerScore
 from services.segmentation.models import (
     CustomerScoreRecord,
     CustomerTag,
@@ -134,6 +134,36 @@ def latest_version(session: Session, *, shop_id: str) -> int:
     if latest is None:
         raise NotFound("no segment evaluation has run for this shop yet; call EvaluateSegments", reason="NOT_EVALUATED")
     return int(latest)
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """The latest evaluation's customers and net revenue per class of each layering."""
+
+    version: int
+    as_of: date | None
+    counts: dict[str, list[tuple[str, int, int]]]  # layering -> [(label, customers, net revenue)], largest first
+
+
+def layer_summary(session: Session, *, shop_id: str) -> LayerSummary:
+    """One GROUP BY per layering over the latest scores (kept for the latest version only)."""
+    evaluation = session.scalars(
+        select(Evaluation).where(Evaluation.shop_id == shop_id).order_by(Evaluation.version.desc()).limit(1)
+    ).first()
+    if evaluation is None:
+        return LayerSummary(0, None, {name: [] for name in LABELS})
+    counts: dict[str, list[tuple[str, int, int]]] = {}
+    for name in LABELS:
+        column = getattr(CustomerScoreRecord, name)
+        customers = func.count()
+        rows = session.execute(
+            select(column, customers, func.coalesce(func.sum(CustomerScoreRecord.net_revenue_minor), 0))
+            .where(CustomerScoreRecord.shop_id == shop_id, CustomerScoreRecord.version == evaluation.version)
+            .group_by(column)
+            .order_by(customers.desc(), column)
+        ).all()
+        counts[name] = [(str(label), int(n), int(revenue)) for label, n, revenue in rows]
+    return LayerSummary(evaluation.version, evaluation.as_of, counts)
 
 
 def check_version(session: Session, *, shop_id: str, version: int) -> int:

@@ -299,3 +299,47 @@ def test_addresses_never_reach_the_logs(shop: Shop, capsys: pytest.CaptureFixtur
     captured = capsys.readouterr()
     assert "秘密路" not in captured.out + captured.err
     assert "隐私街" not in captured.out + captured.err
+
+
+def test_delivery_calendar_counts_each_day_by_state_with_units_to_send(shop: Shop, clock: FakeClock) -> None:
+    shop.plan()
+    shop.subscribe()  # c1: Mon 2 .. Fri 6 March, one bottle each
+    shop.subscribe(order_id="o2", customer="c2", quantity=2)
+    shop.change(cd.CHANGE_KIND_SKIP, 1)  # o1's Tuesday skipped, a replacement on Mon 9
+    shop.change(cd.CHANGE_KIND_DROP, 2)  # o1's Wednesday dropped
+    clock.now = datetime(2026, 3, 2, 16, 1, tzinfo=UTC)
+    workers.create_due_deliveries(shop.stack.services["cycle_delivery"].context)  # Mon, Tue, Wed
+    shop.call("MarkDelivery", subscription_id="o1", index=0, state=cd.DELIVERY_STATE_SHIPPED)
+    calendar = shop.call("GetDeliveryCalendar", from_date=d(date(2026, 3, 1)), to_date=d(date(2026, 3, 10)))
+    rows = {
+        day_of(x.day).day: (x.planned, x.created, x.shipped, x.delivered, x.skipped, x.cancelled, x.units)
+        for x in calendar.days
+    }
+    assert list(rows) == list(range(1, 11))
+    assert rows == {
+        1: (0, 0, 0, 0, 0, 0, 0),
+        2: (0, 1, 1, 0, 0, 0, 3),
+        3: (0, 1, 0, 0, 1, 0, 2),
+        4: (0, 1, 0, 0, 0, 1, 2),
+        5: (2, 0, 0, 0, 0, 0, 3),
+        6: (2, 0, 0, 0, 0, 0, 3),
+        7: (0, 0, 0, 0, 0, 0, 0),
+        8: (0, 0, 0, 0, 0, 0, 0),
+        9: (1, 0, 0, 0, 0, 0, 1),
+        10: (0, 0, 0, 0, 0, 0, 0),
+    }
+
+
+@pytest.mark.parametrize(
+    ("fields", "text"),
+    [
+        ({"to_date": d(date(2026, 3, 1))}, "from_date"),
+        ({"from_date": d(date(2026, 3, 2)), "to_date": d(date(2026, 3, 1))}, "must not be before from_date"),
+        ({"from_date": d(date(2026, 1, 1)), "to_date": d(date(2027, 1, 2))}, "at most 365 days"),
+    ],
+)
+def test_delivery_calendar_refuses_a_bad_range(shop: Shop, fields: dict[str, Any], text: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        shop.call("GetDeliveryCalendar", **fields)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert text in details(caught.value)

@@ -695,3 +695,56 @@ def test_member_standings_stream_in_customer_order_and_refuse_a_bad_cursor(shop:
     with pytest.raises(grpc.RpcError) as caught:
         list(shop.call("StreamMemberStandings", after_customer_id="\x00"))  # found by the fuzzer: was INTERNAL
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def month(year: int, number: int) -> common_pb2.Date:
+    return common_pb2.Date(year=year, month=number, day=1)
+
+
+def test_points_summary_sorts_every_movement_into_its_month_and_flow(shop: Shop, clock: FakeClock) -> None:
+    shop.set_program(
+        expiry=points_pb2.ExpiryPolicy(kind=points_pb2.EXPIRY_KIND_DAYS_AFTER_EARNING, n=30),
+        spend=points_pb2.SpendRules(points_per_unit=1),
+        tiers=points_pb2.TierRules(
+            basis=points_pb2.TIER_BASIS_ROLLING_SPEND,
+            tiers=[
+                points_pb2.Tier(code="silver", name="白银", threshold=10_000),
+                points_pb2.Tier(code="gold", name="黄金", threshold=50_000),
+            ],
+        ),
+    )
+    shop.earn(order("o1", "c1", 20_000))  # March: issued 200, c1 reaches silver
+    shop.adjust("c2", 50)  # issued 50
+    shop.adjust("c2", -5)  # clawed back 5
+    shop.spend("c1", "s1", 1_000_000, 60)  # redeemed 60
+    shop.refund("o1", 5_000)  # clawed back 50 of o1's points
+    clock.now = datetime(2026, 3, 31, 17, tzinfo=UTC)  # 1 April 01:00 in Shanghai: an April entry
+    shop.adjust("c3", 7)
+    clock.now = datetime(2026, 4, 20, tzinfo=UTC)
+    workers.expire_due_lots(context_of(shop.stack))  # April: c1's 90 and c2's 45 left expire on 10 April
+    summary = shop.call("GetPointsSummary", from_month=month(2026, 2), to_month=month(2026, 5))
+    flows = [(m.month.month, m.issued, m.redeemed, m.expired, m.clawed_back) for m in summary.months]
+    assert flows == [(2, 0, 0, 0, 0), (3, 250, 60, 0, 55), (4, 7, 0, 135, 0), (5, 0, 0, 0, 0)]
+    assert [(t.tier_code, t.name, t.members) for t in summary.tiers] == [
+        ("", "", 2),
+        ("silver", "白银", 1),
+        ("gold", "黄金", 0),
+    ]
+    assert summary.members == 3
+    shop.assert_balanced()
+
+
+@pytest.mark.parametrize(
+    ("fields", "text"),
+    [
+        ({"to_month": month(2026, 3)}, "from_month: required"),
+        ({"from_month": month(2026, 3), "to_month": month(2026, 2)}, "must not be before from_month"),
+        ({"from_month": month(2026, 1), "to_month": month(2029, 1)}, "at most 36 months"),
+        ({"from_month": common_pb2.Date(year=2026, month=13, day=1), "to_month": month(2026, 3)}, "from_month"),
+    ],
+)
+def test_points_summary_refuses_a_bad_range_naming_the_field(shop: Shop, fields: dict[str, Any], text: str) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        shop.call("GetPointsSummary", **fields)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert text in details(caught.value)

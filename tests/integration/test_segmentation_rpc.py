@@ -210,3 +210,43 @@ def test_layering_rules_default_then_stored_then_used_by_the_evaluation(stack: S
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "rules.churn" in str(refused.value.details())
+
+
+def test_layer_summary_counts_the_latest_evaluation_with_revenue(stack: Stack, uid: str) -> None:
+    shop, admin = f"summary-{uid}", bearer("admin")
+    stub = segmentation(stack)
+    never = stub.GetLayerSummary(segmentation_pb2.GetLayerSummaryRequest(shop_id=shop), metadata=admin)
+    assert (never.version, never.customers, list(never.value_classes)) == (0, 0, [])
+    now = datetime.now(UTC)
+    orders = [order(f"{uid}-a{i}", f"{uid}-a", now - timedelta(days=3 + 20 * i), 10_000) for i in range(4)]
+    orders += [order(f"{uid}-b", f"{uid}-b", now - timedelta(days=200), 3_000)]
+    orders += [order(f"{uid}-c{i}", f"{uid}-c", now - timedelta(days=5 + i), 2_500) for i in range(2)]
+    stack.stub("metrics", metrics_pb2_grpc.MetricsServiceStub).RecordOrders(
+        metrics_pb2.RecordOrdersRequest(shop_id=shop, request_id=f"{uid}-o", orders=orders), metadata=admin
+    )
+    stub.UpsertSegment(
+        segmentation_pb2.UpsertSegmentRequest(
+            shop_id=shop,
+            request_id=f"{uid}-seg",
+            segment=segmentation_pb2.Segment(segment_id="all", name="all", rule="order_count >= 1"),
+        ),
+        metadata=admin,
+    )
+    list(stub.EvaluateSegments(segmentation_pb2.EvaluateSegmentsRequest(shop_id=shop), metadata=admin))
+    summary = stub.GetLayerSummary(segmentation_pb2.GetLayerSummaryRequest(shop_id=shop), metadata=admin)
+    assert (summary.version, summary.customers, summary.net_revenue_minor) == (1, 3, 48_000)
+    for layering in (summary.rfm_segments, summary.value_classes, summary.activity_layers, summary.churn_risks):
+        assert sum(c.customers for c in layering) == 3
+        assert sum(c.net_revenue_minor for c in layering) == 48_000
+        assert [c.customers for c in layering] == sorted((c.customers for c in layering), reverse=True)
+    # Each class holds exactly the revenue of the customers the profiles put in it.
+    by_class: dict[str, int] = {}
+    spend = {f"{uid}-a": 40_000, f"{uid}-b": 3_000, f"{uid}-c": 5_000}
+    for customer, paid in spend.items():
+        found = stub.GetCustomerProfile(
+            segmentation_pb2.GetCustomerProfileRequest(shop_id=shop, customer_id=customer), metadata=admin
+        ).profile
+        by_class[found.value_class] = by_class.get(found.value_class, 0) + paid
+    assert {c.label: c.net_revenue_minor for c in summary.value_classes} == by_class
+    as_of = date(summary.as_of.year, summary.as_of.month, summary.as_of.day)
+    assert abs((as_of - now.date()).days) <= 1  # today in the shop's zone

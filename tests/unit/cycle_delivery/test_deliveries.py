@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from services.common.errors import DomainError, FailedPrecondition, InvalidArgument
 from services.cycle_delivery import deliveries as cal
-from services.cycle_delivery.deliveries import DeliveryState, Terms
+from services.cycle_delivery.deliveries import CalendarDay, DeliveryState, Terms, calendar_days
 from services.cycle_delivery.schedule import Cadence, Rule
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -173,3 +173,22 @@ def test_a_missed_created_delivery_moves_one_cycle_and_keeps_its_order() -> None
     assert (cal.by_index(moved, 4).day, cal.by_index(moved, 4).state) == (date(2026, 3, 9), DeliveryState.CREATED)
     with pytest.raises(FailedPrecondition):
         cal.postpone_missed(start(), terms(), ANCHOR, 0)
+
+
+def test_calendar_days_fill_every_day_and_count_units_still_to_send() -> None:
+    first = date(2026, 3, 1)
+    counts = [
+        (date(2026, 3, 2), int(DeliveryState.SCHEDULED), 2, 3),
+        (date(2026, 3, 2), int(DeliveryState.POSTPONED), 1, 1),
+        (date(2026, 3, 2), int(DeliveryState.SKIPPED), 4, 9),
+        (date(2026, 3, 3), int(DeliveryState.DELIVERED), 5, 5),
+        (date(2026, 3, 3), int(DeliveryState.SHIPPED), 1, 2),
+        (date(2026, 3, 3), int(DeliveryState.CANCELLED), 1, 7),
+        (date(2026, 3, 3), int(DeliveryState.CREATED), 2, 2),
+    ]
+    days = calendar_days(counts, first, date(2026, 3, 4))
+    assert [d.day for d in days] == [date(2026, 3, n) for n in (1, 2, 3, 4)]
+    assert days[0] == CalendarDay(date(2026, 3, 1))
+    assert (days[1].planned, days[1].skipped, days[1].units) == (3, 4, 4)
+    assert (days[2].delivered, days[2].shipped, days[2].cancelled, days[2].created, days[2].units) == (5, 1, 1, 2, 4)
+    assert days[3] == CalendarDay(date(2026, 3, 4))

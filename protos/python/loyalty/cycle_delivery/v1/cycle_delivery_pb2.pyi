@@ -810,6 +810,116 @@ class ListSubscriptionsRequest(_message.Message):
 Global___ListSubscriptionsRequest: _TypeAlias = ListSubscriptionsRequest  # noqa: Y015
 
 @_typing.final
+class GetDeliveryCalendarRequest(_message.Message):
+    """GetDeliveryCalendarRequest names the shop and an inclusive range of days."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    FROM_DATE_FIELD_NUMBER: _builtins.int
+    TO_DATE_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    @_builtins.property
+    def from_date(self) -> _common_pb2.Date:
+        """First day. Required."""
+
+    @_builtins.property
+    def to_date(self) -> _common_pb2.Date:
+        """Last day, inclusive; at most 365 days after from_date."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        from_date: _common_pb2.Date | None = ...,
+        to_date: _common_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "to_date", b"to_date"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_date", b"from_date", "shop_id", b"shop_id", "to_date", b"to_date"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeliveryCalendarRequest: _TypeAlias = GetDeliveryCalendarRequest  # noqa: Y015
+
+@_typing.final
+class DeliveryDay(_message.Message):
+    """DeliveryDay counts one day's deliveries by state (a delivery is counted on its current date)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAY_FIELD_NUMBER: _builtins.int
+    PLANNED_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    SHIPPED_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    planned: _builtins.int
+    """Still to be created: scheduled or postponed to this day."""
+    created: _builtins.int
+    """Delivery order created, not yet shipped."""
+    shipped: _builtins.int
+    """Shipped."""
+    delivered: _builtins.int
+    """Delivered."""
+    skipped: _builtins.int
+    """Skipped by the buyer."""
+    cancelled: _builtins.int
+    """Cancelled or dropped."""
+    units: _builtins.int
+    """Units to send (quantity of the planned, created and shipped deliveries)."""
+    @_builtins.property
+    def day(self) -> _common_pb2.Date:
+        """The day."""
+
+    def __init__(
+        self,
+        *,
+        day: _common_pb2.Date | None = ...,
+        planned: _builtins.int = ...,
+        created: _builtins.int = ...,
+        shipped: _builtins.int = ...,
+        delivered: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        cancelled: _builtins.int = ...,
+        units: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["day", b"day"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "created", b"created", "day", b"day", "delivered", b"delivered", "planned", b"planned", "shipped", b"shipped", "skipped", b"skipped", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryDay: _TypeAlias = DeliveryDay  # noqa: Y015
+
+@_typing.final
+class GetDeliveryCalendarResponse(_message.Message):
+    """GetDeliveryCalendarResponse has one row per day of the range, oldest first, zeros included."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DAYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def days(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeliveryDay]:
+        """Every day of the range."""
+
+    def __init__(
+        self,
+        *,
+        days: _abc.Iterable[Global___DeliveryDay] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["days", b"days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeliveryCalendarResponse: _TypeAlias = GetDeliveryCalendarResponse  # noqa: Y015
+
+@_typing.final
 class ListSubscriptionsResponse(_message.Message):
     """ListSubscriptionsResponse is one page, by subscription id."""
 

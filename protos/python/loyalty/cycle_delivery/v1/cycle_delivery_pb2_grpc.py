@@ -66,6 +66,11 @@ class CycleDeliveryServiceStub:
                 request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ListSubscriptionsRequest.SerializeToString,
                 response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ListSubscriptionsResponse.FromString,
                 _registered_method=True)
+        self.GetDeliveryCalendar = channel.unary_unary(
+                '/loyalty.cycle_delivery.v1.CycleDeliveryService/GetDeliveryCalendar',
+                request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetDeliveryCalendarRequest.SerializeToString,
+                response_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetDeliveryCalendarResponse.FromString,
+                _registered_method=True)
         self.ChangeDeliveries = channel.unary_unary(
                 '/loyalty.cycle_delivery.v1.CycleDeliveryService/ChangeDeliveries',
                 request_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ChangeDeliveriesRequest.SerializeToString,
@@ -143,6 +148,14 @@ class CycleDeliveryServiceServicer:
 
     def ListSubscriptions(self, request, context):
         """A customer's subscriptions, or those with a delivery due on a date.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeliveryCalendar(self, request, context):
+        """Deliveries per day over a range of days (at most 366), by state: the
+        warehouse's calendar and the chart in `loyaltyctl report`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -229,6 +242,11 @@ def add_CycleDeliveryServiceServicer_to_server(servicer, server):
                     servicer.ListSubscriptions,
                     request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ListSubscriptionsRequest.FromString,
                     response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ListSubscriptionsResponse.SerializeToString,
+            ),
+            'GetDeliveryCalendar': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeliveryCalendar,
+                    request_deserializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetDeliveryCalendarRequest.FromString,
+                    response_serializer=loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetDeliveryCalendarResponse.SerializeToString,
             ),
             'ChangeDeliveries': grpc.unary_unary_rpc_method_handler(
                     servicer.ChangeDeliveries,
@@ -425,6 +443,33 @@ class CycleDeliveryService:
             '/loyalty.cycle_delivery.v1.CycleDeliveryService/ListSubscriptions',
             loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ListSubscriptionsRequest.SerializeToString,
             loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.ListSubscriptionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeliveryCalendar(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.cycle_delivery.v1.CycleDeliveryService/GetDeliveryCalendar',
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetDeliveryCalendarRequest.SerializeToString,
+            loyalty_dot_cycle__delivery_dot_v1_dot_cycle__delivery__pb2.GetDeliveryCalendarResponse.FromString,
             options,
             channel_credentials,
             insecure,

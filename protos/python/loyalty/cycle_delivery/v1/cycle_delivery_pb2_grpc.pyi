@@ -52,6 +52,10 @@ class CycleDeliveryServiceStub:
     """A subscription with its full calendar."""
     ListSubscriptions: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.ListSubscriptionsRequest, _cycle_delivery_pb2.ListSubscriptionsResponse]
     """A customer's subscriptions, or those with a delivery due on a date."""
+    GetDeliveryCalendar: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.GetDeliveryCalendarRequest, _cycle_delivery_pb2.GetDeliveryCalendarResponse]
+    """Deliveries per day over a range of days (at most 366), by state: the
+    warehouse's calendar and the chart in `loyaltyctl report`.
+    """
     ChangeDeliveries: _grpc.UnaryUnaryMultiCallable[_cycle_delivery_pb2.ChangeDeliveriesRequest, _cycle_delivery_pb2.ChangeDeliveriesResponse]
     """Changes the calendar of a subscription: skip, drop, postpone one or all,
     move one delivery, change quantity or address from a delivery on. Each
@@ -100,6 +104,10 @@ class CycleDeliveryServiceAsyncStub(CycleDeliveryServiceStub):
     """A subscription with its full calendar."""
     ListSubscriptions: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.ListSubscriptionsRequest, _cycle_delivery_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
     """A customer's subscriptions, or those with a delivery due on a date."""
+    GetDeliveryCalendar: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.GetDeliveryCalendarRequest, _cycle_delivery_pb2.GetDeliveryCalendarResponse]  # type: ignore[assignment]
+    """Deliveries per day over a range of days (at most 366), by state: the
+    warehouse's calendar and the chart in `loyaltyctl report`.
+    """
     ChangeDeliveries: _aio.UnaryUnaryMultiCallable[_cycle_delivery_pb2.ChangeDeliveriesRequest, _cycle_delivery_pb2.ChangeDeliveriesResponse]  # type: ignore[assignment]
     """Changes the calendar of a subscription: skip, drop, postpone one or all,
     move one delivery, change quantity or address from a delivery on. Each
@@ -181,6 +189,16 @@ class CycleDeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cycle_delivery_pb2.ListSubscriptionsResponse, _abc.Awaitable[_cycle_delivery_pb2.ListSubscriptionsResponse]]:
         """A customer's subscriptions, or those with a delivery due on a date."""
+
+    @_abc_1.abstractmethod
+    def GetDeliveryCalendar(
+        self,
+        request: _cycle_delivery_pb2.GetDeliveryCalendarRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cycle_delivery_pb2.GetDeliveryCalendarResponse, _abc.Awaitable[_cycle_delivery_pb2.GetDeliveryCalendarResponse]]:
+        """Deliveries per day over a range of days (at most 366), by state: the
+        warehouse's calendar and the chart in `loyaltyctl report`.
+        """
 
     @_abc_1.abstractmethod
     def ChangeDeliveries(

@@ -390,6 +390,144 @@ class ExpiringPoints(_message.Message):
 Global___ExpiringPoints: _TypeAlias = ExpiringPoints  # noqa: Y015
 
 @_typing.final
+class GetPointsSummaryRequest(_message.Message):
+    """GetPointsSummaryRequest names the shop and a range of whole months."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    FROM_MONTH_FIELD_NUMBER: _builtins.int
+    TO_MONTH_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    @_builtins.property
+    def from_month(self) -> _common_pb2.Date:
+        """First month counted (its day is ignored). Required."""
+
+    @_builtins.property
+    def to_month(self) -> _common_pb2.Date:
+        """Last month counted, inclusive (its day is ignored); at most 36 months from from_month."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        from_month: _common_pb2.Date | None = ...,
+        to_month: _common_pb2.Date | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_month", b"from_month", "to_month", b"to_month"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_month", b"from_month", "shop_id", b"shop_id", "to_month", b"to_month"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPointsSummaryRequest: _TypeAlias = GetPointsSummaryRequest  # noqa: Y015
+
+@_typing.final
+class PointsMonth(_message.Message):
+    """PointsMonth is the points that moved in one month, each as a non-negative amount."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTH_FIELD_NUMBER: _builtins.int
+    ISSUED_FIELD_NUMBER: _builtins.int
+    REDEEMED_FIELD_NUMBER: _builtins.int
+    EXPIRED_FIELD_NUMBER: _builtins.int
+    CLAWED_BACK_FIELD_NUMBER: _builtins.int
+    issued: _builtins.int
+    """Credited to members: order earnings, rewards, campaign grants, positive adjustments."""
+    redeemed: _builtins.int
+    """Spent on orders and in the points mall, net of spends given back on refunds."""
+    expired: _builtins.int
+    """Removed by expiry."""
+    clawed_back: _builtins.int
+    """Taken back: clawbacks on refunded orders and negative adjustments."""
+    @_builtins.property
+    def month(self) -> _common_pb2.Date:
+        """First day of the month."""
+
+    def __init__(
+        self,
+        *,
+        month: _common_pb2.Date | None = ...,
+        issued: _builtins.int = ...,
+        redeemed: _builtins.int = ...,
+        expired: _builtins.int = ...,
+        clawed_back: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["month", b"month"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clawed_back", b"clawed_back", "expired", b"expired", "issued", b"issued", "month", b"month", "redeemed", b"redeemed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PointsMonth: _TypeAlias = PointsMonth  # noqa: Y015
+
+@_typing.final
+class TierCount(_message.Message):
+    """TierCount is how many members hold one tier."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIER_CODE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    tier_code: _builtins.str
+    """Tier code; empty = below the first tier (no tier yet)."""
+    name: _builtins.str
+    """Display name from the program; empty when the program no longer has the tier."""
+    members: _builtins.int
+    """Members holding it."""
+    def __init__(
+        self,
+        *,
+        tier_code: _builtins.str = ...,
+        name: _builtins.str = ...,
+        members: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "name", b"name", "tier_code", b"tier_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TierCount: _TypeAlias = TierCount  # noqa: Y015
+
+@_typing.final
+class GetPointsSummaryResponse(_message.Message):
+    """GetPointsSummaryResponse is one row per month of the range, oldest first, and the tier ladder."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MONTHS_FIELD_NUMBER: _builtins.int
+    TIERS_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    members: _builtins.int
+    """Members with a points account."""
+    @_builtins.property
+    def months(self) -> _containers.RepeatedCompositeFieldContainer[Global___PointsMonth]:
+        """Every month of the range, oldest first (months with no movement are zeros)."""
+
+    @_builtins.property
+    def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierCount]:
+        """Members per tier, in ladder order, the no-tier row first."""
+
+    def __init__(
+        self,
+        *,
+        months: _abc.Iterable[Global___PointsMonth] | None = ...,
+        tiers: _abc.Iterable[Global___TierCount] | None = ...,
+        members: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "months", b"months", "tiers", b"tiers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPointsSummaryResponse: _TypeAlias = GetPointsSummaryResponse  # noqa: Y015
+
+@_typing.final
 class GetAccountRequest(_message.Message):
     """GetAccountRequest names the member."""
 

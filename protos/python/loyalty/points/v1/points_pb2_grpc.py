@@ -157,6 +157,11 @@ class PointsServiceStub:
                 request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.GrantToSegmentRequest.SerializeToString,
                 response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.GrantToSegmentResponse.FromString,
                 _registered_method=True)
+        self.GetPointsSummary = channel.unary_unary(
+                '/loyalty.points.v1.PointsService/GetPointsSummary',
+                request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.GetPointsSummaryRequest.SerializeToString,
+                response_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.GetPointsSummaryResponse.FromString,
+                _registered_method=True)
         self.StreamMemberStandings = channel.unary_stream(
                 '/loyalty.points.v1.PointsService/StreamMemberStandings',
                 request_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.StreamMemberStandingsRequest.SerializeToString,
@@ -374,6 +379,15 @@ class PointsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPointsSummary(self, request, context):
+        """Points issued, redeemed, expired and clawed back per calendar month (in
+        the program's time zone), and members per tier now. For dashboards and
+        `loyaltyctl report`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def StreamMemberStandings(self, request, context):
         """Every member's points balance and tier, by customer id, for bulk readers
         such as segment evaluation. Resumable with the last row's customer id.
@@ -504,6 +518,11 @@ def add_PointsServiceServicer_to_server(servicer, server):
                     servicer.GrantToSegment,
                     request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.GrantToSegmentRequest.FromString,
                     response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.GrantToSegmentResponse.SerializeToString,
+            ),
+            'GetPointsSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPointsSummary,
+                    request_deserializer=loyalty_dot_points_dot_v1_dot_points__pb2.GetPointsSummaryRequest.FromString,
+                    response_serializer=loyalty_dot_points_dot_v1_dot_points__pb2.GetPointsSummaryResponse.SerializeToString,
             ),
             'StreamMemberStandings': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamMemberStandings,
@@ -1162,6 +1181,33 @@ class PointsService:
             '/loyalty.points.v1.PointsService/GrantToSegment',
             loyalty_dot_points_dot_v1_dot_points__pb2.GrantToSegmentRequest.SerializeToString,
             loyalty_dot_points_dot_v1_dot_points__pb2.GrantToSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPointsSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.points.v1.PointsService/GetPointsSummary',
+            loyalty_dot_points_dot_v1_dot_points__pb2.GetPointsSummaryRequest.SerializeToString,
+            loyalty_dot_points_dot_v1_dot_points__pb2.GetPointsSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -135,6 +135,11 @@ class PointsServiceStub:
     have nothing yet. The campaign's terms are fixed by its first run; other
     terms under the same campaign_id are ALREADY_EXISTS. Streams progress.
     """
+    GetPointsSummary: _grpc.UnaryUnaryMultiCallable[_points_pb2.GetPointsSummaryRequest, _points_pb2.GetPointsSummaryResponse]
+    """Points issued, redeemed, expired and clawed back per calendar month (in
+    the program's time zone), and members per tier now. For dashboards and
+    `loyaltyctl report`.
+    """
     StreamMemberStandings: _grpc.UnaryStreamMultiCallable[_points_pb2.StreamMemberStandingsRequest, _points_pb2.StreamMemberStandingsResponse]
     """Every member's points balance and tier, by customer id, for bulk readers
     such as segment evaluation. Resumable with the last row's customer id.
@@ -246,6 +251,11 @@ class PointsServiceAsyncStub(PointsServiceStub):
     crash, or to reach members who joined since) grants only to those who
     have nothing yet. The campaign's terms are fixed by its first run; other
     terms under the same campaign_id are ALREADY_EXISTS. Streams progress.
+    """
+    GetPointsSummary: _aio.UnaryUnaryMultiCallable[_points_pb2.GetPointsSummaryRequest, _points_pb2.GetPointsSummaryResponse]  # type: ignore[assignment]
+    """Points issued, redeemed, expired and clawed back per calendar month (in
+    the program's time zone), and members per tier now. For dashboards and
+    `loyaltyctl report`.
     """
     StreamMemberStandings: _aio.UnaryStreamMultiCallable[_points_pb2.StreamMemberStandingsRequest, _points_pb2.StreamMemberStandingsResponse]  # type: ignore[assignment]
     """Every member's points balance and tier, by customer id, for bulk readers
@@ -499,6 +509,17 @@ class PointsServiceServicer(metaclass=_abc_1.ABCMeta):
         crash, or to reach members who joined since) grants only to those who
         have nothing yet. The campaign's terms are fixed by its first run; other
         terms under the same campaign_id are ALREADY_EXISTS. Streams progress.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPointsSummary(
+        self,
+        request: _points_pb2.GetPointsSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_points_pb2.GetPointsSummaryResponse, _abc.Awaitable[_points_pb2.GetPointsSummaryResponse]]:
+        """Points issued, redeemed, expired and clawed back per calendar month (in
+        the program's time zone), and members per tier now. For dashboards and
+        `loyaltyctl report`.
         """
 
     @_abc_1.abstractmethod

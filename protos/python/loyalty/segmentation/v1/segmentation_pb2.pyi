@@ -327,6 +327,118 @@ class GetLayeringRulesResponse(_message.Message):
 Global___GetLayeringRulesResponse: _TypeAlias = GetLayeringRulesResponse  # noqa: Y015
 
 @_typing.final
+class GetLayerSummaryRequest(_message.Message):
+    """GetLayerSummaryRequest names the shop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLayerSummaryRequest: _TypeAlias = GetLayerSummaryRequest  # noqa: Y015
+
+@_typing.final
+class LayerCount(_message.Message):
+    """LayerCount is one class of one layering: how many customers, how much revenue."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    CUSTOMERS_FIELD_NUMBER: _builtins.int
+    NET_REVENUE_MINOR_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    """The class, as profiles show it (e.g. "Champions", "重要价值", "high", "at_risk")."""
+    customers: _builtins.int
+    """Customers in the class."""
+    net_revenue_minor: _builtins.int
+    """Their net revenue (paid minus refunded) in the shop's minor units, all time to as_of."""
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        customers: _builtins.int = ...,
+        net_revenue_minor: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["customers", b"customers", "label", b"label", "net_revenue_minor", b"net_revenue_minor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LayerCount: _TypeAlias = LayerCount  # noqa: Y015
+
+@_typing.final
+class GetLayerSummaryResponse(_message.Message):
+    """GetLayerSummaryResponse counts the latest evaluation; empty when the shop was never evaluated."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    CUSTOMERS_FIELD_NUMBER: _builtins.int
+    NET_REVENUE_MINOR_FIELD_NUMBER: _builtins.int
+    RFM_SEGMENTS_FIELD_NUMBER: _builtins.int
+    VALUE_CLASSES_FIELD_NUMBER: _builtins.int
+    ACTIVITY_LAYERS_FIELD_NUMBER: _builtins.int
+    CHURN_RISKS_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """The evaluation counted; 0 = never evaluated (every list is empty)."""
+    customers: _builtins.int
+    """Customers scored."""
+    net_revenue_minor: _builtins.int
+    """Net revenue of all customers scored, minor units."""
+    @_builtins.property
+    def as_of(self) -> _common_pb2.Date:
+        """The day it scored as of."""
+
+    @_builtins.property
+    def rfm_segments(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerCount]:
+        """By RFM segment (the 11 named segments)."""
+
+    @_builtins.property
+    def value_classes(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerCount]:
+        """By value class (重要价值 ... 一般挽留)."""
+
+    @_builtins.property
+    def activity_layers(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerCount]:
+        """By activity layer (high / mid / low)."""
+
+    @_builtins.property
+    def churn_risks(self) -> _containers.RepeatedCompositeFieldContainer[Global___LayerCount]:
+        """By churn risk (none / watch / at_risk / churned)."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        as_of: _common_pb2.Date | None = ...,
+        customers: _builtins.int = ...,
+        net_revenue_minor: _builtins.int = ...,
+        rfm_segments: _abc.Iterable[Global___LayerCount] | None = ...,
+        value_classes: _abc.Iterable[Global___LayerCount] | None = ...,
+        activity_layers: _abc.Iterable[Global___LayerCount] | None = ...,
+        churn_risks: _abc.Iterable[Global___LayerCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_layers", b"activity_layers", "as_of", b"as_of", "churn_risks", b"churn_risks", "customers", b"customers", "net_revenue_minor", b"net_revenue_minor", "rfm_segments", b"rfm_segments", "value_classes", b"value_classes", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLayerSummaryResponse: _TypeAlias = GetLayerSummaryResponse  # noqa: Y015
+
+@_typing.final
 class MemberAttributes(_message.Message):
     """MemberAttributes are facts about a member that orders do not carry."""
 

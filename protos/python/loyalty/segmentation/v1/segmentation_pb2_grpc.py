@@ -77,6 +77,11 @@ class SegmentationServiceStub:
                 request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsRequest.SerializeToString,
                 response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsResponse.FromString,
                 _registered_method=True)
+        self.GetLayerSummary = channel.unary_unary(
+                '/loyalty.segmentation.v1.SegmentationService/GetLayerSummary',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetLayerSummaryRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetLayerSummaryResponse.FromString,
+                _registered_method=True)
         self.EvaluateSegments = channel.unary_stream(
                 '/loyalty.segmentation.v1.SegmentationService/EvaluateSegments',
                 request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.EvaluateSegmentsRequest.SerializeToString,
@@ -174,6 +179,15 @@ class SegmentationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLayerSummary(self, request, context):
+        """How the latest evaluation layered the shop's customers: customers and net
+        revenue per RFM segment, value class (the 8-class model), activity layer
+        and churn risk, largest first. For dashboards and `loyaltyctl report`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EvaluateSegments(self, request, context):
         """Scores every customer of the shop (features streamed from the metrics
         service, tags from here) against every segment and writes one new
@@ -260,6 +274,11 @@ def add_SegmentationServiceServicer_to_server(servicer, server):
                     servicer.ListSegments,
                     request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsRequest.FromString,
                     response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsResponse.SerializeToString,
+            ),
+            'GetLayerSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLayerSummary,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetLayerSummaryRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetLayerSummaryResponse.SerializeToString,
             ),
             'EvaluateSegments': grpc.unary_stream_rpc_method_handler(
                     servicer.EvaluateSegments,
@@ -506,6 +525,33 @@ class SegmentationService:
             '/loyalty.segmentation.v1.SegmentationService/ListSegments',
             loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsRequest.SerializeToString,
             loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLayerSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/GetLayerSummary',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetLayerSummaryRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetLayerSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

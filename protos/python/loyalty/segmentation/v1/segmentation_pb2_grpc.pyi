@@ -65,6 +65,11 @@ class SegmentationServiceStub:
     """
     ListSegments: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.ListSegmentsRequest, _segmentation_pb2.ListSegmentsResponse]
     """The shop's segments, by id."""
+    GetLayerSummary: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.GetLayerSummaryRequest, _segmentation_pb2.GetLayerSummaryResponse]
+    """How the latest evaluation layered the shop's customers: customers and net
+    revenue per RFM segment, value class (the 8-class model), activity layer
+    and churn risk, largest first. For dashboards and `loyaltyctl report`.
+    """
     EvaluateSegments: _grpc.UnaryStreamMultiCallable[_segmentation_pb2.EvaluateSegmentsRequest, _segmentation_pb2.EvaluateSegmentsResponse]
     """Scores every customer of the shop (features streamed from the metrics
     service, tags from here) against every segment and writes one new
@@ -127,6 +132,11 @@ class SegmentationServiceAsyncStub(SegmentationServiceStub):
     """
     ListSegments: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.ListSegmentsRequest, _segmentation_pb2.ListSegmentsResponse]  # type: ignore[assignment]
     """The shop's segments, by id."""
+    GetLayerSummary: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.GetLayerSummaryRequest, _segmentation_pb2.GetLayerSummaryResponse]  # type: ignore[assignment]
+    """How the latest evaluation layered the shop's customers: customers and net
+    revenue per RFM segment, value class (the 8-class model), activity layer
+    and churn risk, largest first. For dashboards and `loyaltyctl report`.
+    """
     EvaluateSegments: _aio.UnaryStreamMultiCallable[_segmentation_pb2.EvaluateSegmentsRequest, _segmentation_pb2.EvaluateSegmentsResponse]  # type: ignore[assignment]
     """Scores every customer of the shop (features streamed from the metrics
     service, tags from here) against every segment and writes one new
@@ -234,6 +244,17 @@ class SegmentationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_segmentation_pb2.ListSegmentsResponse, _abc.Awaitable[_segmentation_pb2.ListSegmentsResponse]]:
         """The shop's segments, by id."""
+
+    @_abc_1.abstractmethod
+    def GetLayerSummary(
+        self,
+        request: _segmentation_pb2.GetLayerSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segmentation_pb2.GetLayerSummaryResponse, _abc.Awaitable[_segmentation_pb2.GetLayerSummaryResponse]]:
+        """How the latest evaluation layered the shop's customers: customers and net
+        revenue per RFM segment, value class (the 8-class model), activity layer
+        and churn risk, largest first. For dashboards and `loyaltyctl report`.
+        """
 
     @_abc_1.abstractmethod
     def EvaluateSegments(
