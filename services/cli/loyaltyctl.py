@@ -15,7 +15,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Annotated, Any, TypeVar
+from enum import StrEnum
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import grpc
 import typer
@@ -31,6 +34,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from services.cli import report as report_module
 from services.cli import seed as seed_module
 from services.common.channels import peer_channel
 
@@ -114,17 +118,25 @@ def calling(state: Cli, service: str) -> Iterator[None]:
         code = exc.code() if callable(getattr(exc, "code", None)) else None
         name = code.name if isinstance(code, grpc.StatusCode) else "ERROR"
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            state.err.print(f"error: {name}: cannot reach the {service} service at {state.targets[service]}")
-        else:
-            state.err.print(f"error: {name}: {exc.details()}", markup=False)
-        raise typer.Exit(1) from None
+            fail(state, f"{name}: cannot reach the {service} service at {state.targets[service]}")
+        fail(state, f"{name}: {exc.details()}")
+
+
+def fail(state: Cli, message: str) -> NoReturn:
+    """One unwrapped line on stderr and exit code 1: what went wrong, never a traceback."""
+    state.err.print(f"error: {message}", markup=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def parse_iso_day(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date like 2026-03-01", param_hint=option) from None
 
 
 def parse_day(value: str, option: str) -> common_pb2.Date:
-    try:
-        day = date.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date like 2026-03-01", param_hint=option) from None
+    day = parse_iso_day(value, option)
     return common_pb2.Date(year=day.year, month=day.month, day=day.day)
 
 
@@ -469,7 +481,7 @@ def demo_seed(
 ) -> None:
     """Generate a year of orders, refunds, top-ups, reviews and subscriptions and load them through the RPCs."""
     state = cli(ctx)
-    day = date.fromisoformat(today) if today else seed_module.today_utc()
+    day = parse_iso_day(today, "--today") if today else seed_module.today_utc()
     stubs = seed_module.Stubs(
         points=state.stub("points"),
         metrics=state.stub("metrics"),
@@ -501,6 +513,49 @@ def demo_seed(
         for name, count in summary.items():
             t.add_row(name, str(count))
         state.out.print(t)
+
+
+# ---------------------------------------------------------------- report
+
+
+class Lang(StrEnum):
+    zh = "zh"
+    en = "en"
+
+
+@app.command("report")
+def report(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Directory for report.<lang>.html and the PNG charts.")] = Path("report"),
+    lang: Annotated[Lang, typer.Option(help="Labels in Chinese (needs a CJK font) or English.")] = Lang.zh,
+    months: Annotated[int, typer.Option(min=2, max=36, help="Months of history, the current one included.")] = 12,
+    today: Annotated[str, typer.Option(help="The report's 'today' (default: today, UTC).")] = "",
+) -> None:
+    """Repurchase, retention, RFM, churn, tiers, points and deliveries as PNG charts and one self-contained page."""
+    state = cli(ctx)
+    day = parse_iso_day(today, "--today") if today else seed_module.today_utc()
+    stubs = seed_module.Stubs(
+        points=state.stub("points"),
+        metrics=state.stub("metrics"),
+        segmentation=state.stub("segmentation"),
+        cycle_delivery=state.stub("cycle_delivery"),
+    )
+    total = report_module.report_calls(months) + len(report_module.DRAWINGS)
+    with calling(state, "services"), Progress(console=state.err, transient=not state.err.is_terminal) as progress:
+        task = progress.add_task("report", total=total)
+        advance = partial(progress.advance, task)
+        data = report_module.collect_report(stubs, state.shop, today=day, months=months, advance=advance)
+        try:
+            page, charts = report_module.write_report(data, lang.value, out, advance)
+        except report_module.ReportError as exc:
+            fail(state, str(exc))
+    result = {"html": str(page), "charts": [str(chart.path) for chart in charts]}
+    if state.as_json:
+        state.out.print_json(json.dumps(result))
+    else:
+        state.out.print(f"report: {page}", markup=False)
+        for chart in charts:
+            state.out.print(f"  {chart.path}  {chart.title}", markup=False)
 
 
 def numbers(text: str, option: str) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
@@ -223,6 +223,9 @@ def seed_demo(stubs: Stubs, shop_id: str, *, customers: int, seed: int, today: d
     stubs.cycle_delivery.UpsertPlan(
         cd.UpsertPlanRequest(shop_id=shop_id, request_id=f"{key}-plan", plan=plan), timeout=TIMEOUT
     )
+    # The service refuses a first delivery before its own lead time and cut-off, judged by its clock, not the
+    # demo's 'today': a demo dated in the past starts its subscriptions a few days after the real today instead.
+    earliest_start = today_utc() + timedelta(days=3)
     for s in data.subscriptions:
         order = common_pb2.Order(
             order_id=s.order_id, customer_id=s.customer_id, paid_at=stamp(s.paid_at), paid=cny(16_000)
@@ -236,7 +239,7 @@ def seed_demo(stubs: Stubs, shop_id: str, *, customers: int, seed: int, today: d
                 quantity=1,
                 address="上海市示例路 1 号",
                 delivery_mode=cd.DELIVERY_MODE_SAME_CITY,
-                start_date=d(s.start),
+                start_date=d(max(s.start, earliest_start)),
             ),
             timeout=TIMEOUT,
         )
