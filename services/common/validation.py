@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from services.common.errors import Violations
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}$")
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,64}\Z")  # \Z: "$" would let a trailing newline in
 # Currencies a shop may record; minor-unit exponent per ISO 4217.
 CURRENCY_EXPONENTS: dict[str, int] = {
     "CNY": 2,

@@ -12,7 +12,7 @@ from sqlalchemy import case, delete, distinct, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from services.common.clock import local_date
-from services.common.db import insert_ignoring_conflicts, lock_keys
+from services.common.db import bulk_insert, insert_ignoring_conflicts, lock_keys, one_of
 from services.common.erasure import anonymous_id
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.idempotency import is_repeat
@@ -62,7 +62,7 @@ def record_orders(
         order_id: (customer_id, fingerprint)
         for order_id, customer_id, fingerprint in session.execute(
             select(Order.order_id, Order.customer_id, Order.fingerprint)
-            .where(Order.shop_id == shop_id, Order.order_id.in_(ids))
+            .where(Order.shop_id == shop_id, one_of(session, Order.order_id, ids))
             .with_for_update()
         )
     }
@@ -97,7 +97,7 @@ def record_orders(
         stored[order.order_id] = (order.customer_id, order.fingerprint)
         touched.add(order.customer_id)
     if new:
-        session.execute(insert(Order), list(new.values()))
+        bulk_insert(session, Order, list(new.values()))
     if changed:
         session.execute(update(Order), list(changed.values()))
     refresh_summaries(session, shop_id=shop_id, customer_ids=sorted(touched))
@@ -113,7 +113,9 @@ def refresh_summaries(session: Session, *, shop_id: str, customer_ids: list[str]
     if not customer_ids:
         return
     session.execute(
-        delete(CustomerSummary).where(CustomerSummary.shop_id == shop_id, CustomerSummary.customer_id.in_(customer_ids))
+        delete(CustomerSummary).where(
+            CustomerSummary.shop_id == shop_id, one_of(session, CustomerSummary.customer_id, customer_ids)
+        )
     )
     aggregate = (
         select(
@@ -125,7 +127,7 @@ def refresh_summaries(session: Session, *, shop_id: str, customer_ids: list[str]
             func.min(Order.paid_at),
             func.max(Order.paid_at),
         )
-        .where(Order.shop_id == shop_id, Order.customer_id.in_(customer_ids), COUNTS)
+        .where(Order.shop_id == shop_id, one_of(session, Order.customer_id, customer_ids), COUNTS)
         .group_by(Order.shop_id, Order.customer_id)
     )
     session.execute(
@@ -151,13 +153,15 @@ def recompute_summaries_in_python(session: Session, *, shop_id: str, customer_id
     facts: dict[str, list[domain.OrderFact]] = {c: [] for c in customer_ids}
     rows = session.execute(
         select(Order.customer_id, Order.paid_at, Order.local_date, Order.amount_minor, Order.refunded_minor).where(
-            Order.shop_id == shop_id, Order.customer_id.in_(customer_ids)
+            Order.shop_id == shop_id, one_of(session, Order.customer_id, customer_ids)
         )
     )
     for customer_id, paid_at, day, amount, refunded in rows:
         facts[customer_id].append(domain.OrderFact(customer_id, paid_at, day, amount, refunded))
     session.execute(
-        delete(CustomerSummary).where(CustomerSummary.shop_id == shop_id, CustomerSummary.customer_id.in_(customer_ids))
+        delete(CustomerSummary).where(
+            CustomerSummary.shop_id == shop_id, one_of(session, CustomerSummary.customer_id, customer_ids)
+        )
     )
     for customer_id in customer_ids:
         summary = domain.summarize(customer_id, facts[customer_id])

@@ -131,11 +131,13 @@ def shop(clocked: Stack, uid: str) -> Shop:
 
 def test_a_subscription_fixes_its_calendar_with_deadlines(shop: Shop) -> None:
     shop.plan()
-    sub = shop.subscribe()
-    assert open_days(sub) == [date(2026, 3, d) for d in (2, 3, 4, 5, 6)]
+    # Starting on Tuesday: no delivery is due yet, so the background worker cannot change the calendar between
+    # the two reads below (Monday's would be due at once: its preparation day has begun).
+    sub = shop.subscribe(start=date(2026, 3, 3))
+    assert open_days(sub) == [date(2026, 3, d) for d in (3, 4, 5, 6, 9)]
     assert sub.remaining == 5
-    # Monday's delivery is prepared on Sunday: changes until Sunday 18:00 Shanghai.
-    assert sub.deliveries[0].change_deadline.ToDatetime(tzinfo=UTC) == datetime(2026, 3, 1, 10, tzinfo=UTC)
+    # Tuesday's delivery is prepared on Monday: changes until Monday 18:00 Shanghai.
+    assert sub.deliveries[0].change_deadline.ToDatetime(tzinfo=UTC) == datetime(2026, 3, 2, 10, tzinfo=UTC)
     assert shop.call("GetSubscription", subscription_id="o1").subscription == sub
 
 

@@ -1,0 +1,83 @@
+"""The shared order contract: the bulk fast path never lets through what the detailed checks would refuse."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from loyalty.common.v1 import common_pb2
+
+from services.common.errors import Violations
+from services.common.orders import checked_order, parse_order, plainly_valid
+
+ids = st.one_of(
+    st.from_regex(r"[A-Za-z0-9_.:\-]{1,64}", fullmatch=True),
+    st.sampled_from(["", "a b", "x" * 65, "abc\n", "订单", "a/b"]),
+)
+amounts = st.one_of(st.integers(0, 10**6), st.sampled_from([-1, 10**15, 10**15 + 1, 2**62]))
+currencies = st.sampled_from(["CNY", "JPY", "", "cny", "XXX", "CN"])
+seconds = st.one_of(
+    st.integers(946_684_800 - 5, 946_684_800 + 5),  # around 2000-01-01
+    st.integers(4_102_444_800 - 5, 4_102_444_800 + 5),  # around 2100-01-01
+    st.integers(1_600_000_000, 1_800_000_000),
+    st.sampled_from([-62_135_596_800, 253_402_300_799, 0]),
+)
+nanos = st.one_of(st.integers(0, 999_999_999), st.sampled_from([-1, 1_000_000_000]))
+
+
+@st.composite
+def orders(draw: st.DrawFn) -> common_pb2.Order:
+    order = common_pb2.Order(
+        order_id=draw(ids),
+        customer_id=draw(ids),
+        paid=common_pb2.Money(amount_minor=draw(amounts), currency=draw(currencies)),
+        channel=draw(st.sampled_from(["", "mini_program", "x" * 32, "x" * 33])),
+        source=draw(st.sampled_from([0, 1, 2, 3, 99])),  # type: ignore[arg-type]  # 99: unknown on purpose
+    )
+    if draw(st.booleans()):
+        order.paid_at.seconds = draw(seconds)
+        order.paid_at.nanos = draw(nanos)
+    for _ in range(draw(st.integers(0, 3))):
+        order.items.add(
+            sku=draw(st.sampled_from(["milk", "x" * 64, "x" * 65])),
+            category=draw(st.sampled_from(["dairy", "", "y" * 65])),
+            quantity=draw(st.sampled_from([1, 2, 0, 100_000, 100_001, -1])),
+            paid=common_pb2.Money(
+                amount_minor=draw(st.integers(-1, 400)), currency=draw(st.sampled_from(["", "CNY", "JPY"]))
+            ),
+        )
+    return order
+
+
+@settings(max_examples=3_000, deadline=None)
+@given(orders())
+def test_the_fast_path_accepts_only_what_the_detailed_checks_accept(order: common_pb2.Order) -> None:
+    if plainly_valid(order):
+        v = Violations()
+        detailed = checked_order(v, order, "o")
+        assert v.found == []
+        assert detailed == parse_order(Violations(), order, "o")
+
+
+def test_a_valid_order_parses_the_same_on_both_paths() -> None:
+    order = common_pb2.Order(
+        order_id="o-1", customer_id="c-1", paid=common_pb2.Money(amount_minor=500, currency="CNY"), channel="h5"
+    )
+    order.paid_at.FromDatetime(datetime(2026, 3, 1, 23, 59, tzinfo=UTC))
+    order.items.add(sku="milk", category="dairy", quantity=2, paid=common_pb2.Money(amount_minor=300))
+    assert plainly_valid(order)
+    fast = parse_order(Violations(), order, "o")
+    assert fast == checked_order(Violations(), order, "o")
+    assert fast is not None
+    assert fast.paid_at == datetime(2026, 3, 1, 23, 59, tzinfo=UTC)
+    assert (fast.order_id, fast.amount_minor, fast.lines[0].quantity) == ("o-1", 500, 2)
+
+
+def test_an_id_with_a_trailing_newline_is_refused() -> None:
+    order = common_pb2.Order(order_id="o-1\n", customer_id="c", paid=common_pb2.Money(amount_minor=1, currency="CNY"))
+    order.paid_at.FromDatetime(datetime(2026, 3, 1, tzinfo=UTC))
+    v = Violations()
+    assert not plainly_valid(order)
+    assert parse_order(v, order, "o") is None
+    assert [f.field for f in v.found] == ["o.order_id"]
