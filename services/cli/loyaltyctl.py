@@ -66,6 +66,14 @@ class Cli:
     def stub(self, service: str) -> Any:
         return STUBS[service](peer_channel(self.targets[service], self.token))
 
+    def all_stubs(self) -> seed_module.Stubs:
+        return seed_module.Stubs(
+            points=self.stub("points"),
+            metrics=self.stub("metrics"),
+            segmentation=self.stub("segmentation"),
+            cycle_delivery=self.stub("cycle_delivery"),
+        )
+
     def show(self, message: Message, table: Callable[[], Table]) -> None:
         if self.as_json:
             self.out.print_json(json.dumps(MessageToDict(message, preserving_proto_field_name=True)))
@@ -482,12 +490,7 @@ def demo_seed(
     """Generate a year of orders, refunds, top-ups, reviews and subscriptions and load them through the RPCs."""
     state = cli(ctx)
     day = parse_iso_day(today, "--today") if today else seed_module.today_utc()
-    stubs = seed_module.Stubs(
-        points=state.stub("points"),
-        metrics=state.stub("metrics"),
-        segmentation=state.stub("segmentation"),
-        cycle_delivery=state.stub("cycle_delivery"),
-    )
+    stubs = state.all_stubs()
     with calling(state, "services"), Progress(console=state.err, transient=not state.err.is_terminal) as progress:
 
         def step(description: str, total: int) -> Callable[[int], None]:
@@ -534,12 +537,7 @@ def report(
     """Repurchase, retention, RFM, churn, tiers, points and deliveries as PNG charts and one self-contained page."""
     state = cli(ctx)
     day = parse_iso_day(today, "--today") if today else seed_module.today_utc()
-    stubs = seed_module.Stubs(
-        points=state.stub("points"),
-        metrics=state.stub("metrics"),
-        segmentation=state.stub("segmentation"),
-        cycle_delivery=state.stub("cycle_delivery"),
-    )
+    stubs = state.all_stubs()
     total = report_module.report_calls(months) + len(report_module.DRAWINGS)
     with calling(state, "services"), Progress(console=state.err, transient=not state.err.is_terminal) as progress:
         task = progress.add_task("report", total=total)
