@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import psycopg
 import sqlalchemy.exc
 from sqlalchemy import (
     ColumnElement,
@@ -216,6 +217,10 @@ def bulk_insert(session: Session, model: type[DeclarativeBase], rows: list[dict[
     columns = list(rows[0])
     driver = session.connection().connection.driver_connection
     assert driver is not None
-    with driver.cursor() as cursor, cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row(tuple(row.values()))
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    try:
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(tuple(row.values()))
+    except psycopg.errors.IntegrityError as exc:  # the driver's own error: wrapped as SQLAlchemy would wrap it
+        raise sqlalchemy.exc.IntegrityError(statement, None, exc) from exc

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     outbox_relay_seconds: float = 1.0
     # How often the cycle delivery worker looks for due deliveries.
     delivery_worker_seconds: float = 10.0
+    # How often the metrics service settles the customer summaries a bulk stream left stale.
+    summary_settle_seconds: float = 1.0
     idempotency_retention_days: int = 30
 
     @field_validator("default_time_zone")

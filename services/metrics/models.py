@@ -64,6 +64,23 @@ class CustomerSummary(Base):
     last_order_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+class StaleSummary(Base):
+    """A customer whose summary may lag their orders: bulk chunks append, `settle_summaries` clears.
+
+    The stream path records orders without recomputing summaries chunk by chunk;
+    each chunk appends one row per customer it touched, in the transaction that
+    writes the orders, so every committed order has either a fresh summary or a
+    mark. Appending (keyed by the chunk's request id) needs no update of a shared
+    row, which is what keeps a chunk's cost close to COPY's.
+    """
+
+    __tablename__ = "stale_summaries"
+
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
 class ClvModelRecord(Base):
     """A fitted BG/NBD + Gamma-Gamma model; the newest per shop is the shop's current model.
 

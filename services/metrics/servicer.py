@@ -59,9 +59,15 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
             clock=self.ctx.clock,
         )
 
-    def _record(self, session: Session, shop_id: str, orders: list[PaidOrder]) -> metrics_pb2.RecordOrdersResponse:
+    def _record(
+        self, session: Session, shop_id: str, orders: list[PaidOrder], *, defer_summaries_for: str | None = None
+    ) -> metrics_pb2.RecordOrdersResponse:
         counts = store.record_orders(
-            session, shop_id=shop_id, orders=orders, default_zone=self.ctx.settings.default_time_zone
+            session,
+            shop_id=shop_id,
+            orders=orders,
+            default_zone=self.ctx.settings.default_time_zone,
+            defer_summaries_for=defer_summaries_for,
         )
         return metrics_pb2.RecordOrdersResponse(
             inserted=counts[Outcome.INSERTED], duplicates=counts[Outcome.DUPLICATE], corrected=counts[Outcome.CORRECTED]
@@ -72,7 +78,12 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
     ) -> metrics_pb2.StreamOrdersResponse:
         totals = metrics_pb2.StreamOrdersResponse()
         for chunk in request_iterator:
-            apply = partial(self._record, shop_id=chunk.shop_id, orders=parse_orders(chunk.orders))
+            apply = partial(
+                self._record,
+                shop_id=chunk.shop_id,
+                orders=parse_orders(chunk.orders),
+                defer_summaries_for=chunk.request_id,  # settled by the summary worker, or on first read
+            )
             done = run_idempotent(self.ctx.db, chunk, metrics_pb2.RecordOrdersResponse, apply, clock=self.ctx.clock)
             totals.chunks += 1
             totals.inserted += done.inserted

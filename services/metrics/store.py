@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from sqlalchemy import case, delete, distinct, func, insert, select, update
+from sqlalchemy import case, delete, distinct, func, insert, select, text, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.common.clock import local_date
@@ -20,10 +22,20 @@ from services.common.orders import PaidOrder
 from services.metrics import domain
 from services.metrics.definitions import Purchase
 from services.metrics.fast import OrderColumns
-from services.metrics.models import ClvModelRecord, CustomerSummary, FeedbackRecord, Order, Refund, Shop
+from services.metrics.models import (
+    ClvModelRecord,
+    CustomerSummary,
+    FeedbackRecord,
+    Order,
+    Refund,
+    Shop,
+    StaleSummary,
+)
 
 # The SQL twins of `definitions.is_fully_refunded` and `definitions.net_amount`.
 COUNTS = ~((Order.amount_minor > 0) & (Order.refunded_minor >= Order.amount_minor))
+SETTLE_BATCH = 1000  # customers per settling transaction: bounded locks and statement size
+
 NET_AMOUNT = case((Order.refunded_minor >= Order.amount_minor, 0), else_=Order.amount_minor - Order.refunded_minor)
 
 
@@ -33,9 +45,13 @@ class CurrencyMismatch(FailedPrecondition):
 
 def shop_facts(session: Session, *, shop_id: str, currency: str, default_zone: str) -> Shop:
     """The shop's row; its first recorded order fixes its currency."""
-    insert_ignoring_conflicts(session, Shop, [{"shop_id": shop_id, "currency": currency, "time_zone": default_zone}])
     shop = session.get(Shop, shop_id)
-    assert shop is not None
+    if shop is None:
+        insert_ignoring_conflicts(
+            session, Shop, [{"shop_id": shop_id, "currency": currency, "time_zone": default_zone}]
+        )
+        shop = session.get(Shop, shop_id)
+        assert shop is not None
     if shop.currency != currency:
         raise CurrencyMismatch(
             f"shop {shop_id} records orders in {shop.currency}; got {currency}",
@@ -45,18 +61,84 @@ def shop_facts(session: Session, *, shop_id: str, currency: str, default_zone: s
 
 
 def record_orders(
-    session: Session, *, shop_id: str, orders: list[PaidOrder], default_zone: str
+    session: Session,
+    *,
+    shop_id: str,
+    orders: list[PaidOrder],
+    default_zone: str,
+    defer_summaries_for: str | None = None,
 ) -> Counter[domain.Outcome]:
-    """Upserts orders by id (bulk statements, no ORM objects) and refreshes the summaries they touch."""
+    """Upserts orders by id (bulk statements, no ORM objects); refreshes the summaries they touch, or marks them.
+
+    `defer_summaries_for` (a bulk chunk's request id) is the bulk-load path: the
+    touched customers are marked stale in this transaction and
+    `settle_summaries` recomputes each of them once, at the end of the load or
+    on first read, instead of once per chunk.
+    """
+    defer_summaries = defer_summaries_for is not None
     outcomes: Counter[domain.Outcome] = Counter()
     if not orders:
         return outcomes
     for currency in dict.fromkeys(o.currency for o in orders):  # the batch's first currency decides a new shop
         shop = shop_facts(session, shop_id=shop_id, currency=currency, default_zone=default_zone)
     zone = ZoneInfo(shop.time_zone)
-    # One writer per customer at a time: a summary is recomputed from the orders
-    # this transaction can see, so a concurrent batch must wait, not interleave.
-    lock_keys(session, f"summary:{shop_id}", [o.customer_id for o in orders])
+    if not defer_summaries:
+        # One writer per customer at a time: a summary is recomputed from the orders
+        # this transaction can see, so a concurrent batch must wait, not interleave.
+        lock_keys(session, f"summary:{shop_id}", [o.customer_id for o in orders])
+    rows = [order_row(shop_id, order, zone) for order in orders]
+    if len({o.order_id for o in orders}) == len(orders) and inserted_as_new(session, rows):
+        outcomes[domain.Outcome.INSERTED] += len(orders)
+        touched = {o.customer_id for o in orders}
+    else:
+        touched = upsert_orders(session, shop_id, orders, rows, outcomes, lock_moved_from=not defer_summaries)
+    if defer_summaries_for is not None:
+        mark_stale(session, shop_id=shop_id, customer_ids=touched, request_id=defer_summaries_for)
+    else:
+        refresh_summaries(session, shop_id=shop_id, customer_ids=sorted(touched))
+    return outcomes
+
+
+def order_row(shop_id: str, order: PaidOrder, zone: ZoneInfo) -> dict[str, object]:
+    return {
+        "shop_id": shop_id,
+        "order_id": order.order_id,
+        "customer_id": order.customer_id,
+        "paid_at": order.paid_at,
+        "local_date": local_date(order.paid_at, zone),
+        "amount_minor": order.amount_minor,
+        "refunded_minor": 0,
+        "channel": order.channel,
+        "source": order.source,
+        "fingerprint": order.fingerprint,
+    }
+
+
+def inserted_as_new(session: Session, rows: list[dict[str, object]]) -> bool:
+    """Inserts orders expected to be new in one COPY under a savepoint; False, with nothing written, if any exists.
+
+    A bulk load is almost all new orders: trying the insert first spares the
+    lookup of a thousand ids per chunk; a batch holding a known order id (a
+    resent stream, a correction) falls back to `upsert_orders`.
+    """
+    try:
+        with session.begin_nested():
+            bulk_insert(session, Order, rows)
+    except IntegrityError:
+        return False
+    return True
+
+
+def upsert_orders(
+    session: Session,
+    shop_id: str,
+    orders: list[PaidOrder],
+    rows: list[dict[str, object]],
+    outcomes: Counter[domain.Outcome],
+    *,
+    lock_moved_from: bool,
+) -> set[str]:
+    """Classifies each order against the stored one (new, duplicate, correction); returns the customers touched."""
     ids = list({o.order_id for o in orders})
     stored = {
         order_id: (customer_id, fingerprint)
@@ -69,39 +151,108 @@ def record_orders(
     new: dict[str, dict[str, object]] = {}
     changed: dict[str, dict[str, object]] = {}
     touched: set[str] = set()
-    for order in orders:
+    for order, row in zip(orders, rows, strict=True):
         before = stored.get(order.order_id)
         outcome = domain.classify_order(before[1] if before else None, order.fingerprint)
         outcomes[outcome] += 1
         if outcome is domain.Outcome.DUPLICATE:
             continue
         if before is not None:
-            if before[0] != order.customer_id:  # the order moves to another customer
+            if before[0] != order.customer_id and lock_moved_from:  # the order moves to another customer
                 lock_keys(session, f"summary:{shop_id}", [before[0]])
             touched.add(before[0])
-        values: dict[str, object] = {
-            "shop_id": shop_id,
-            "order_id": order.order_id,
-            "customer_id": order.customer_id,
-            "paid_at": order.paid_at,
-            "local_date": local_date(order.paid_at, zone),
-            "amount_minor": order.amount_minor,
-            "channel": order.channel,
-            "source": order.source,
-            "fingerprint": order.fingerprint,
-        }
         if order.order_id in new or before is None:
-            new[order.order_id] = {**values, "refunded_minor": 0}
+            new[order.order_id] = row
         else:
-            changed[order.order_id] = values
+            changed[order.order_id] = {k: v for k, v in row.items() if k != "refunded_minor"}
         stored[order.order_id] = (order.customer_id, order.fingerprint)
         touched.add(order.customer_id)
     if new:
         bulk_insert(session, Order, list(new.values()))
     if changed:
         session.execute(update(Order), list(changed.values()))
-    refresh_summaries(session, shop_id=shop_id, customer_ids=sorted(touched))
-    return outcomes
+    return touched
+
+
+def mark_stale(session: Session, *, shop_id: str, customer_ids: Iterable[str], request_id: str) -> None:
+    """Appends a stale mark per customer for this chunk (COPY on PostgreSQL: no shared row is updated)."""
+    bulk_insert(
+        session,
+        StaleSummary,
+        [{"shop_id": shop_id, "customer_id": c, "request_id": request_id} for c in sorted(set(customer_ids))],
+    )
+
+
+# A loose index scan: one index probe per distinct customer, whatever the planner
+# believes about a queue table that fills and drains faster than ANALYZE runs.
+NEXT_STALE_CUSTOMERS = text(
+    """
+    WITH RECURSIVE stale(customer_id) AS (
+        (SELECT customer_id FROM stale_summaries
+          WHERE shop_id = :shop_id AND customer_id > :after ORDER BY customer_id LIMIT 1)
+        UNION ALL
+        SELECT (SELECT s.customer_id FROM stale_summaries AS s
+                 WHERE s.shop_id = :shop_id AND s.customer_id > stale.customer_id ORDER BY s.customer_id LIMIT 1)
+          FROM stale WHERE stale.customer_id IS NOT NULL
+    )
+    SELECT customer_id FROM stale WHERE customer_id IS NOT NULL LIMIT :limit
+    """
+)
+
+
+def next_stale_customers(session: Session, *, shop_id: str, after: str, limit: int) -> list[str]:
+    """Up to `limit` distinct customers with stale marks, in id order after `after`."""
+    if session.get_bind().dialect.name == "postgresql":
+        found = session.scalars(NEXT_STALE_CUSTOMERS, {"shop_id": shop_id, "after": after, "limit": limit})
+        return list(found)
+    query = (
+        select(StaleSummary.customer_id)
+        .distinct()
+        .where(StaleSummary.shop_id == shop_id, StaleSummary.customer_id > after)
+        .order_by(StaleSummary.customer_id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def shops_with_stale_summaries(session: Session) -> list[str]:
+    return list(session.scalars(select(StaleSummary.shop_id).distinct().order_by(StaleSummary.shop_id)))
+
+
+def settle_summaries(session: Session, *, shop_id: str, after: str = "", limit: int = SETTLE_BATCH) -> list[str]:
+    """Recomputes up to `limit` stale summaries of the shop, in id order after `after`; returns those customers.
+
+    Correct beside concurrent chunks because the marks are deleted before the
+    summaries are recomputed: every mark this deletes was committed with its
+    orders, so the recomputation (a later statement) sees them; a mark
+    committed afterwards stays for the next settle.
+    """
+    stale = next_stale_customers(session, shop_id=shop_id, after=after, limit=limit)
+    if stale:
+        session.execute(
+            delete(StaleSummary).where(
+                StaleSummary.shop_id == shop_id, one_of(session, StaleSummary.customer_id, stale)
+            )
+        )
+        lock_keys(session, f"summary:{shop_id}", stale)
+        refresh_summaries(session, shop_id=shop_id, customer_ids=stale)
+    return stale
+
+
+def settle_customer(session: Session, *, shop_id: str, customer_id: str) -> bool:
+    """Settles one customer's summary if a bulk load left it stale (the read path); True if it was.
+
+    A settle running elsewhere holds the marks it is deleting: this waits for
+    it, then finds them gone and reads the summary that settle wrote.
+    """
+    deleted = session.execute(
+        delete(StaleSummary).where(StaleSummary.shop_id == shop_id, StaleSummary.customer_id == customer_id)
+    )
+    if not int(getattr(deleted, "rowcount", 0) or 0):
+        return False
+    lock_keys(session, f"summary:{shop_id}", [customer_id])
+    refresh_summaries(session, shop_id=shop_id, customer_ids=[customer_id])
+    return True
 
 
 def refresh_summaries(session: Session, *, shop_id: str, customer_ids: list[str]) -> None:
@@ -180,6 +331,8 @@ def recompute_summaries_in_python(session: Session, *, shop_id: str, customer_id
 
 
 def get_summary(session: Session, *, shop_id: str, customer_id: str) -> tuple[CustomerSummary, str] | None:
+    """The customer's summary, settled first if a bulk load left it stale."""
+    settle_customer(session, shop_id=shop_id, customer_id=customer_id)
     summary = session.get(CustomerSummary, (shop_id, customer_id))
     if summary is None:
         return None
@@ -369,6 +522,7 @@ def rebuild_summaries(session: Session, *, shop_id: str) -> int:
     customers = sorted(set(session.scalars(select(Order.customer_id).where(Order.shop_id == shop_id))))
     lock_keys(session, f"summary:{shop_id}", customers)
     session.execute(delete(CustomerSummary).where(CustomerSummary.shop_id == shop_id))
+    session.execute(delete(StaleSummary).where(StaleSummary.shop_id == shop_id))  # everything is recomputed below
     for start in range(0, len(customers), 500):
         recompute_summaries_in_python(session, shop_id=shop_id, customer_ids=customers[start : start + 500])
     return len(customers)
@@ -411,6 +565,9 @@ def erase_customer(session: Session, *, shop_id: str, customer_id: str) -> tuple
         .values(customer_id=anonymous, comment=""),
     ):
         rows += int(getattr(session.execute(statement), "rowcount", 0) or 0)
+    session.execute(  # the mark names the customer: it goes; the anonymous id's summary is refreshed below
+        delete(StaleSummary).where(StaleSummary.shop_id == shop_id, StaleSummary.customer_id == customer_id)
+    )
     refresh_summaries(session, shop_id=shop_id, customer_ids=[customer_id, anonymous])
     session.flush()
     return anonymous, rows

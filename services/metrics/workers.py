@@ -1,0 +1,28 @@
+"""The metrics service's background work: settling the summaries that bulk streams left stale."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from services.common.db import Database
+from services.common.server import ServiceContext, Worker
+from services.metrics import store
+
+
+def settle_stale_summaries(db: Database) -> int:
+    """Recomputes every shop's stale summaries, one bounded batch per transaction; returns how many.
+
+    Replicas may run this at once: a customer settled twice is recomputed twice
+    from the same orders, never wrongly (see `store.settle_summaries`).
+    """
+    settled = 0
+    for shop_id in db.run(store.shops_with_stale_summaries):
+        after = ""
+        while batch := db.run(partial(store.settle_summaries, shop_id=shop_id, after=after)):
+            settled += len(batch)
+            after = batch[-1]
+    return settled
+
+
+def metrics_workers(ctx: ServiceContext) -> list[Worker]:
+    return [Worker("summary-settler", ctx.settings.summary_settle_seconds, lambda: settle_stale_summaries(ctx.db))]
