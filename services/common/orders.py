@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 from loyalty.common.v1 import common_pb2
 
@@ -26,16 +26,16 @@ from services.common.validation import (
 MAX_ITEMS = 200
 
 
-@dataclass(frozen=True)
-class OrderLine:
+class OrderLine(NamedTuple):
     sku: str
     category: str
     quantity: int
     amount_minor: int
 
 
-@dataclass(frozen=True)
-class PaidOrder:
+class PaidOrder(NamedTuple):
+    """An immutable parsed order (a NamedTuple: a bulk load builds millions, at half a frozen dataclass's cost)."""
+
     order_id: str
     customer_id: str
     paid_at: datetime
@@ -48,6 +48,7 @@ class PaidOrder:
 
 
 ORDER_SOURCES = frozenset(common_pb2.OrderSource.values())
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 EARLIEST_SECONDS = int(EARLIEST_INSTANT.timestamp())
 LATEST_SECONDS = int(LATEST_INSTANT.timestamp())
 
@@ -93,7 +94,8 @@ def plainly_valid(order: common_pb2.Order) -> bool:
 def parse_order(v: Violations, order: common_pb2.Order, path: str) -> PaidOrder | None:
     """A validated order, or None with every problem recorded in `v`."""
     if plainly_valid(order):
-        return paid_order(order, order.paid_at.ToDatetime(tzinfo=UTC))
+        stamp = order.paid_at  # in range and nanos >= 0: what Timestamp.ToDatetime computes, without its checks
+        return paid_order(order, UNIX_EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000))
     return checked_order(v, order, path)
 
 

@@ -83,6 +83,8 @@ class ServiceContext:
     db: Database
     peers: Peers
     clock: Clock = utc_now
+    # Runs the named background worker now rather than at its next tick (a no-op for unknown names).
+    wake: Callable[[str], None] = lambda _name: None
 
 
 class Worker:
@@ -93,21 +95,27 @@ class Worker:
         self.interval = interval_seconds
         self.tick = tick
         self.stopping = threading.Event()
+        self.woken = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
+            self.woken.clear()  # a wake that arrives during the tick runs the next one at once
             try:
                 self.tick()
             except Exception:
                 log.exception("worker_tick_failed", worker=self.name)
-            self.stopping.wait(self.interval)
+            self.woken.wait(self.interval)
+
+    def wake(self) -> None:
+        self.woken.set()
 
     def start(self) -> None:
         self.thread.start()
 
     def stop(self, timeout: float) -> None:
         self.stopping.set()
+        self.woken.set()
         if self.thread.is_alive():
             self.thread.join(timeout)
 
@@ -159,6 +167,12 @@ class RunningService:
             Worker("outbox-relay", settings.outbox_relay_seconds, self._relay_outbox),
             *spec.workers(self.context),
         ]
+        self.context.wake = self._wake
+
+    def _wake(self, name: str) -> None:
+        for worker in self.workers:
+            if worker.name == name:
+                worker.wake()
 
     @property
     def address(self) -> str:

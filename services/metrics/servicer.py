@@ -41,6 +41,7 @@ from services.metrics.domain import Outcome
 from services.metrics.models import ClvModelRecord
 
 MAX_BATCH = 1000
+SUMMARY_SETTLER = "summary-settler"
 
 
 class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
@@ -89,6 +90,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
             totals.inserted += done.inserted
             totals.duplicates += done.duplicates
             totals.corrected += done.corrected
+        self.ctx.wake(SUMMARY_SETTLER)  # the load is in: settle its summaries now, not at the next tick
         return totals
 
     def RecordRefunds(

@@ -99,22 +99,38 @@ def record_orders(
     return outcomes
 
 
-def order_row(shop_id: str, order: PaidOrder, zone: ZoneInfo) -> dict[str, object]:
-    return {
-        "shop_id": shop_id,
-        "order_id": order.order_id,
-        "customer_id": order.customer_id,
-        "paid_at": order.paid_at,
-        "local_date": local_date(order.paid_at, zone),
-        "amount_minor": order.amount_minor,
-        "refunded_minor": 0,
-        "channel": order.channel,
-        "source": order.source,
-        "fingerprint": order.fingerprint,
-    }
+ORDER_COLUMNS = (
+    "shop_id",
+    "order_id",
+    "customer_id",
+    "paid_at",
+    "local_date",
+    "amount_minor",
+    "refunded_minor",
+    "channel",
+    "source",
+    "fingerprint",
+)
+OrderRow = tuple[str, str, str, datetime, date, int, int, str, int, str]
 
 
-def inserted_as_new(session: Session, rows: list[dict[str, object]]) -> bool:
+def order_row(shop_id: str, order: PaidOrder, zone: ZoneInfo) -> OrderRow:
+    """A new order's row, in ORDER_COLUMNS order."""
+    return (
+        shop_id,
+        order.order_id,
+        order.customer_id,
+        order.paid_at,
+        local_date(order.paid_at, zone),
+        order.amount_minor,
+        0,
+        order.channel,
+        order.source,
+        order.fingerprint,
+    )
+
+
+def inserted_as_new(session: Session, rows: list[OrderRow]) -> bool:
     """Inserts orders expected to be new in one COPY under a savepoint; False, with nothing written, if any exists.
 
     A bulk load is almost all new orders: trying the insert first spares the
@@ -123,7 +139,7 @@ def inserted_as_new(session: Session, rows: list[dict[str, object]]) -> bool:
     """
     try:
         with session.begin_nested():
-            bulk_insert(session, Order, rows)
+            bulk_insert(session, Order, ORDER_COLUMNS, rows)
     except IntegrityError:
         return False
     return True
@@ -133,7 +149,7 @@ def upsert_orders(
     session: Session,
     shop_id: str,
     orders: list[PaidOrder],
-    rows: list[dict[str, object]],
+    rows: list[OrderRow],
     outcomes: Counter[domain.Outcome],
     *,
     lock_moved_from: bool,
@@ -148,7 +164,7 @@ def upsert_orders(
             .with_for_update()
         )
     }
-    new: dict[str, dict[str, object]] = {}
+    new: dict[str, OrderRow] = {}
     changed: dict[str, dict[str, object]] = {}
     touched: set[str] = set()
     for order, row in zip(orders, rows, strict=True):
@@ -164,11 +180,11 @@ def upsert_orders(
         if order.order_id in new or before is None:
             new[order.order_id] = row
         else:
-            changed[order.order_id] = {k: v for k, v in row.items() if k != "refunded_minor"}
+            changed[order.order_id] = {k: v for k, v in zip(ORDER_COLUMNS, row, strict=True) if k != "refunded_minor"}
         stored[order.order_id] = (order.customer_id, order.fingerprint)
         touched.add(order.customer_id)
     if new:
-        bulk_insert(session, Order, list(new.values()))
+        bulk_insert(session, Order, ORDER_COLUMNS, list(new.values()))
     if changed:
         session.execute(update(Order), list(changed.values()))
     return touched
@@ -176,11 +192,8 @@ def upsert_orders(
 
 def mark_stale(session: Session, *, shop_id: str, customer_ids: Iterable[str], request_id: str) -> None:
     """Appends a stale mark per customer for this chunk (COPY on PostgreSQL: no shared row is updated)."""
-    bulk_insert(
-        session,
-        StaleSummary,
-        [{"shop_id": shop_id, "customer_id": c, "request_id": request_id} for c in sorted(set(customer_ids))],
-    )
+    marks = [(shop_id, c, request_id) for c in sorted(set(customer_ids))]
+    bulk_insert(session, StaleSummary, ("shop_id", "customer_id", "request_id"), marks)
 
 
 # A loose index scan: one index probe per distinct customer, whatever the planner
@@ -230,9 +243,9 @@ def settle_summaries(session: Session, *, shop_id: str, after: str = "", limit: 
     stale = next_stale_customers(session, shop_id=shop_id, after=after, limit=limit)
     if stale:
         session.execute(
-            delete(StaleSummary).where(
-                StaleSummary.shop_id == shop_id, one_of(session, StaleSummary.customer_id, stale)
-            )
+            delete(StaleSummary)
+            .where(StaleSummary.shop_id == shop_id, one_of(session, StaleSummary.customer_id, stale))
+            .execution_options(synchronize_session=False)  # no ORM objects to keep in step: skip the RETURNING
         )
         lock_keys(session, f"summary:{shop_id}", stale)
         refresh_summaries(session, shop_id=shop_id, customer_ids=stale)
@@ -246,7 +259,9 @@ def settle_customer(session: Session, *, shop_id: str, customer_id: str) -> bool
     it, then finds them gone and reads the summary that settle wrote.
     """
     deleted = session.execute(
-        delete(StaleSummary).where(StaleSummary.shop_id == shop_id, StaleSummary.customer_id == customer_id)
+        delete(StaleSummary)
+        .where(StaleSummary.shop_id == shop_id, StaleSummary.customer_id == customer_id)
+        .execution_options(synchronize_session=False)
     )
     if not int(getattr(deleted, "rowcount", 0) or 0):
         return False
@@ -264,9 +279,9 @@ def refresh_summaries(session: Session, *, shop_id: str, customer_ids: list[str]
     if not customer_ids:
         return
     session.execute(
-        delete(CustomerSummary).where(
-            CustomerSummary.shop_id == shop_id, one_of(session, CustomerSummary.customer_id, customer_ids)
-        )
+        delete(CustomerSummary)
+        .where(CustomerSummary.shop_id == shop_id, one_of(session, CustomerSummary.customer_id, customer_ids))
+        .execution_options(synchronize_session=False)
     )
     aggregate = (
         select(

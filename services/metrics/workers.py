@@ -7,6 +7,7 @@ from functools import partial
 from services.common.db import Database
 from services.common.server import ServiceContext, Worker
 from services.metrics import store
+from services.metrics.servicer import SUMMARY_SETTLER
 
 
 def settle_stale_summaries(db: Database) -> int:
@@ -25,4 +26,4 @@ def settle_stale_summaries(db: Database) -> int:
 
 
 def metrics_workers(ctx: ServiceContext) -> list[Worker]:
-    return [Worker("summary-settler", ctx.settings.summary_settle_seconds, lambda: settle_stale_summaries(ctx.db))]
+    return [Worker(SUMMARY_SETTLER, ctx.settings.summary_settle_seconds, lambda: settle_stale_summaries(ctx.db))]
