@@ -34,7 +34,8 @@ from services.metrics.models import (
 
 # The SQL twins of `definitions.is_fully_refunded` and `definitions.net_amount`.
 COUNTS = ~((Order.amount_minor > 0) & (Order.refunded_minor >= Order.amount_minor))
-SETTLE_BATCH = 1000  # customers per settling transaction: bounded locks and statement size
+SETTLE_BATCH = 1000
+CONCURRENT_INSERT_ATTEMPTS = 8  # customers per settling transaction: bounded locks and statement size
 
 NET_AMOUNT = case((Order.refunded_minor >= Order.amount_minor, 0), else_=Order.amount_minor - Order.refunded_minor)
 
@@ -154,7 +155,36 @@ def upsert_orders(
     *,
     lock_moved_from: bool,
 ) -> set[str]:
-    """Classifies each order against the stored one (new, duplicate, correction); returns the customers touched."""
+    """Classifies each order against the stored one (new, duplicate, correction); returns the customers touched.
+
+    A concurrent batch may insert one of these ids between the lookup and the
+    insert (the lookup cannot lock a row that does not exist yet): the savepoint
+    is rolled back and the batch classified again, now seeing that order. Each
+    retry follows another transaction's commit, so the loop makes progress.
+    """
+    for attempt in range(1, CONCURRENT_INSERT_ATTEMPTS + 1):
+        counted: Counter[domain.Outcome] = Counter()
+        try:
+            with session.begin_nested():
+                touched = classify_and_write(session, shop_id, orders, rows, counted, lock_moved_from=lock_moved_from)
+        except IntegrityError:
+            if attempt == CONCURRENT_INSERT_ATTEMPTS:
+                raise
+            continue
+        outcomes.update(counted)
+        return touched
+    raise AssertionError("unreachable")
+
+
+def classify_and_write(
+    session: Session,
+    shop_id: str,
+    orders: list[PaidOrder],
+    rows: list[OrderRow],
+    outcomes: Counter[domain.Outcome],
+    *,
+    lock_moved_from: bool,
+) -> set[str]:
     ids = list({o.order_id for o in orders})
     stored = {
         order_id: (customer_id, fingerprint)

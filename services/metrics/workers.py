@@ -10,7 +10,7 @@ from services.metrics import store
 from services.metrics.servicer import SUMMARY_SETTLER
 
 
-def settle_stale_summaries(db: Database) -> int:
+def settle_stale_summaries(db: Database, *, batch: int = store.SETTLE_BATCH) -> int:
     """Recomputes every shop's stale summaries, one bounded batch per transaction; returns how many.
 
     Replicas may run this at once: a customer settled twice is recomputed twice
@@ -19,9 +19,9 @@ def settle_stale_summaries(db: Database) -> int:
     settled = 0
     for shop_id in db.run(store.shops_with_stale_summaries):
         after = ""
-        while batch := db.run(partial(store.settle_summaries, shop_id=shop_id, after=after)):
-            settled += len(batch)
-            after = batch[-1]
+        while customers := db.run(partial(store.settle_summaries, shop_id=shop_id, after=after, limit=batch)):
+            settled += len(customers)
+            after = customers[-1]
     return settled
 
 
