@@ -107,7 +107,7 @@ def wait_until_settled(dsn: str, started: float, *, timeout: float = 300.0) -> f
 if __name__ == "__main__":
     from bench.__main__ import ADMIN_DSN
 
-    r = run(ADMIN_DSN, orders=int(os.environ.get("N", "50000")), customers=10_000)
+    r = run(ADMIN_DSN, orders=int(os.environ.get("INGEST_ORDERS", "50000")), customers=10_000)
     print(
         r,
         f"stream {r.stream_rows_per_second:.0f} rows/s, COPY {r.copy_rows_per_second:.0f} rows/s, ratio {r.ratio:.3f},"

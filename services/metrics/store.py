@@ -34,10 +34,10 @@ from services.metrics.models import (
 
 # The SQL twins of `definitions.is_fully_refunded` and `definitions.net_amount`.
 COUNTS = ~((Order.amount_minor > 0) & (Order.refunded_minor >= Order.amount_minor))
-SETTLE_BATCH = 1000
-CONCURRENT_INSERT_ATTEMPTS = 8  # customers per settling transaction: bounded locks and statement size
-
 NET_AMOUNT = case((Order.refunded_minor >= Order.amount_minor, 0), else_=Order.amount_minor - Order.refunded_minor)
+
+SETTLE_BATCH = 1000  # customers per settling transaction: bounded advisory locks and statement size
+CONCURRENT_INSERT_ATTEMPTS = 8
 
 
 class CurrencyMismatch(FailedPrecondition):
@@ -73,8 +73,8 @@ def record_orders(
 
     `defer_summaries_for` (a bulk chunk's request id) is the bulk-load path: the
     touched customers are marked stale in this transaction and
-    `settle_summaries` recomputes each of them once, at the end of the load or
-    on first read, instead of once per chunk.
+    `settle_summaries` recomputes each of them once (the summary worker, woken
+    when the stream ends, or the first read), instead of once per chunk.
     """
     defer_summaries = defer_summaries_for is not None
     outcomes: Counter[domain.Outcome] = Counter()
