@@ -11,6 +11,7 @@ fonts-noto-cjk), found by `cjk_font` or refused with a one-line hint.
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -306,7 +307,24 @@ def report_calls(months: int) -> int:
 
 
 def cjk_font() -> str | None:
-    """The first installed font family with Chinese glyphs, or None."""
+    """The first installed font family with Chinese glyphs, or None.
+
+    matplotlib caches the font list the first time it runs; a font installed
+    later (fonts-noto-cjk added after a first chart) is not in that cache, so
+    on a miss the system font folders are scanned once more before giving up.
+    """
+    found = known_cjk_font()
+    if found is None:
+        known = {entry.fname for entry in font_manager.fontManager.ttflist}
+        for path in font_manager.findSystemFonts():
+            if path not in known:
+                with contextlib.suppress(OSError, RuntimeError, ValueError):  # an unreadable font is skipped
+                    font_manager.fontManager.addfont(path)
+        found = known_cjk_font()
+    return found
+
+
+def known_cjk_font() -> str | None:
     installed = {entry.name for entry in font_manager.fontManager.ttflist}
     return next((name for name in CJK_FONTS if name in installed), None)
 

@@ -83,16 +83,26 @@ def record_orders(
     for currency in dict.fromkeys(o.currency for o in orders):  # the batch's first currency decides a new shop
         shop = shop_facts(session, shop_id=shop_id, currency=currency, default_zone=default_zone)
     zone = ZoneInfo(shop.time_zone)
+    locked: set[str] | None = None
     if not defer_summaries:
         # One writer per customer at a time: a summary is recomputed from the orders
         # this transaction can see, so a concurrent batch must wait, not interleave.
-        lock_keys(session, f"summary:{shop_id}", [o.customer_id for o in orders])
+        # The customers the batch's known orders belong to now are locked in the same
+        # sorted call: a correction moving an order away must not take a second lock
+        # out of order (two such batches would deadlock).
+        owners = session.scalars(
+            select(Order.customer_id).where(
+                Order.shop_id == shop_id, one_of(session, Order.order_id, [o.order_id for o in orders])
+            )
+        )
+        locked = {o.customer_id for o in orders} | set(owners)
+        lock_keys(session, f"summary:{shop_id}", sorted(locked))
     rows = [order_row(shop_id, order, zone) for order in orders]
     if len({o.order_id for o in orders}) == len(orders) and inserted_as_new(session, rows):
         outcomes[domain.Outcome.INSERTED] += len(orders)
         touched = {o.customer_id for o in orders}
     else:
-        touched = upsert_orders(session, shop_id, orders, rows, outcomes, lock_moved_from=not defer_summaries)
+        touched = upsert_orders(session, shop_id, orders, rows, outcomes, locked=locked)
     if defer_summaries_for is not None:
         mark_stale(session, shop_id=shop_id, customer_ids=touched, request_id=defer_summaries_for)
     else:
@@ -153,9 +163,12 @@ def upsert_orders(
     rows: list[OrderRow],
     outcomes: Counter[domain.Outcome],
     *,
-    lock_moved_from: bool,
+    locked: set[str] | None,
 ) -> set[str]:
     """Classifies each order against the stored one (new, duplicate, correction); returns the customers touched.
+
+    `locked` holds the customers whose summary locks this transaction took
+    (None on the deferred path, which takes none).
 
     A concurrent batch may insert one of these ids between the lookup and the
     insert (the lookup cannot lock a row that does not exist yet): the savepoint
@@ -164,9 +177,10 @@ def upsert_orders(
     """
     for attempt in range(1, CONCURRENT_INSERT_ATTEMPTS + 1):
         counted: Counter[domain.Outcome] = Counter()
+        held = None if locked is None else set(locked)  # a lock taken in a rolled-back savepoint is not counted
         try:
             with session.begin_nested():
-                touched = classify_and_write(session, shop_id, orders, rows, counted, lock_moved_from=lock_moved_from)
+                touched = classify_and_write(session, shop_id, orders, rows, counted, locked=held)
         except IntegrityError:
             if attempt == CONCURRENT_INSERT_ATTEMPTS:
                 raise
@@ -183,7 +197,7 @@ def classify_and_write(
     rows: list[OrderRow],
     outcomes: Counter[domain.Outcome],
     *,
-    lock_moved_from: bool,
+    locked: set[str] | None,
 ) -> set[str]:
     ids = list({o.order_id for o in orders})
     stored = {
@@ -204,8 +218,9 @@ def classify_and_write(
         if outcome is domain.Outcome.DUPLICATE:
             continue
         if before is not None:
-            if before[0] != order.customer_id and lock_moved_from:  # the order moves to another customer
+            if locked is not None and before[0] not in locked:  # moved here since the owners were read: rare
                 lock_keys(session, f"summary:{shop_id}", [before[0]])
+                locked.add(before[0])
             touched.add(before[0])
         if order.order_id in new or before is None:
             new[order.order_id] = row
