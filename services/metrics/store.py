@@ -141,6 +141,15 @@ def order_row(shop_id: str, order: PaidOrder, zone: ZoneInfo) -> OrderRow:
     )
 
 
+def by_order_id(row: OrderRow) -> str:
+    """The insert order of new orders.
+
+    Two batches racing on the same new ids then wait on the lowest shared id
+    instead of each holding a key the other needs.
+    """
+    return row[1]
+
+
 def inserted_as_new(session: Session, rows: list[OrderRow]) -> bool:
     """Inserts orders expected to be new in one COPY under a savepoint; False, with nothing written, if any exists.
 
@@ -150,7 +159,7 @@ def inserted_as_new(session: Session, rows: list[OrderRow]) -> bool:
     """
     try:
         with session.begin_nested():
-            bulk_insert(session, Order, ORDER_COLUMNS, rows)
+            bulk_insert(session, Order, ORDER_COLUMNS, sorted(rows, key=by_order_id))
     except IntegrityError:
         return False
     return True
@@ -205,6 +214,7 @@ def classify_and_write(
         for order_id, customer_id, fingerprint in session.execute(
             select(Order.order_id, Order.customer_id, Order.fingerprint)
             .where(Order.shop_id == shop_id, one_of(session, Order.order_id, ids))
+            .order_by(Order.order_id)  # every batch locks rows in one order: no deadlock between two of them
             .with_for_update()
         )
     }
@@ -229,7 +239,7 @@ def classify_and_write(
         stored[order.order_id] = (order.customer_id, order.fingerprint)
         touched.add(order.customer_id)
     if new:
-        bulk_insert(session, Order, ORDER_COLUMNS, list(new.values()))
+        bulk_insert(session, Order, ORDER_COLUMNS, sorted(new.values(), key=by_order_id))
     if changed:
         session.execute(update(Order), list(changed.values()))
     return touched
