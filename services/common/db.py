@@ -153,11 +153,16 @@ class Database:
         self.engine.dispose()
 
 
+def on_postgres(session: Session) -> bool:
+    """Whether the session's database is PostgreSQL (else the embedded SQLite)."""
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def insert_ignoring_conflicts(session: Session, model: type[DeclarativeBase], rows: list[dict[str, Any]]) -> None:
     """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite alike."""
     if not rows:
         return
-    if session.get_bind().dialect.name == "postgresql":
+    if on_postgres(session):
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         session.execute(pg_insert(model).on_conflict_do_nothing(), rows)
@@ -174,7 +179,7 @@ def lock_keys(session: Session, namespace: str, keys: list[str]) -> None:
     in a cycle. On SQLite every write transaction already holds the database
     lock, so there is nothing to do.
     """
-    if session.get_bind().dialect.name != "postgresql" or not keys:
+    if not on_postgres(session) or not keys:
         return
     names = sorted({f"{namespace}:{key}" for key in keys})
     # One round trip for all keys; the sorted subquery fixes the order they are taken in.
@@ -188,12 +193,12 @@ def lock_keys(session: Session, namespace: str, keys: list[str]) -> None:
 
 
 def one_of(session: Session, column: SQLColumnExpression[str], values: Sequence[str]) -> ColumnElement[bool]:
-    """`column IN (values)`; on PostgreSQL `column = ANY(:array)`.
+    """`column IN (values)`; on PostgreSQL `column IN (SELECT unnest(:array))`.
 
     One array parameter instead of one placeholder per value: a 1,000-id batch
     neither renders nor plans a thousand-item list, which dominated bulk ingest.
     """
-    if session.get_bind().dialect.name != "postgresql":
+    if not on_postgres(session):
         found: ColumnElement[bool] = column.in_(values)
         return found
     keys = select(func.unnest(bindparam(None, list(values), type_=ARRAY(String))))
@@ -213,7 +218,7 @@ def bulk_insert(
     """
     if not rows:
         return
-    if session.get_bind().dialect.name != "postgresql":
+    if not on_postgres(session):
         session.execute(insert(model), [dict(zip(columns, row, strict=True)) for row in rows])
         return
     table = cast(Table, model.__table__)

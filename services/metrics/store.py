@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.common.clock import local_date
-from services.common.db import bulk_insert, insert_ignoring_conflicts, lock_keys, one_of
+from services.common.db import bulk_insert, insert_ignoring_conflicts, lock_keys, on_postgres, one_of
 from services.common.erasure import anonymous_id
 from services.common.errors import FailedPrecondition, NotFound
 from services.common.idempotency import is_repeat
@@ -76,15 +76,14 @@ def record_orders(
     `settle_summaries` recomputes each of them once (the summary worker, woken
     when the stream ends, or the first read), instead of once per chunk.
     """
-    defer_summaries = defer_summaries_for is not None
     outcomes: Counter[domain.Outcome] = Counter()
     if not orders:
         return outcomes
     for currency in dict.fromkeys(o.currency for o in orders):  # the batch's first currency decides a new shop
         shop = shop_facts(session, shop_id=shop_id, currency=currency, default_zone=default_zone)
     zone = ZoneInfo(shop.time_zone)
-    locked: set[str] | None = None
-    if not defer_summaries:
+    locked: set[str] | None = None  # None on the deferred path: it takes no summary locks
+    if defer_summaries_for is None:
         # One writer per customer at a time: a summary is recomputed from the orders
         # this transaction can see, so a concurrent batch must wait, not interleave.
         # The customers the batch's known orders belong to now are locked in the same
@@ -270,7 +269,7 @@ NEXT_STALE_CUSTOMERS = text(
 
 def next_stale_customers(session: Session, *, shop_id: str, after: str, limit: int) -> list[str]:
     """Up to `limit` distinct customers with stale marks, in id order after `after`."""
-    if session.get_bind().dialect.name == "postgresql":
+    if on_postgres(session):
         found = session.scalars(NEXT_STALE_CUSTOMERS, {"shop_id": shop_id, "after": after, "limit": limit})
         return list(found)
     query = (

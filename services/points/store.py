@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.orm.util import identity_key
 
-from services.common.db import UtcDateTime
+from services.common.db import UtcDateTime, on_postgres
 from services.common.errors import FailedPrecondition, Violations
 from services.points import tiers as tier_rules
 from services.points.domain import (
@@ -150,7 +150,7 @@ def lock_balances(session: Session, *, shop_id: str, holder: str, assets: Sequen
     wanted = sorted({int(asset) for asset in assets})
     missing = [asset for asset in wanted if (shop_id, holder, asset) not in locked]
     if missing:
-        dialect_insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        dialect_insert = pg_insert if on_postgres(session) else sqlite_insert
         upsert = dialect_insert(Balance).values(
             [{"shop_id": shop_id, "holder": holder, "asset": asset, "balance": 0} for asset in missing]
         )
