@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -215,7 +215,7 @@ def copy_types(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> list
 
 
 def bulk_insert(
-    session: Session, model: type[DeclarativeBase], columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+    session: Session, model: type[DeclarativeBase], columns: Sequence[str], rows: Iterable[tuple[Any, ...]]
 ) -> None:
     """Inserts rows (tuples in `columns` order); on PostgreSQL with COPY, inside the session's transaction.
 
@@ -224,12 +224,14 @@ def bulk_insert(
     bulk loads build millions of them. Binary COPY with the columns' declared
     types lets psycopg dump each value in C without guessing its type: a
     seventh of text COPY's Python time per row. A duplicate key fails the
-    statement with IntegrityError, as an INSERT would.
+    statement with IntegrityError, as an INSERT would. `rows` may be a
+    generator: each row is sent as it comes, so PostgreSQL inserts the first
+    ones while the caller is still producing the rest.
     """
-    if not rows:
-        return
     if not on_postgres(session):
-        session.execute(insert(model), [dict(zip(columns, row, strict=True)) for row in rows])
+        params = [dict(zip(columns, row, strict=True)) for row in rows]
+        if params:
+            session.execute(insert(model), params)
         return
     table = cast(Table, model.__table__)
     driver = session.connection().connection.driver_connection

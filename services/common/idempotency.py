@@ -11,13 +11,13 @@ so a late first attempt can never overtake a retry that was already answered. Re
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TypeVar
 
 import sqlalchemy.exc
 from google.protobuf.message import Message
-from sqlalchemy import LargeBinary, String, delete
+from sqlalchemy import LargeBinary, String, delete, insert, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from services.common.clock import Clock, utc_now
@@ -125,6 +125,45 @@ def run_idempotent(
             if attempt == UNIQUE_CONFLICT_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
+
+
+def valid_request_id(request: Message) -> bool:
+    return bool(ID_PATTERN.match(str(getattr(request, "request_id", ""))))
+
+
+def any_seen(session: Session, *, shop_id: str, request_ids: Sequence[str]) -> bool:
+    """True if any of these request ids has a record: the requests must then go one by one through `run_idempotent`."""
+    found = select(IdempotencyRecord.request_id).where(
+        IdempotencyRecord.shop_id == shop_id, IdempotencyRecord.request_id.in_(request_ids)
+    )
+    return session.execute(found.limit(1)).first() is not None
+
+
+def record_responses(
+    session: Session, requests: Sequence[Message], responses: Sequence[Message], *, clock: Clock = utc_now
+) -> None:
+    """Records each request's response, as `run_idempotent` does for one, in the caller's transaction.
+
+    For a caller applying several requests at once (bulk chunks committed
+    together); a concurrent call that recorded one of the ids first makes the
+    insert fail with IntegrityError, and the transaction rolls back whole.
+    """
+    ensure_caller_waiting()
+    now = clock()
+    session.execute(
+        insert(IdempotencyRecord),
+        [
+            {
+                "shop_id": str(getattr(request, "shop_id", "")),
+                "request_id": str(getattr(request, "request_id", "")),
+                "method": request.DESCRIPTOR.full_name,
+                "fingerprint": fingerprint(request),
+                "response": response.SerializeToString(),
+                "created_at": now,
+            }
+            for request, response in zip(requests, responses, strict=True)
+        ],
+    )
 
 
 def purge_expired(session: Session, *, older_than: timedelta, now: datetime) -> int:

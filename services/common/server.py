@@ -90,22 +90,32 @@ class ServiceContext:
 class Worker:
     """A background loop that stops promptly when asked (no `while True: sleep`)."""
 
-    def __init__(self, name: str, interval_seconds: float, tick: Callable[[], object]) -> None:
+    def __init__(
+        self,
+        name: str,
+        interval_seconds: float,
+        tick: Callable[[], object],
+        *,
+        on_wake: Callable[[], object] | None = None,
+    ) -> None:
+        """`on_wake` runs instead of `tick` when the run was asked for by `wake` (default: `tick`)."""
         self.name = name
         self.interval = interval_seconds
         self.tick = tick
+        self.on_wake = on_wake or tick
         self.stopping = threading.Event()
         self.woken = threading.Event()
         self.thread = threading.Thread(target=self._loop, name=f"worker-{name}", daemon=True)
 
     def _loop(self) -> None:
+        woken = False
         while not self.stopping.is_set():
-            self.woken.clear()  # a wake that arrives during the tick runs the next one at once
+            self.woken.clear()  # a wake that arrives during the run makes the next run a woken one, at once
             try:
-                self.tick()
+                (self.on_wake if woken else self.tick)()
             except Exception:
                 log.exception("worker_tick_failed", worker=self.name)
-            self.woken.wait(self.interval)
+            woken = self.woken.wait(self.interval)
 
     def wake(self) -> None:
         self.woken.set()

@@ -86,7 +86,10 @@ class Settings(BaseSettings):
     # How often the cycle delivery worker looks for due deliveries.
     delivery_worker_seconds: float = 10.0
     # How often the metrics service settles the customer summaries a bulk stream left stale.
+    # It settles a shop once its loads have been quiet that long, or when a stream
+    # ends; a load that never pauses is settled at least every max-lag seconds.
     summary_settle_seconds: float = 1.0
+    summary_max_lag_seconds: float = 60.0
     idempotency_retention_days: int = 30
 
     @field_validator("default_time_zone")

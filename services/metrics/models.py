@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Boolean, Date, Float, Index, Integer, String
+from sqlalchemy import BigInteger, Boolean, Date, Float, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.db import UtcDateTime
@@ -64,14 +64,32 @@ class CustomerSummary(Base):
     last_order_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
-class StaleSummary(Base):
-    """A customer whose summary may lag their orders: bulk chunks append, `settle_summaries` clears.
+class StaleSummaryBatch(Base):
+    """The customers one bulk chunk touched, whose summaries may now lag their orders.
 
     The stream path records orders without recomputing summaries chunk by chunk;
-    each chunk appends one row per customer it touched, in the transaction that
-    writes the orders, so every committed order has either a fresh summary or a
-    mark. Appending (keyed by the chunk's request id) needs no update of a shared
-    row, which is what keeps a chunk's cost close to COPY's.
+    each chunk appends this one row, in the transaction that writes its orders,
+    so every committed order has either a fresh summary or a mark. One row per
+    chunk (not per customer) keeps a chunk's cost close to COPY's; the settler
+    expands the rows into `stale_summaries`, its per-customer work queue.
+    `marked_at` lets the settler wait until a load goes quiet.
+    """
+
+    __tablename__ = "stale_summary_batches"
+
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # Newline-separated (an id cannot hold one): joined and split in C, where a
+    # thousand-element array parameter cost a chunk more than its orders' COPY did.
+    customer_ids: Mapped[str] = mapped_column(Text)
+    marked_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class StaleSummary(Base):
+    """A customer whose summary the settler must recompute: expanded from `StaleSummaryBatch`, cleared when settled.
+
+    Keyed by customer first, so the settler walks customers in id order and a
+    customer marked by many chunks is recomputed once.
     """
 
     __tablename__ = "stale_summaries"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from sqlalchemy import case, delete, distinct, func, insert, select, text, update
+from sqlalchemy import any_, case, delete, distinct, exists, func, insert, literal, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,7 @@ from services.metrics.models import (
     Refund,
     Shop,
     StaleSummary,
+    StaleSummaryBatch,
 )
 
 # The SQL twins of `definitions.is_fully_refunded` and `definitions.net_amount`.
@@ -38,6 +39,14 @@ NET_AMOUNT = case((Order.refunded_minor >= Order.amount_minor, 0), else_=Order.a
 
 SETTLE_BATCH = 1000  # customers per settling transaction: bounded advisory locks and statement size
 CONCURRENT_INSERT_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class BulkChunk:
+    """A StreamOrders chunk whose summaries are deferred: its request id and when it arrived."""
+
+    request_id: str
+    received_at: datetime
 
 
 class CurrencyMismatch(FailedPrecondition):
@@ -54,11 +63,15 @@ def shop_facts(session: Session, *, shop_id: str, currency: str, default_zone: s
         shop = session.get(Shop, shop_id)
         assert shop is not None
     if shop.currency != currency:
-        raise CurrencyMismatch(
-            f"shop {shop_id} records orders in {shop.currency}; got {currency}",
-            metadata={"shop_currency": shop.currency, "order_currency": currency},
-        )
+        raise currency_mismatch(shop, currency)
     return shop
+
+
+def currency_mismatch(shop: Shop, currency: str) -> CurrencyMismatch:
+    return CurrencyMismatch(
+        f"shop {shop.shop_id} records orders in {shop.currency}; got {currency}",
+        metadata={"shop_currency": shop.currency, "order_currency": currency},
+    )
 
 
 def record_orders(
@@ -67,14 +80,14 @@ def record_orders(
     shop_id: str,
     orders: list[PaidOrder],
     default_zone: str,
-    defer_summaries_for: str | None = None,
+    defer_summaries_for: BulkChunk | None = None,
 ) -> Counter[domain.Outcome]:
     """Upserts orders by id (bulk statements, no ORM objects); refreshes the summaries they touch, or marks them.
 
-    `defer_summaries_for` (a bulk chunk's request id) is the bulk-load path: the
-    touched customers are marked stale in this transaction and
-    `settle_summaries` recomputes each of them once (the summary worker, woken
-    when the stream ends, or the first read), instead of once per chunk.
+    `defer_summaries_for` (a bulk chunk) is the bulk-load path: the touched
+    customers are marked stale in this transaction and `settle_summaries`
+    recomputes each of them once (the summary worker, when the load goes quiet
+    or the stream ends, or the first read), instead of once per chunk.
     """
     outcomes: Counter[domain.Outcome] = Counter()
     if not orders:
@@ -97,15 +110,68 @@ def record_orders(
         locked = {o.customer_id for o in orders} | set(owners)
         lock_keys(session, f"summary:{shop_id}", sorted(locked))
     rows = [order_row(shop_id, order, zone) for order in orders]
-    if len({o.order_id for o in orders}) == len(orders) and inserted_as_new(session, rows):
+    if len({o.order_id for o in orders}) == len(orders) and inserted_as_new(session, sorted(rows, key=by_order_id)):
         outcomes[domain.Outcome.INSERTED] += len(orders)
         touched = {o.customer_id for o in orders}
     else:
         touched = upsert_orders(session, shop_id, orders, rows, outcomes, locked=locked)
     if defer_summaries_for is not None:
-        mark_stale(session, shop_id=shop_id, customer_ids=touched, request_id=defer_summaries_for)
+        mark_stale(session, shop_id=shop_id, customer_ids=touched, chunk=defer_summaries_for)
     else:
         refresh_summaries(session, shop_id=shop_id, customer_ids=sorted(touched))
+    return outcomes
+
+
+class NeedsGeneralPath(Exception):
+    """The bulk fast path cannot record these orders (one failed the fast checks, or an id is known): nothing
+    was written; record them through the detailed checks and `record_orders`, chunk by chunk."""
+
+
+def record_streamed_chunk(
+    session: Session,
+    *,
+    shop_id: str,
+    currency: str,
+    orders: Iterable[PaidOrder | None],
+    default_zone: str,
+    chunk: BulkChunk,
+    all_new: bool = False,
+) -> Counter[domain.Outcome]:
+    """StreamOrders chunks, each order parsed as COPY streams the rows before it to PostgreSQL.
+
+    The server inserts the first rows while Python parses the rest, instead of
+    one waiting for the other. `orders` come in order-id order (the lock order
+    of `by_order_id`), None where the fast checks refused one: then
+    NeedsGeneralPath, nothing written. `currency` (the first order's) decides a
+    new shop's currency; every order must match the shop's. A known or repeated
+    order id is classified as `record_orders` does, unless `all_new` (several
+    chunks at once, whose counts could not be told apart): then NeedsGeneralPath.
+    Summaries are deferred as in `record_orders`.
+    """
+    shop = shop_facts(session, shop_id=shop_id, currency=currency, default_zone=default_zone)
+    zone = ZoneInfo(shop.time_zone)
+    parsed: list[PaidOrder] = []
+
+    def rows() -> Iterator[OrderRow]:
+        for order in orders:
+            if order is None:
+                raise NeedsGeneralPath
+            if order.currency != shop.currency:
+                raise currency_mismatch(shop, order.currency)  # no query: the connection is busy with the COPY
+            parsed.append(order)
+            yield order_row(shop_id, order, zone)
+
+    outcomes: Counter[domain.Outcome] = Counter()
+    pending = rows()
+    if inserted_as_new(session, pending):
+        outcomes[domain.Outcome.INSERTED] += len(parsed)
+        touched = {o.customer_id for o in parsed}
+    elif all_new:
+        raise NeedsGeneralPath
+    else:  # a known or repeated order id: classify them all
+        all_rows = [order_row(shop_id, order, zone) for order in parsed] + list(pending)
+        touched = upsert_orders(session, shop_id, parsed, all_rows, outcomes, locked=None)
+    mark_stale(session, shop_id=shop_id, customer_ids=touched, chunk=chunk)
     return outcomes
 
 
@@ -149,8 +215,10 @@ def by_order_id(row: OrderRow) -> str:
     return row[1]
 
 
-def inserted_as_new(session: Session, rows: list[OrderRow]) -> bool:
-    """Inserts orders expected to be new in one COPY under a savepoint; False, with nothing written, if any exists.
+def inserted_as_new(session: Session, rows: Iterable[OrderRow]) -> bool:
+    """Inserts orders expected to be new (in `by_order_id` order) in one COPY under a savepoint.
+
+    False, with nothing written, if any exists.
 
     A bulk load is almost all new orders: trying the insert first spares the
     lookup of a thousand ids per chunk; a batch holding a known order id (a
@@ -158,7 +226,7 @@ def inserted_as_new(session: Session, rows: list[OrderRow]) -> bool:
     """
     try:
         with session.begin_nested():
-            bulk_insert(session, Order, ORDER_COLUMNS, sorted(rows, key=by_order_id))
+            bulk_insert(session, Order, ORDER_COLUMNS, rows)
     except IntegrityError:
         return False
     return True
@@ -244,10 +312,82 @@ def classify_and_write(
     return touched
 
 
-def mark_stale(session: Session, *, shop_id: str, customer_ids: Iterable[str], request_id: str) -> None:
-    """Appends a stale mark per customer for this chunk (COPY on PostgreSQL: no shared row is updated)."""
-    marks = [(shop_id, c, request_id) for c in sorted(set(customer_ids))]
-    bulk_insert(session, StaleSummary, ("shop_id", "customer_id", "request_id"), marks)
+def mark_stale(session: Session, *, shop_id: str, customer_ids: Collection[str], chunk: BulkChunk) -> None:
+    """One mark row for the chunk, naming every customer it touched (one row, not one per customer)."""
+    if not customer_ids:  # a chunk of duplicates changed no summary
+        return
+    session.execute(
+        insert(StaleSummaryBatch).values(
+            shop_id=shop_id,
+            request_id=chunk.request_id,
+            customer_ids=ID_SEPARATOR.join(sorted(set(customer_ids))),
+            marked_at=chunk.received_at,
+        )
+    )
+
+
+def shops_to_settle(session: Session, *, now: datetime, quiet: timedelta, max_lag: timedelta) -> list[str]:
+    """Shops with summaries due for settling.
+
+    Expanded marks are always due. Chunk marks are due once the shop's loads have
+    been quiet for `quiet` (a running load would mark the same customers again:
+    settling them mid-stream is work thrown away and CPU taken from the load),
+    or once the oldest has waited `max_lag` (a load that never pauses still
+    settles). Reads never wait for either: `get_summary` settles its customer.
+    """
+    batches = StaleSummaryBatch.marked_at
+    due = (
+        select(StaleSummaryBatch.shop_id)
+        .group_by(StaleSummaryBatch.shop_id)
+        .having(or_(func.max(batches) <= now - quiet, func.min(batches) <= now - max_lag))
+    )
+    queued = select(StaleSummary.shop_id).distinct()
+    return sorted(set(session.scalars(due)) | set(session.scalars(queued)))
+
+
+ID_SEPARATOR = "\n"  # ids match ID_PATTERN: none holds a newline
+
+# The chunk marks become the settler's per-customer queue in one statement.
+EXPAND_STALE_BATCHES = text(
+    """
+    WITH moved AS (
+        DELETE FROM stale_summary_batches WHERE shop_id = :shop_id RETURNING request_id, customer_ids
+    )
+    INSERT INTO stale_summaries (shop_id, customer_id, request_id)
+    SELECT :shop_id, unnest(string_to_array(customer_ids, E'\\n')), request_id FROM moved
+    ON CONFLICT DO NOTHING
+    """
+)
+
+
+def expand_stale_batches(session: Session, *, shop_id: str) -> None:
+    """Moves the shop's chunk marks into per-customer marks; a chunk committing meanwhile keeps its row for later."""
+    if on_postgres(session):
+        session.execute(EXPAND_STALE_BATCHES, {"shop_id": shop_id})
+        return
+    moved = session.execute(
+        delete(StaleSummaryBatch)
+        .where(StaleSummaryBatch.shop_id == shop_id)
+        .returning(StaleSummaryBatch.request_id, StaleSummaryBatch.customer_ids)
+    ).all()
+    marks = [
+        {"shop_id": shop_id, "customer_id": customer_id, "request_id": request_id}
+        for request_id, customer_ids in moved
+        for customer_id in customer_ids.split(ID_SEPARATOR)
+    ]
+    insert_ignoring_conflicts(session, StaleSummary, marks)
+
+
+def in_stale_batches(session: Session, *, shop_id: str, customer_id: str) -> bool:
+    """True if a chunk mark not yet expanded names the customer."""
+    if on_postgres(session):
+        named = exists().where(
+            StaleSummaryBatch.shop_id == shop_id,
+            literal(customer_id) == any_(func.string_to_array(StaleSummaryBatch.customer_ids, ID_SEPARATOR)),
+        )
+        return bool(session.scalar(named.select()))
+    batches = session.scalars(select(StaleSummaryBatch.customer_ids).where(StaleSummaryBatch.shop_id == shop_id))
+    return any(customer_id in customer_ids.split(ID_SEPARATOR) for customer_ids in batches)
 
 
 # A loose index scan: one index probe per distinct customer, whatever the planner
@@ -282,10 +422,6 @@ def next_stale_customers(session: Session, *, shop_id: str, after: str, limit: i
     return list(session.scalars(query))
 
 
-def shops_with_stale_summaries(session: Session) -> list[str]:
-    return list(session.scalars(select(StaleSummary.shop_id).distinct().order_by(StaleSummary.shop_id)))
-
-
 def settle_summaries(session: Session, *, shop_id: str, after: str = "", limit: int = SETTLE_BATCH) -> list[str]:
     """Recomputes up to `limit` stale summaries of the shop, in id order after `after`; returns those customers.
 
@@ -309,15 +445,21 @@ def settle_summaries(session: Session, *, shop_id: str, after: str = "", limit: 
 def settle_customer(session: Session, *, shop_id: str, customer_id: str) -> bool:
     """Settles one customer's summary if a bulk load left it stale (the read path); True if it was.
 
-    A settle running elsewhere holds the marks it is deleting: this waits for
-    it, then finds them gone and reads the summary that settle wrote.
+    The chunk marks are read before the expanded ones: a settler expanding them
+    meanwhile commits the expanded marks before their chunk marks vanish, so
+    one of the two reads sees the customer (the other order can miss both).
+    A chunk mark naming the customer stays for the settler (it names others
+    too); the summary is recomputed now all the same, and again, identically,
+    later. A settle running elsewhere holds the expanded marks it is deleting:
+    this waits for it, then finds them gone and reads the summary it wrote.
     """
+    named = in_stale_batches(session, shop_id=shop_id, customer_id=customer_id)
     deleted = session.execute(
         delete(StaleSummary)
         .where(StaleSummary.shop_id == shop_id, StaleSummary.customer_id == customer_id)
         .execution_options(synchronize_session=False)
     )
-    if not int(getattr(deleted, "rowcount", 0) or 0):
+    if not named and not int(getattr(deleted, "rowcount", 0) or 0):
         return False
     lock_keys(session, f"summary:{shop_id}", [customer_id])
     refresh_summaries(session, shop_id=shop_id, customer_ids=[customer_id])
@@ -591,7 +733,8 @@ def rebuild_summaries(session: Session, *, shop_id: str) -> int:
     customers = sorted(set(session.scalars(select(Order.customer_id).where(Order.shop_id == shop_id))))
     lock_keys(session, f"summary:{shop_id}", customers)
     session.execute(delete(CustomerSummary).where(CustomerSummary.shop_id == shop_id))
-    session.execute(delete(StaleSummary).where(StaleSummary.shop_id == shop_id))  # everything is recomputed below
+    for marks in (StaleSummary, StaleSummaryBatch):  # everything is recomputed below
+        session.execute(delete(marks).where(marks.shop_id == shop_id))
     for start in range(0, len(customers), 500):
         recompute_summaries_in_python(session, shop_id=shop_id, customer_ids=customers[start : start + 500])
     return len(customers)
@@ -634,6 +777,7 @@ def erase_customer(session: Session, *, shop_id: str, customer_id: str) -> tuple
         .values(customer_id=anonymous, comment=""),
     ):
         rows += int(getattr(session.execute(statement), "rowcount", 0) or 0)
+    expand_stale_batches(session, shop_id=shop_id)  # a chunk mark may name the customer among others
     session.execute(  # the mark names the customer: it goes; the anonymous id's summary is refreshed below
         delete(StaleSummary).where(StaleSummary.shop_id == shop_id, StaleSummary.customer_id == customer_id)
     )

@@ -11,7 +11,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from loyalty.common.v1 import common_pb2
 from loyalty.metrics.v1 import metrics_pb2 as m
 from loyalty.metrics.v1 import metrics_pb2_grpc
+from sqlalchemy import select
 
+from services.metrics.models import Order
 from tests.integration.test_metrics_definitions_rpc import d, rate_request
 from tests.integration.test_metrics_rpc import order
 from tests.support import Stack, bearer, details
@@ -191,3 +193,98 @@ def test_a_storm_of_duplicates_changes_nothing(stack: Stack, uid: str) -> None:
     result = metrics(stack).StreamOrders(iter(storm), metadata=A)
     assert (result.chunks, result.inserted, result.duplicates, result.corrected) == (20, 0, 20_000, 0)
     assert [total(stack, shop, f"c{k}") for k in range(10)] == before
+
+
+def stored_order_ids(stack: Stack, shop: str) -> set[str]:
+    db = stack.services["metrics"].db
+    return db.run(lambda s: set(s.scalars(select(Order.order_id).where(Order.shop_id == shop))))
+
+
+def test_an_order_refused_after_the_chunk_began_streaming_names_its_field_and_writes_nothing(
+    stack: Stack, uid: str
+) -> None:
+    """Orders are parsed while the ones before them (in id order) already stream into the database."""
+    shop = f"late-{uid}"
+    good = [order(f"o{i:03d}", f"c{i % 9}", PAID, 10 + i) for i in range(300)]
+    bad = order("o999", "c1", PAID, -5)  # last in id order, first in the request
+    with pytest.raises(grpc.RpcError) as caught:
+        metrics(stack).StreamOrders(iter([chunk("late", shop, bad, *good)]), metadata=A)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "orders[0].paid.amount_minor" in details(caught.value)  # the index in the request, not in id order
+    assert stored_order_ids(stack, shop) == set()
+    result = metrics(stack).StreamOrders(iter([chunk("late", shop, *good)]), metadata=A)  # same id, now valid
+    assert result.inserted == 300
+    assert stored_order_ids(stack, shop) == {o.order_id for o in good}
+
+
+def test_a_currency_change_inside_a_streaming_chunk_writes_nothing(stack: Stack, uid: str) -> None:
+    shop = f"cur-{uid}"
+    orders = [order(f"o{i:03d}", "c", PAID, 10) for i in range(200)] + [order("o999", "c", PAID, 10, "USD")]
+    with pytest.raises(grpc.RpcError) as caught:
+        metrics(stack).StreamOrders(iter([chunk("mixed", shop, *orders)]), metadata=A)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "records orders in CNY; got USD" in details(caught.value)
+    assert stored_order_ids(stack, shop) == set()
+
+
+def test_a_chunk_mixing_new_known_changed_and_repeated_orders_counts_each(stack: Stack, uid: str) -> None:
+    """The chunk's COPY fails on the known id and the chunk is classified order by order, in one transaction."""
+    shop = f"mix-{uid}"
+    metrics(stack).StreamOrders(
+        iter([chunk("a", shop, order("o2", "x", PAID, 10), order("o4", "x", PAID, 40))]), metadata=A
+    )
+    mixed = chunk(
+        "b",
+        shop,
+        order("o1", "y", PAID, 1),  # new
+        order("o2", "x", PAID, 10),  # duplicate
+        order("o3", "y", PAID, 3),  # new, then repeated below
+        order("o4", "y", PAID, 44),  # correction: moved to y, amount changed
+        order("o3", "y", PAID, 3),
+    )
+    result = metrics(stack).StreamOrders(iter([mixed]), metadata=A)
+    assert (result.inserted, result.duplicates, result.corrected) == (2, 2, 1)
+    assert total(stack, shop, "x") == (1, 10)
+    assert total(stack, shop, "y") == (3, 48)
+
+
+def test_chunks_received_before_a_stream_fails_are_kept(stack: Stack, uid: str) -> None:
+    """Chunks are committed in groups; a failure while a group is gathered still applies what came before it."""
+    shop = f"gf-{uid}"
+    first = [chunk(f"c{n}", shop, order(f"o{n}", "c", PAID, 10)) for n in range(2)]
+    with pytest.raises(grpc.RpcError) as caught:
+        metrics(stack).StreamOrders(iter([*first, chunk("x", f"other-{uid}", order("o9", "c", PAID, 1))]), metadata=A)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert stored_order_ids(stack, shop) == {"o0", "o1"}
+
+
+def test_chunks_committed_together_count_as_they_would_one_by_one(stack: Stack, uid: str) -> None:
+    shop = f"gt-{uid}"
+    chunks = [
+        chunk(f"c{n}", shop, *[order(f"o{n}-{i}", f"k{i % 5}", PAID, 10 + i) for i in range(50)]) for n in range(9)
+    ]
+    first = metrics(stack).StreamOrders(iter(chunks), metadata=A)
+    assert (first.chunks, first.inserted, first.duplicates) == (9, 450, 0)
+    repeat = chunk("again", shop, order("o0-0", "k0", PAID, 10), order("o0-1", "k1", PAID, 99))  # dup, correction
+    new = chunk("new", shop, order("p1", "k0", PAID, 5))
+    twice = chunk("twice", shop, order("p1", "k0", PAID, 5))  # the order the chunk before recorded
+    mixed = metrics(stack).StreamOrders(iter([new, repeat, twice]), metadata=A)
+    assert (mixed.chunks, mixed.inserted, mixed.duplicates, mixed.corrected) == (3, 1, 2, 1)
+    replayed = metrics(stack).StreamOrders(
+        iter([*chunks[:2], chunk("fresh", shop, order("p2", "k2", PAID, 7))]), metadata=A
+    )
+    assert (replayed.chunks, replayed.inserted, replayed.duplicates) == (3, 101, 0)  # two replies replayed, one new
+    assert total(stack, shop, "k1") == (90, sum(10 + i for i in range(1, 50, 5)) * 9 - 11 + 99)
+
+
+@pytest.mark.parametrize("size", [0, 1001])
+def test_a_chunk_of_no_orders_or_too_many_is_refused_after_the_chunks_before_it(
+    stack: Stack, uid: str, size: int
+) -> None:
+    shop = f"sz-{uid}"
+    bad = chunk("bad", shop, *[order(f"b{i}", "c", PAID, 1) for i in range(size)])
+    with pytest.raises(grpc.RpcError) as caught:
+        metrics(stack).StreamOrders(iter([chunk("good", shop, order("o1", "c", PAID, 10)), bad]), metadata=A)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "must hold 1..1000 orders" in details(caught.value)
+    assert stored_order_ids(stack, shop) == {"o1"}

@@ -19,9 +19,8 @@ from services.common.idempotency import run_idempotent
 from services.common.migrations import upgrade
 from services.metrics import store
 from services.metrics.app import SPEC as METRICS
-from services.metrics.domain import Outcome
-from services.metrics.models import CustomerSummary, Order, StaleSummary
-from services.metrics.servicer import parse_orders
+from services.metrics.models import CustomerSummary, Order, StaleSummary, StaleSummaryBatch
+from services.metrics.servicer import parse_orders, record_chunk, record_chunks_together
 from services.metrics.workers import settle_stale_summaries
 from tests.integration.test_metrics_refunds_stream import A, chunk, metrics
 from tests.integration.test_metrics_rpc import order
@@ -56,7 +55,14 @@ def summaries(db: Database, shop: str) -> list[Row]:
 
 
 def stale_customers(db: Database, shop: str) -> set[str]:
-    return set(db.run(lambda s: s.scalars(select(StaleSummary.customer_id).where(StaleSummary.shop_id == shop))))
+    """Customers named by a chunk mark or an expanded mark."""
+
+    def read(session: Session) -> set[str]:
+        queued = session.scalars(select(StaleSummary.customer_id).where(StaleSummary.shop_id == shop))
+        batches = session.scalars(select(StaleSummaryBatch.customer_ids).where(StaleSummaryBatch.shop_id == shop))
+        return set(queued).union(*(ids.split(store.ID_SEPARATOR) for ids in batches))
+
+    return db.run(read)
 
 
 def rebuilt(db: Database, shop: str) -> list[Row]:
@@ -65,18 +71,24 @@ def rebuilt(db: Database, shop: str) -> list[Row]:
     return summaries(db, shop)
 
 
-def deferred(db: Database, shop: str, request_id: str, *orders: object) -> m.RecordOrdersResponse:
+def deferred(
+    db: Database, shop: str, request_id: str, *orders: object, received_at: datetime = START
+) -> m.RecordOrdersResponse:
     """A stream chunk as StreamOrders applies it: idempotent by request id, summaries deferred."""
     request = m.RecordOrdersRequest(shop_id=shop, request_id=request_id, orders=list(orders))  # type: ignore[arg-type]
-    parsed = parse_orders(request.orders)
-
-    def apply(session: Session) -> m.RecordOrdersResponse:
-        counts = store.record_orders(
-            session, shop_id=shop, orders=parsed, default_zone=ZONE, defer_summaries_for=request_id
-        )
-        return m.RecordOrdersResponse(inserted=counts[Outcome.INSERTED])
-
+    received = store.BulkChunk(request_id, received_at)
+    apply = partial(record_chunk, shop_id=shop, orders=request.orders, received=received, default_zone=ZONE)
     return run_idempotent(db, request, m.RecordOrdersResponse, apply)
+
+
+def together(db: Database, shop: str, request_id: str, *chunks: list[object]) -> list[m.RecordOrdersResponse]:
+    """Chunks as StreamOrders applies a group: committed together, or one by one when they cannot be."""
+    requests = [
+        m.StreamOrdersRequest(shop_id=shop, request_id=f"{request_id}-{i}", orders=orders)  # type: ignore[arg-type]
+        for i, orders in enumerate(chunks)
+    ]
+    done = record_chunks_together(db, requests, received_at=START, default_zone=ZONE, clock=lambda: START)
+    return done or [deferred(db, shop, r.request_id, *r.orders) for r in requests]
 
 
 def inline(db: Database, shop: str, request_id: str, *orders: object) -> m.RecordOrdersResponse:
@@ -102,10 +114,35 @@ def test_a_deferred_chunk_marks_its_customers_and_a_read_settles_just_that_one(d
     summary, currency = found
     # ann: o1 and o4 on Mar 1 (shop time), o2 on Mar 3 -> 3 orders on 2 days, 155 paid.
     assert (summary.order_count, summary.purchase_days, summary.total_minor, currency) == (3, 2, 155, "CNY")
-    assert stale_customers(db, shop) == {"bob"}
-    assert settle_stale_summaries(db) == 1
+    assert [r[0] for r in summaries(db, shop)] == ["ann"]  # the read recomputed hers alone
+    assert stale_customers(db, shop) == {"ann", "bob"}  # the chunk marks name both: the settler still owes bob
+    assert settle_stale_summaries(db) == 2
     assert stale_customers(db, shop) == set()
     assert [r[:4] for r in summaries(db, shop)] == [("ann", 3, 2, 155), ("bob", 1, 1, 70)]
+
+
+def test_a_read_racing_the_settlers_expansion_still_sees_the_customer_stale(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settler moves chunk marks into per-customer marks while a read is checking both."""
+    deferred(db, "s", "c1", order("o1", "ann", START, 100))
+    check_chunk_marks = store.in_stale_batches
+
+    def expanded_just_before(session: Session, *, shop_id: str, customer_id: str) -> bool:
+        db.run(partial(store.expand_stale_batches, shop_id=shop_id))  # another transaction, committed
+        return check_chunk_marks(session, shop_id=shop_id, customer_id=customer_id)
+
+    monkeypatch.setattr(store, "in_stale_batches", expanded_just_before)
+    found = db.run(partial(store.get_summary, shop_id="s", customer_id="ann"))
+    assert found is not None
+    assert found[0].total_minor == 100
+
+
+def test_a_chunk_of_duplicates_marks_nobody(db: Database) -> None:
+    inline(db, "s", "first", order("o1", "ann", START, 100))
+    assert deferred(db, "s", "again", order("o1", "ann", START, 100)).duplicates == 1
+    assert stale_customers(db, "s") == set()
+    assert settle_stale_summaries(db) == 0
 
 
 def test_a_corrected_order_marks_both_the_customer_it_left_and_the_one_it_joined(db: Database) -> None:
@@ -116,12 +153,37 @@ def test_a_corrected_order_marks_both_the_customer_it_left_and_the_one_it_joined
     assert [r[:4] for r in summaries(db, "s")] == [("bob", 1, 1, 100)]
 
 
-def test_erasing_a_customer_drops_their_marks(db: Database) -> None:
-    deferred(db, "s", "c1", order("o1", "ann", START, 100))
+def test_erasing_a_customer_drops_their_marks_and_keeps_the_others(db: Database) -> None:
+    deferred(db, "s", "c1", order("o1", "ann", START, 100), order("o2", "bob", START, 70))
     anonymous, moved = db.run(partial(store.erase_customer, shop_id="s", customer_id="ann"))
     assert moved == 1
-    assert stale_customers(db, "s") == set()  # the mark named her
+    assert stale_customers(db, "s") == {"bob"}  # the chunk's mark named her too: she is gone from it, bob is not
     assert [r[0] for r in summaries(db, "s")] == [anonymous]
+    settle_stale_summaries(db)
+    assert sorted(r[:4] for r in summaries(db, "s")) == sorted([(anonymous, 1, 1, 100), ("bob", 1, 1, 70)])
+
+
+def test_the_worker_waits_for_a_load_to_go_quiet_but_not_past_the_max_lag(db: Database) -> None:
+    """Settling mid-load is thrown away when the next chunk marks the same customers again."""
+    quiet, max_lag = timedelta(seconds=1), timedelta(seconds=60)
+
+    def settle_at(now: datetime) -> int:
+        return settle_stale_summaries(db, quiet=quiet, max_lag=max_lag, clock=lambda: now)
+
+    deferred(db, "s", "c1", order("o1", "ann", START, 100), received_at=START)
+    assert settle_at(START + timedelta(milliseconds=500)) == 0  # the load may still be running
+    assert settle_at(START + quiet) == 1  # quiet for a second: settled
+    step = timedelta(seconds=0.9)  # a load that never pauses for a second
+    for n in range(1, 70):
+        deferred(db, "s", f"c{n + 1}", order(f"o{n + 1}", "bob", START, 1), received_at=START + n * step)
+        if n == 40:
+            assert settle_at(START + n * step) == 0  # 36 s in: still loading, the oldest mark waited 35 s
+    newest = START + 69 * step
+    assert settle_at(newest) == 1  # the oldest of these marks has waited 61 s: settled all the same
+    assert stale_customers(db, "s") == set()
+    deferred(db, "s", "late", order("o-late", "cy", START, 5), received_at=newest)
+    db.run(partial(store.expand_stale_batches, shop_id="s"))  # as a settler that stopped half-way leaves it
+    assert settle_at(newest) == 1  # expanded marks are always due
 
 
 def random_orders(rng: random.Random, count: int, *, ids: int, customers: int) -> list[object]:
@@ -167,11 +229,15 @@ def test_concurrent_chunks_writes_settles_and_reads_leave_no_order_unsummarised(
     submitted: set[str] = set()
     for n in range(48):
         batch = {o.order_id: o for o in random_orders(rng, 25, ids=150, customers=30)}  # type: ignore[attr-defined]
-        kind = rng.choice(["deferred", "deferred", "inline", "settle", "read"])
-        if kind in ("deferred", "inline"):
+        kind = rng.choice(["deferred", "deferred", "together", "inline", "settle", "read"])
+        if kind in ("deferred", "together", "inline"):
             submitted |= set(batch)
         if kind == "deferred":
             jobs.append(partial(deferred, db, shop, f"d{n}", *batch.values()))
+        elif kind == "together":  # split in chunks committed as a group, as StreamOrders does
+            orders = list(batch.values())
+            split = rng.randrange(1, len(orders))
+            jobs.append(partial(together, db, shop, f"t{n}", orders[:split], orders[split:]))
         elif kind == "inline":
             jobs.append(partial(inline, db, shop, f"i{n}", *batch.values()))
         elif kind == "settle":

@@ -51,3 +51,22 @@ def test_a_wake_during_a_tick_is_not_lost() -> None:
         assert ticks == [0, 1]
     finally:
         worker.stop(timeout=30)
+
+
+def test_a_wake_runs_the_wake_action_and_the_interval_runs_the_tick() -> None:
+    runs: list[str] = []
+    ran = threading.Semaphore(0)
+
+    def record(kind: str) -> None:
+        runs.append(kind)
+        ran.release()
+
+    worker = Worker("test", interval_seconds=3600.0, tick=lambda: record("tick"), on_wake=lambda: record("wake"))
+    worker.start()
+    try:
+        assert ran.acquire(timeout=30)
+        worker.wake()
+        assert ran.acquire(timeout=30)
+        assert runs == ["tick", "wake"]
+    finally:
+        worker.stop(timeout=30)
