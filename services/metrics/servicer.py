@@ -44,7 +44,7 @@ from services.metrics.domain import Outcome
 from services.metrics.models import ClvModelRecord
 
 MAX_BATCH = 1000
-CHUNKS_PER_COMMIT = 4  # StreamOrders chunks recorded in one transaction (see record_chunks_together)
+CHUNKS_PER_COMMIT = 8  # StreamOrders chunks recorded in one transaction (see record_chunks_together)
 SUMMARY_SETTLER = "summary-settler"
 
 
