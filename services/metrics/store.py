@@ -169,8 +169,10 @@ def record_streamed_chunk(
     elif all_new:
         raise NeedsGeneralPath
     else:  # a known or repeated order id: classify them all
-        all_rows = [order_row(shop_id, order, zone) for order in parsed] + list(pending)
-        touched = upsert_orders(session, shop_id, parsed, all_rows, outcomes, locked=None)
+        for _ in pending:  # parses the orders the failed COPY had not reached
+            pass
+        rows_by_order = [order_row(shop_id, order, zone) for order in parsed]
+        touched = upsert_orders(session, shop_id, parsed, rows_by_order, outcomes, locked=None)
     mark_stale(session, shop_id=shop_id, customer_ids=touched, chunk=chunk)
     return outcomes
 
