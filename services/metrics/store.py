@@ -349,14 +349,17 @@ def shops_to_settle(session: Session, *, now: datetime, quiet: timedelta, max_la
 
 ID_SEPARATOR = "\n"  # ids match ID_PATTERN: none holds a newline
 
-# The chunk marks become the settler's per-customer queue in one statement.
+# The chunk marks become the settler's per-customer queue in one statement, one
+# row per customer however many chunks named it (the row keeps the first chunk's id).
 EXPAND_STALE_BATCHES = text(
     """
     WITH moved AS (
         DELETE FROM stale_summary_batches WHERE shop_id = :shop_id RETURNING request_id, customer_ids
     )
     INSERT INTO stale_summaries (shop_id, customer_id, request_id)
-    SELECT :shop_id, unnest(string_to_array(customer_ids, E'\\n')), request_id FROM moved
+    SELECT :shop_id, customer_id, min(request_id)
+      FROM moved, unnest(string_to_array(customer_ids, E'\\n')) AS customer_id
+     GROUP BY customer_id
     ON CONFLICT DO NOTHING
     """
 )
@@ -372,11 +375,11 @@ def expand_stale_batches(session: Session, *, shop_id: str) -> None:
         .where(StaleSummaryBatch.shop_id == shop_id)
         .returning(StaleSummaryBatch.request_id, StaleSummaryBatch.customer_ids)
     ).all()
-    marks = [
-        {"shop_id": shop_id, "customer_id": customer_id, "request_id": request_id}
-        for request_id, customer_ids in moved
-        for customer_id in customer_ids.split(ID_SEPARATOR)
-    ]
+    first_chunk: dict[str, str] = {}
+    for request_id, customer_ids in moved:
+        for customer_id in customer_ids.split(ID_SEPARATOR):
+            first_chunk[customer_id] = min(request_id, first_chunk.get(customer_id, request_id))
+    marks = [{"shop_id": shop_id, "customer_id": c, "request_id": r} for c, r in first_chunk.items()]
     insert_ignoring_conflicts(session, StaleSummary, marks)
 
 

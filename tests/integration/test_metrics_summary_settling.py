@@ -138,6 +138,15 @@ def test_a_read_racing_the_settlers_expansion_still_sees_the_customer_stale(
     assert found[0].total_minor == 100
 
 
+def test_expanding_chunk_marks_queues_each_customer_once(db: Database) -> None:
+    deferred(db, "s", "c1", order("o1", "ann", START, 100), order("o2", "bob", START, 1))
+    deferred(db, "s", "c2", order("o3", "ann", START, 100))
+    db.run(partial(store.expand_stale_batches, shop_id="s"))
+    queued = db.run(lambda s: s.execute(select(StaleSummary.customer_id, StaleSummary.request_id)).all())
+    assert sorted(queued) == [("ann", "c1"), ("bob", "c1")]  # ann once, under the first chunk naming her
+    assert settle_stale_summaries(db) == 2
+
+
 def test_a_chunk_of_duplicates_marks_nobody(db: Database) -> None:
     inline(db, "s", "first", order("o1", "ann", START, 100))
     assert deferred(db, "s", "again", order("o1", "ann", START, 100)).duplicates == 1
