@@ -129,9 +129,13 @@ class MetricsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamOrders(self, request_iterator, context):
-        """Bulk ingestion: a client stream of chunks of at most 1,000 orders, each
-        chunk committed on its own and idempotent by its request_id and by order
-        id, so a broken stream is resumed by sending it again.
+        """Bulk ingestion: a client stream of chunks of at most 1,000 orders. Each
+        chunk is atomic and idempotent by its request_id and by order id, so a
+        broken stream is resumed by sending it again. Consecutive chunks may commit
+        together (up to 8, one transaction): a chunk is durable once the stream
+        answers, and when a chunk is refused the chunks before it are kept.
+        Customer summaries are settled shortly after the stream (GetCustomerSummary
+        is never stale); every other metric counts a chunk once it is committed.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

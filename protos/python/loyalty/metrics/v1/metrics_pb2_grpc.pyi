@@ -41,9 +41,13 @@ class MetricsServiceStub:
     payload again counts as a duplicate; a changed payload is a correction.
     """
     StreamOrders: _grpc.StreamUnaryMultiCallable[_metrics_pb2.StreamOrdersRequest, _metrics_pb2.StreamOrdersResponse]
-    """Bulk ingestion: a client stream of chunks of at most 1,000 orders, each
-    chunk committed on its own and idempotent by its request_id and by order
-    id, so a broken stream is resumed by sending it again.
+    """Bulk ingestion: a client stream of chunks of at most 1,000 orders. Each
+    chunk is atomic and idempotent by its request_id and by order id, so a
+    broken stream is resumed by sending it again. Consecutive chunks may commit
+    together (up to 8, one transaction): a chunk is durable once the stream
+    answers, and when a chunk is refused the chunks before it are kept.
+    Customer summaries are settled shortly after the stream (GetCustomerSummary
+    is never stale); every other metric counts a chunk once it is committed.
     """
     RecordRefunds: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.RecordRefundsRequest, _metrics_pb2.RecordRefundsResponse]
     """Full and partial refunds, idempotent per refund_id. Refunds of one order
@@ -122,9 +126,13 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
     payload again counts as a duplicate; a changed payload is a correction.
     """
     StreamOrders: _aio.StreamUnaryMultiCallable[_metrics_pb2.StreamOrdersRequest, _metrics_pb2.StreamOrdersResponse]  # type: ignore[assignment]
-    """Bulk ingestion: a client stream of chunks of at most 1,000 orders, each
-    chunk committed on its own and idempotent by its request_id and by order
-    id, so a broken stream is resumed by sending it again.
+    """Bulk ingestion: a client stream of chunks of at most 1,000 orders. Each
+    chunk is atomic and idempotent by its request_id and by order id, so a
+    broken stream is resumed by sending it again. Consecutive chunks may commit
+    together (up to 8, one transaction): a chunk is durable once the stream
+    answers, and when a chunk is refused the chunks before it are kept.
+    Customer summaries are settled shortly after the stream (GetCustomerSummary
+    is never stale); every other metric counts a chunk once it is committed.
     """
     RecordRefunds: _aio.UnaryUnaryMultiCallable[_metrics_pb2.RecordRefundsRequest, _metrics_pb2.RecordRefundsResponse]  # type: ignore[assignment]
     """Full and partial refunds, idempotent per refund_id. Refunds of one order
@@ -212,9 +220,13 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_metrics_pb2.StreamOrdersRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_metrics_pb2.StreamOrdersResponse, _abc.Awaitable[_metrics_pb2.StreamOrdersResponse]]:
-        """Bulk ingestion: a client stream of chunks of at most 1,000 orders, each
-        chunk committed on its own and idempotent by its request_id and by order
-        id, so a broken stream is resumed by sending it again.
+        """Bulk ingestion: a client stream of chunks of at most 1,000 orders. Each
+        chunk is atomic and idempotent by its request_id and by order id, so a
+        broken stream is resumed by sending it again. Consecutive chunks may commit
+        together (up to 8, one transaction): a chunk is durable once the stream
+        answers, and when a chunk is refused the chunks before it are kept.
+        Customer summaries are settled shortly after the stream (GetCustomerSummary
+        is never stale); every other metric counts a chunk once it is committed.
         """
 
     @_abc_1.abstractmethod
