@@ -87,16 +87,7 @@ def run_idempotent(
             return _replay(stored, request, digest, response_type)
         response = apply(session)
         ensure_caller_waiting()  # after every read and lock: a caller that gave up must not see a late commit
-        session.add(
-            IdempotencyRecord(
-                shop_id=shop_id,
-                request_id=request_id,
-                method=request.DESCRIPTOR.full_name,
-                fingerprint=digest,
-                response=response.SerializeToString(),
-                created_at=clock(),
-            )
-        )
+        session.add(IdempotencyRecord(**record_values(request, digest, response, clock())))
         session.flush()
         return response
 
@@ -153,17 +144,22 @@ def record_responses(
     session.execute(
         insert(IdempotencyRecord),
         [
-            {
-                "shop_id": str(getattr(request, "shop_id", "")),
-                "request_id": str(getattr(request, "request_id", "")),
-                "method": request.DESCRIPTOR.full_name,
-                "fingerprint": fingerprint(request),
-                "response": response.SerializeToString(),
-                "created_at": now,
-            }
+            record_values(request, fingerprint(request), response, now)
             for request, response in zip(requests, responses, strict=True)
         ],
     )
+
+
+def record_values(request: Message, digest: str, response: Message, now: datetime) -> dict[str, object]:
+    """The columns of the record that answers a retry of `request`."""
+    return {
+        "shop_id": str(getattr(request, "shop_id", "")),
+        "request_id": str(getattr(request, "request_id", "")),
+        "method": request.DESCRIPTOR.full_name,
+        "fingerprint": digest,
+        "response": response.SerializeToString(),
+        "created_at": now,
+    }
 
 
 def purge_expired(session: Session, *, older_than: timedelta, now: datetime) -> int:

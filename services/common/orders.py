@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
@@ -88,7 +89,7 @@ def plainly_valid_order(order: common_pb2.Order) -> PaidOrder | None:
     if items:
         if len(items) > MAX_ITEMS:
             return None
-        lines = tuple(OrderLine(i.sku, i.category, i.quantity, i.paid.amount_minor) for i in items)
+        lines = order_lines(items)
         for line, item in zip(lines, items, strict=True):
             if not (
                 len(line.sku) <= 64
@@ -161,9 +162,13 @@ def paid_order(order: common_pb2.Order, paid_at: datetime) -> PaidOrder:
         currency=order.paid.currency,
         channel=order.channel,
         source=order.source or common_pb2.ORDER_SOURCE_NORMAL,
-        lines=tuple(OrderLine(i.sku, i.category, i.quantity, i.paid.amount_minor) for i in order.items),
+        lines=order_lines(order.items),
         fingerprint=order_fingerprint(order),
     )
+
+
+def order_lines(items: Sequence[common_pb2.OrderItem]) -> tuple[OrderLine, ...]:
+    return tuple(OrderLine(i.sku, i.category, i.quantity, i.paid.amount_minor) for i in items)
 
 
 def order_fingerprint(order: common_pb2.Order) -> str:

@@ -64,20 +64,9 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
             clock=self.ctx.clock,
         )
 
-    def _record(
-        self,
-        session: Session,
-        shop_id: str,
-        orders: list[PaidOrder],
-        *,
-        defer_summaries_for: store.BulkChunk | None = None,
-    ) -> metrics_pb2.RecordOrdersResponse:
+    def _record(self, session: Session, shop_id: str, orders: list[PaidOrder]) -> metrics_pb2.RecordOrdersResponse:
         counts = store.record_orders(
-            session,
-            shop_id=shop_id,
-            orders=orders,
-            default_zone=self.ctx.settings.default_time_zone,
-            defer_summaries_for=defer_summaries_for,
+            session, shop_id=shop_id, orders=orders, default_zone=self.ctx.settings.default_time_zone
         )
         return counts_response(counts)
 
@@ -584,15 +573,8 @@ def record_chunks_together(
     def apply(session: Session) -> list[metrics_pb2.RecordOrdersResponse]:
         if any_seen(session, shop_id=shop_id, request_ids=[c.request_id for c in chunks]):
             raise store.NeedsGeneralPath
-        store.record_streamed_chunk(
-            session,
-            shop_id=shop_id,
-            currency=orders[0].paid.currency,
-            orders=map(plainly_valid_order, sorted(orders, key=by_order_id)),
-            default_zone=default_zone,
-            chunk=store.BulkChunk(chunks[0].request_id, received_at),  # one mark row for them all
-            all_new=True,
-        )
+        one_mark_row = store.BulkChunk(chunks[0].request_id, received_at)
+        record_streaming(session, shop_id, orders, chunk=one_mark_row, default_zone=default_zone, all_new=True)
         responses = [metrics_pb2.RecordOrdersResponse(inserted=len(c.orders)) for c in chunks]
         record_responses(session, chunks, responses, clock=clock)
         return responses
@@ -609,20 +591,34 @@ def record_chunk(
     """A StreamOrders chunk: parsed while it streams into PostgreSQL; the detailed checks only if an order fails."""
     check_batch_size(orders)
     try:
-        counts = store.record_streamed_chunk(
-            session,
-            shop_id=shop_id,
-            currency=orders[0].paid.currency,
-            orders=map(plainly_valid_order, sorted(orders, key=by_order_id)),
-            default_zone=default_zone,
-            chunk=received,
-        )
+        counts = record_streaming(session, shop_id, orders, chunk=received, default_zone=default_zone)
     except store.NeedsGeneralPath:
         parsed = parse_orders(orders)
         counts = store.record_orders(
             session, shop_id=shop_id, orders=parsed, default_zone=default_zone, defer_summaries_for=received
         )
     return counts_response(counts)
+
+
+def record_streaming(
+    session: Session,
+    shop_id: str,
+    orders: Sequence[common_pb2.Order],
+    *,
+    chunk: store.BulkChunk,
+    default_zone: str,
+    all_new: bool = False,
+) -> Counter[Outcome]:
+    """The orders parsed one by one, in id order, as `store.record_streamed_chunk` streams them into the database."""
+    return store.record_streamed_chunk(
+        session,
+        shop_id=shop_id,
+        currency=orders[0].paid.currency,
+        orders=map(plainly_valid_order, sorted(orders, key=by_order_id)),
+        default_zone=default_zone,
+        chunk=chunk,
+        all_new=all_new,
+    )
 
 
 def counts_response(counts: Counter[Outcome]) -> metrics_pb2.RecordOrdersResponse:
