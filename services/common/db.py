@@ -111,6 +111,13 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
+def _utc_session(dbapi_connection: Any, _record: Any) -> None:
+    """Instants come back in UTC on every path (SQLAlchemy's typed columns and raw psycopg alike)."""
+    with dbapi_connection.cursor() as cursor:
+        cursor.execute("SET TIME ZONE 'UTC'")
+    dbapi_connection.commit()
+
+
 class Database:
     """One engine and session factory per process; `run` is one use case = one transaction."""
 
@@ -124,6 +131,7 @@ class Database:
             self.engine = create_engine(
                 url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=10, pool_recycle=1800
             )
+            event.listen(self.engine, "connect", _utc_session)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

@@ -33,6 +33,12 @@ def caller_deadline(seconds_left: float | None) -> Iterator[None]:
         _deadline.reset(token)
 
 
+def seconds_left() -> float | None:
+    """How long the caller still waits (never negative); None when it set no deadline."""
+    deadline = _deadline.get()
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
 def ensure_caller_waiting() -> None:
     """Raises DeadlineExceeded when the caller's deadline has passed (the transaction then rolls back)."""
     deadline = _deadline.get()

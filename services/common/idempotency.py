@@ -50,7 +50,8 @@ def fingerprint(request: Message) -> str:
     return hashlib.sha256(body).hexdigest()
 
 
-def _replay(record: IdempotencyRecord, request: Message, digest: str, response_type: type[R]) -> R:
+def replay_record(record: IdempotencyRecord, request: Message, digest: str, response_type: type[R]) -> R:
+    """The stored response of a retry; a request id reused with another payload is ALREADY_EXISTS."""
     if record.fingerprint != digest or record.method != request.DESCRIPTOR.full_name:
         raise AlreadyExists(
             f"request_id {record.request_id!r} was already used with a different payload "
@@ -73,18 +74,14 @@ def run_idempotent(
 ) -> R:
     """Applies `apply` once per (shop_id, request_id); retries get the stored response."""
     shop_id = str(getattr(request, "shop_id", ""))
-    request_id = str(getattr(request, "request_id", ""))
-    if not request_id:
-        raise InvalidArgument([FieldViolation("request_id", "is required on every mutation (AIP-155)")])
-    if not ID_PATTERN.match(request_id):
-        raise InvalidArgument([FieldViolation("request_id", "must be 1-64 characters of [A-Za-z0-9_.:-]")])
+    request_id = checked_request_id(request)
     digest = fingerprint(request)
     ensure_caller_waiting()
 
     def once(session: Session) -> R:
         stored = session.get(IdempotencyRecord, (shop_id, request_id))
         if stored is not None:
-            return _replay(stored, request, digest, response_type)
+            return replay_record(stored, request, digest, response_type)
         response = apply(session)
         ensure_caller_waiting()  # after every read and lock: a caller that gave up must not see a late commit
         session.add(IdempotencyRecord(**record_values(request, digest, response, clock())))
@@ -93,7 +90,7 @@ def run_idempotent(
 
     def replay(session: Session) -> R | None:
         stored = session.get(IdempotencyRecord, (shop_id, request_id))
-        return None if stored is None else _replay(stored, request, digest, response_type)
+        return None if stored is None else replay_record(stored, request, digest, response_type)
 
     for attempt in range(1, UNIQUE_CONFLICT_ATTEMPTS + 1):
         try:
@@ -116,6 +113,16 @@ def run_idempotent(
             if attempt == UNIQUE_CONFLICT_ATTEMPTS:
                 raise
     raise AssertionError("unreachable")
+
+
+def checked_request_id(request: Message) -> str:
+    """The request's request_id; INVALID_ARGUMENT when it is missing or malformed."""
+    request_id = str(getattr(request, "request_id", ""))
+    if not request_id:
+        raise InvalidArgument([FieldViolation("request_id", "is required on every mutation (AIP-155)")])
+    if not ID_PATTERN.match(request_id):
+        raise InvalidArgument([FieldViolation("request_id", "must be 1-64 characters of [A-Za-z0-9_.:-]")])
+    return request_id
 
 
 def valid_request_id(request: Message) -> bool:

@@ -9,6 +9,10 @@ from enum import Enum, IntEnum
 from services.common.errors import FailedPrecondition
 
 MAX_ADJUSTMENT = 100_000_000
+# An order earning's state; the values equal the proto enum `loyalty.points.v1.EarningState`.
+PENDING = 1
+ACTIVE = 2
+REFUNDED = 3
 
 
 class Asset(IntEnum):

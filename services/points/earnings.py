@@ -1,24 +1,36 @@
 """Order earnings: pending windows, activation, cumulative refunds, and points as payment.
 
-Each function runs inside the caller's transaction and follows the locking rule
-of `services.points.store`: the member lock first, then anything else.
+Pure use cases over a `MemberBook` (see `services.points.book`): each says what
+it needs read (`*_query`) and changes the book; a storage path reads and writes.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import String, bindparam, func, select
-from sqlalchemy.orm import Session
-
 from services.common.clock import local_midnight
-from services.common.db import UtcDateTime
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.common.orders import PaidOrder
 from services.common.validation import CURRENCY_EXPONENTS
+from services.points.book import (
+    SYSTEM_EARNED,
+    SYSTEM_REFUNDS,
+    SYSTEM_SPENT,
+    EarningState,
+    MemberBook,
+    MemberFacts,
+    MemberQuery,
+    NewEntry,
+    Posting,
+    rolling_since,
+)
 from services.points.domain import (
+    ACTIVE,
+    PENDING,
+    REFUNDED,
     Asset,
     check_spend,
     kept_share,
@@ -27,86 +39,63 @@ from services.points.domain import (
 )
 from services.points.earning import EarnContext, Earning, EarnLine, earn
 from services.points.expiry import expires_at
-from services.points.models import (
-    Entry,
-    MemberTier,
-    OrderEarning,
-    OrderSpend,
-)
 from services.points.program import ProgramRules
-from services.points.store import (
-    _CUSTOMER,
-    _SHOP,
-    ACTIVE,
-    PENDING,
-    REFUNDED,
-    SYSTEM_EARNED,
-    SYSTEM_REFUNDS,
-    SYSTEM_SPENT,
-    Posting,
-    _member_scalar,
-    credit,
-    debit,
-    lock_balances,
-    lock_member,
-    record_spend,
-    restore_to_lots,
-    upgrade_if_reached,
-)
+
+# Assets a refund may take back from lots (clawbacks), so their lots are read.
+CLAWBACK_LOTS = frozenset({Asset.POINTS, Asset.REBATE})
 
 
 def unit_minor(currency: str) -> int:
     return int(10 ** CURRENCY_EXPONENTS[currency])
 
 
-_OTHER_EARNINGS = (
-    OrderEarning.shop_id == _SHOP,
-    OrderEarning.customer_id == _CUSTOMER,
-    OrderEarning.order_id != bindparam("order_id", type_=String()),
-    OrderEarning.state != REFUNDED,
-)
-# What the earning rules need to know about the member, in one round trip.
-MEMBER_EARNING_STATE = select(
-    _member_scalar(MemberTier.tier_code, MemberTier.shop_id == _SHOP, MemberTier.customer_id == _CUSTOMER).label(
-        "tier"
-    ),
-    select(OrderEarning.order_id).where(*_OTHER_EARNINGS).limit(1).scalar_subquery().label("first_order_id"),
-    _member_scalar(
-        func.coalesce(func.sum(OrderEarning.earned_points), 0),
-        *_OTHER_EARNINGS,
-        OrderEarning.paid_at >= bindparam("day_start", type_=UtcDateTime()),
-        OrderEarning.paid_at < bindparam("day_end", type_=UtcDateTime()),
-    ).label("earned_today"),
-)
+def earned_assets(rules: ProgramRules) -> tuple[Asset, ...]:
+    """The assets an order can credit under `rules`: points always, growth and rebate when the program pays them."""
+    return (
+        Asset.POINTS,
+        *((Asset.GROWTH,) if rules.growth_per_unit else ()),
+        *((Asset.REBATE,) if rules.rebate_rate_bp else ()),
+    )
+
+
+def earn_query(shop_id: str, order: PaidOrder, rules: ProgramRules, now: datetime) -> MemberQuery:
+    """What earning needs: the order's earning if any, and the member's tier, first order and points earned that day."""
+    local_day = order.paid_at.astimezone(rules.zone).date()
+    return MemberQuery(
+        shop_id=shop_id,
+        now=now,
+        customer_id=order.customer_id,
+        order_id=order.order_id,
+        earn_day=(local_midnight(local_day, rules.zone), local_midnight(local_day + timedelta(days=1), rules.zone)),
+        rolling_since=rolling_since(rules.tiers, now),
+        entry_ids=2 * len(earned_assets(rules)),
+    )
+
+
+def order_query(shop_id: str, order_id: str, rules: ProgramRules, now: datetime, *, refund: bool) -> MemberQuery:
+    """The member of an order's earning, with what confirming it (or refunding it) needs."""
+    return MemberQuery(
+        shop_id=shop_id,
+        now=now,
+        order_id=order_id,
+        lots_of=CLAWBACK_LOTS if refund else frozenset(),
+        order_spends=refund,
+        rolling_since=rolling_since(rules.tiers, now),
+        entry_ids=12 if refund else 6,
+    )
 
 
 def compute_earning(
-    session: Session,
-    *,
-    shop_id: str,
-    order: PaidOrder,
-    birthday_month: int,
-    rules: ProgramRules,
+    facts: MemberFacts, order: PaidOrder, birthday_month: int, rules: ProgramRules
 ) -> tuple[Earning, int]:
-    """Points (with breakdown) and growth the order earns given the member's state now."""
-    local_day = order.paid_at.astimezone(rules.zone).date()
-    state = session.execute(
-        MEMBER_EARNING_STATE,
-        {
-            "shop_id": shop_id,
-            "customer_id": order.customer_id,
-            "order_id": order.order_id,
-            "day_start": local_midnight(local_day, rules.zone),
-            "day_end": local_midnight(local_day + timedelta(days=1), rules.zone),
-        },
-    ).one()
+    """Points (with breakdown) and growth the order earns given the member's state (facts of `earn_query`)."""
     unit = unit_minor(order.currency)
     context = EarnContext(
         paid_at=order.paid_at,
-        tier=state.tier or "",
+        tier=facts.tier.code if facts.tier is not None else "",
         birthday_month=birthday_month == order.paid_at.astimezone(rules.zone).month,
-        first_order=state.first_order_id is None,
-        earned_today=int(state.earned_today or 0),
+        first_order=facts.first_order,
+        earned_today=facts.earned_today,
     )
     lines = [EarnLine(line.category, line.amount_minor) for line in order.lines]
     earning = earn(rules.earn_rules(unit), order.amount_minor, lines, context)
@@ -114,31 +103,17 @@ def compute_earning(
     return earning, growth
 
 
-def earning_for_order(session: Session, *, shop_id: str, order_id: str) -> OrderEarning:
-    row = session.get(OrderEarning, (shop_id, order_id))
-    if row is None:
-        raise NotFound(f"order {order_id} has no earning in this shop", reason="ORDER_NOT_FOUND")
-    return row
-
-
 def earn_for_order(
-    session: Session,
-    *,
-    shop_id: str,
-    request_id: str,
-    order: PaidOrder,
-    birthday_month: int,
-    rules: ProgramRules,
-    now: datetime,
-) -> OrderEarning:
+    book: MemberBook, *, request_id: str, order: PaidOrder, birthday_month: int, rules: ProgramRules
+) -> EarningState:
     """Writes the order's earning (pending, or active at once without a return window).
 
     The same order again returns the first earning; a changed order is refused,
     because its points may already be spent: changes arrive as refunds.
     """
-    # Every balance the earning may credit, locked in one statement (points first: the member lock).
-    lock_balances(session, shop_id=shop_id, holder=order.customer_id, assets=earned_assets(rules))
-    existing = session.get(OrderEarning, (shop_id, order.order_id))
+    for asset in earned_assets(rules):
+        book.touch(asset)
+    existing = book.earning
     if existing is not None:
         if existing.fingerprint != order.fingerprint:
             raise AlreadyExists(
@@ -146,9 +121,9 @@ def earn_for_order(
                 reason="ORDER_ALREADY_EARNED",
             )
         return existing
-    earning, growth = compute_earning(session, shop_id=shop_id, order=order, birthday_month=birthday_month, rules=rules)
-    row = OrderEarning(
-        shop_id=shop_id,
+    earning, growth = compute_earning(book.facts, order, birthday_month, rules)
+    now = book.now
+    row = EarningState(
         order_id=order.order_id,
         customer_id=order.customer_id,
         fingerprint=order.fingerprint,
@@ -164,81 +139,66 @@ def earn_for_order(
         activates_at=max(order.paid_at + timedelta(days=rules.return_window_days), now)
         if rules.return_window_days
         else now,
+        activated_at=None,
         created_at=now,
     )
-    session.add(row)
+    book.add_earning(row)
     if rules.return_window_days == 0:
-        activate(session, row, request_id=request_id, rules=rules, now=now)  # inserted once, already active
-    session.flush()
+        activate(book, request_id=request_id, rules=rules)  # inserted once, already active
     return row
 
 
-def earned_assets(rules: ProgramRules) -> tuple[Asset, ...]:
-    """The assets an order can credit under `rules`: points always, growth and rebate when the program pays them."""
-    return (
-        Asset.POINTS,
-        *((Asset.GROWTH,) if rules.growth_per_unit else ()),
-        *((Asset.REBATE,) if rules.rebate_rate_bp else ()),
-    )
-
-
-def activate(session: Session, row: OrderEarning, *, request_id: str, rules: ProgramRules, now: datetime) -> None:
-    """Credits a pending earning (what is left of it after refunds); the member is locked by the caller."""
-    if row.state != PENDING:
+def activate(book: MemberBook, *, request_id: str, rules: ProgramRules) -> None:
+    """Credits the book's pending earning (what is left of it after refunds)."""
+    row = book.earning
+    if row is None or row.state != PENDING:
         return
+    row = book.change_earning()
     points = kept_share(row.earned_points, row.paid_minor, row.refunded_minor)
     growth = kept_share(row.earned_growth, row.paid_minor, row.refunded_minor)
-    row.state, row.activated_at = ACTIVE, now
-    reason = f"order {row.order_id}"
-    common = {"shop_id": row.shop_id, "customer_id": row.customer_id, "counter": SYSTEM_EARNED}
-    if points:
-        posting = Posting(asset=Asset.POINTS, delta=points, kind="EARN", request_id=request_id, reason=reason, **common)
-        credit(session, posting, now, lot_expires_at=expires_at(rules.expiry, now, rules.zone))
-    if growth:
-        posting = Posting(asset=Asset.GROWTH, delta=growth, kind="EARN", request_id=request_id, reason=reason, **common)
-        credit(session, posting, now)
     rebate = kept_share(row.earned_rebate, row.paid_minor, row.refunded_minor)
+    row.state, row.activated_at = ACTIVE, book.now
+    reason = f"order {row.order_id}"
+    if points:
+        book.credit(
+            Posting(Asset.POINTS, points, SYSTEM_EARNED, "EARN", request_id, reason),
+            lot_expires_at=expires_at(rules.expiry, book.now, rules.zone),
+        )
+    if growth:
+        book.credit(Posting(Asset.GROWTH, growth, SYSTEM_EARNED, "EARN", request_id, reason))
     if rebate:
-        posting = Posting(asset=Asset.REBATE, delta=rebate, kind="EARN", request_id=request_id, reason=reason, **common)
-        credit(session, posting, now, lot_expires_at=expires_at(rules.rebate_expiry, now, rules.zone))
-    upgrade_if_reached(session, shop_id=row.shop_id, customer_id=row.customer_id, rules=rules, now=now)
-    session.flush()
+        book.credit(
+            Posting(Asset.REBATE, rebate, SYSTEM_EARNED, "EARN", request_id, reason),
+            lot_expires_at=expires_at(rules.rebate_expiry, book.now, rules.zone),
+        )
+    book.upgrade_if_reached(rules.tiers)
 
 
-def confirm_order(
-    session: Session, *, shop_id: str, order_id: str, request_id: str, rules: ProgramRules, now: datetime
-) -> OrderEarning:
-    row = earning_for_order(session, shop_id=shop_id, order_id=order_id)
-    lock_member(session, shop_id=shop_id, customer_id=row.customer_id)
-    session.refresh(row)
-    activate(session, row, request_id=request_id, rules=rules, now=now)
-    return row
+def order_earning(book: MemberBook, order_id: str) -> EarningState:
+    if book.earning is None:
+        raise NotFound(f"order {order_id} has no earning in this shop", reason="ORDER_NOT_FOUND")
+    return book.earning
 
 
-def due_earnings(session: Session, *, now: datetime, limit: int) -> list[tuple[str, str]]:
-    """(shop, order) of pending earnings whose return window has closed, oldest first."""
-    rows = session.execute(
-        select(OrderEarning.shop_id, OrderEarning.order_id)
-        .where(OrderEarning.state == PENDING, OrderEarning.activates_at <= now)
-        .order_by(OrderEarning.activates_at)
-        .limit(limit)
-    ).all()
-    return [(shop, order) for shop, order in rows]
+def confirm_order(book: MemberBook, *, order_id: str, request_id: str, rules: ProgramRules) -> EarningState:
+    """Activates the order's earning at once (the storefront confirmed receipt)."""
+    order_earning(book, order_id)
+    activate(book, request_id=request_id, rules=rules)
+    return order_earning(book, order_id)
 
 
-def activate_due(session: Session, *, shop_id: str, order_id: str, rules: ProgramRules, now: datetime) -> bool:
-    row = earning_for_order(session, shop_id=shop_id, order_id=order_id)
-    lock_member(session, shop_id=shop_id, customer_id=row.customer_id)
-    session.refresh(row)
-    if row.state != PENDING or row.activates_at > now:
+def activate_if_due(book: MemberBook, *, order_id: str, rules: ProgramRules) -> bool:
+    """The activation worker's step: activates a pending earning whose return window has closed."""
+    row = book.earning
+    if row is None or row.state != PENDING or row.activates_at > book.now:
         return False
-    activate(session, row, request_id=f"activate-{order_id}", rules=rules, now=now)
+    activate(book, request_id=f"activate-{order_id}", rules=rules)
     return True
 
 
 @dataclass(frozen=True)
 class RefundOutcome:
-    earning: OrderEarning
+    earning: EarningState
     points_clawed_back: int
     growth_clawed_back: int
     points_restored: int
@@ -246,12 +206,20 @@ class RefundOutcome:
 
 
 def refund_order(
-    session: Session, *, shop_id: str, order_id: str, request_id: str, amount_minor: int, currency: str, now: datetime
+    book: MemberBook,
+    *,
+    order_id: str,
+    request_id: str,
+    amount_minor: int,
+    currency: str,
+    payer_book: Callable[[str], MemberBook],
 ) -> RefundOutcome:
-    """Cuts the order's earning to the kept share and gives back a share of what was spent on it."""
-    row = earning_for_order(session, shop_id=shop_id, order_id=order_id)
-    lock_member(session, shop_id=shop_id, customer_id=row.customer_id)
-    session.refresh(row)
+    """Cuts the order's earning to the kept share and gives back a share of what was spent on it.
+
+    What was spent toward the order goes back to whoever paid it: `payer_book`
+    gives the book of a payer other than the order's member.
+    """
+    row = order_earning(book, order_id)
     if currency != row.currency:
         raise FailedPrecondition(
             f"the refund is in {currency} but the order was paid in {row.currency}", reason="CURRENCY_MISMATCH"
@@ -263,91 +231,61 @@ def refund_order(
             reason="REFUND_EXCEEDS_PAID",
             metadata={"refundable_minor": str(left)},
         )
+    row = book.change_earning()
     before, after = row.refunded_minor, row.refunded_minor + amount_minor
-    points_back = kept_share(row.earned_points, row.paid_minor, before) - kept_share(
-        row.earned_points, row.paid_minor, after
-    )
-    growth_back = kept_share(row.earned_growth, row.paid_minor, before) - kept_share(
-        row.earned_growth, row.paid_minor, after
-    )
-    rebate_back = kept_share(row.earned_rebate, row.paid_minor, before) - kept_share(
-        row.earned_rebate, row.paid_minor, after
-    )
+    backs = {
+        asset: kept_share(earned, row.paid_minor, before) - kept_share(earned, row.paid_minor, after)
+        for asset, earned in (
+            (Asset.POINTS, row.earned_points),
+            (Asset.GROWTH, row.earned_growth),
+            (Asset.REBATE, row.earned_rebate),
+        )
+    }
     row.refunded_minor = after
     if row.state == ACTIVE:
-        common = {
-            "shop_id": shop_id,
-            "customer_id": row.customer_id,
-            "counter": SYSTEM_REFUNDS,
-            "request_id": request_id,
-        }
         reason = f"refund of order {order_id}"
-        for asset, back in ((Asset.POINTS, points_back), (Asset.GROWTH, growth_back), (Asset.REBATE, rebate_back)):
+        for asset, back in backs.items():
             if back:
-                posting = Posting(asset=asset, delta=-back, kind="CLAWBACK", reason=reason, **common)
-                debit(session, posting, now, allow_negative=True)
+                book.debit(Posting(asset, -back, SYSTEM_REFUNDS, "CLAWBACK", request_id, reason), allow_negative=True)
     if after == row.paid_minor:
         row.state = REFUNDED
-    restored, expired = restore_spends(session, row=row, before=before, after=after, request_id=request_id, now=now)
-    session.flush()
-    return RefundOutcome(row, points_back, growth_back, restored, expired)
-
-
-def restore_spends(
-    session: Session, *, row: OrderEarning, before: int, after: int, request_id: str, now: datetime
-) -> tuple[int, int]:
-    spends = session.scalars(
-        select(OrderSpend).where(OrderSpend.shop_id == row.shop_id, OrderSpend.order_id == row.order_id)
-    ).all()
     restored = expired = 0
-    for spend in spends:
+    for spend in list(book.spends.values()):
         back = refunded_share(spend.amount, row.paid_minor, after) - refunded_share(
             spend.amount, row.paid_minor, before
         )
         if back <= 0:
             continue
-        spend.restored += back
-        posting = Posting(
-            shop_id=row.shop_id,
-            customer_id=spend.customer_id,
-            asset=Asset(spend.asset),
-            delta=back,
-            counter=SYSTEM_SPENT,
-            kind="RESTORE",
-            request_id=request_id,
-            reason=f"refund of order {row.order_id}",
-        )
-        got, lost = restore_to_lots(session, posting, spend.transfer_id, now)
+        book.restore_spend(spend, back)
+        payer = book if spend.customer_id == book.customer_id else payer_book(spend.customer_id)
+        posting = Posting(spend.asset, back, SYSTEM_SPENT, "RESTORE", request_id, f"refund of order {order_id}")
+        got, lost = payer.restore(posting, spend.transfer_id)
         restored, expired = restored + got, expired + lost
-    return restored, expired
+    return RefundOutcome(row, backs[Asset.POINTS], backs[Asset.GROWTH], restored, expired)
+
+
+def foreign_payers(facts: MemberFacts) -> list[str]:
+    """Members other than the order's who paid toward it (their refunds go back to them)."""
+    return sorted({s.customer_id for s in facts.spends} - {facts.customer_id})
+
+
+def spend_query(shop_id: str, customer_id: str, asset: Asset, now: datetime) -> MemberQuery:
+    return MemberQuery(shop_id=shop_id, now=now, customer_id=customer_id, lots_of=frozenset({asset}), entry_ids=2)
 
 
 def spend_points(
-    session: Session,
+    book: MemberBook,
     *,
-    shop_id: str,
     request_id: str,
-    customer_id: str,
     order_id: str,
     order_amount_minor: int,
     currency: str,
     points: int,
     rules: ProgramRules,
-    now: datetime,
-) -> tuple[Entry, int]:
+) -> tuple[NewEntry, int]:
+    """Points as payment toward an order: the discount they give, debited soonest-expiring first."""
     discount = check_spend(rules.spend, points, order_amount_minor, unit_minor(currency))
-    lock_member(session, shop_id=shop_id, customer_id=customer_id)
-    posting = Posting(
-        shop_id=shop_id,
-        customer_id=customer_id,
-        asset=Asset.POINTS,
-        delta=-points,
-        counter=SYSTEM_SPENT,
-        kind="SPEND",
-        request_id=request_id,
-        reason=f"order {order_id}",
-    )
-    entry = debit(session, posting, now)
-    record_spend(session, posting, order_id)
-    session.flush()
+    posting = Posting(Asset.POINTS, -points, SYSTEM_SPENT, "SPEND", request_id, f"order {order_id}")
+    entry = book.debit(posting)
+    book.record_spend(posting, order_id)
     return entry, discount

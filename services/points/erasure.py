@@ -77,7 +77,6 @@ def erase_customer(session: Session, *, shop_id: str, customer_id: str) -> tuple
     ):
         claim.claim_key = claim.claim_key.replace(customer_id, anonymous)
         rows += 1
-    session.info.get("locked_balances", set()).clear()
     session.flush()
     return anonymous, rows
 

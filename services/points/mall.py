@@ -1,7 +1,7 @@
 """The points mall (积分商城): items and atomic redemptions.
 
-Each function runs inside the caller's transaction and follows the locking rule
-of `services.points.store`: the member lock first, then anything else.
+Items are plain rows; a redemption is a pure use case over the member's book
+(`services.points.book`), written by a storage path.
 """
 
 from __future__ import annotations
@@ -9,24 +9,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from loyalty.points.v1 import points_pb2
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.common.errors import FailedPrecondition, NotFound
-from services.points.domain import (
-    Asset,
-)
-from services.points.models import (
-    Entry,
-    MallItemRecord,
-    Redemption,
-)
-from services.points.store import (
-    SYSTEM_MALL,
-    Posting,
-    debit,
-    lock_member,
-)
+from services.points.book import SYSTEM_MALL, ItemState, MemberBook, MemberQuery, NewEntry, Posting
+from services.points.domain import Asset
+from services.points.models import MallItemRecord
 
 
 def upsert_mall_item(session: Session, *, shop_id: str, item: points_pb2.MallItem, now: datetime) -> MallItemRecord:
@@ -60,14 +49,28 @@ class RedemptionRefused(FailedPrecondition):
     reason = "REDEMPTION_REFUSED"
 
 
-def redeem(
-    session: Session, *, shop_id: str, request_id: str, customer_id: str, item_id: str, quantity: int, now: datetime
-) -> tuple[Entry, MallItemRecord]:
-    """Points for mall units: balance, window, limit and stock checked and changed in this transaction."""
-    lock_member(session, shop_id=shop_id, customer_id=customer_id)
-    item = session.get(MallItemRecord, (shop_id, item_id))
+def redeem_query(shop_id: str, customer_id: str, item_id: str, now: datetime) -> MemberQuery:
+    return MemberQuery(
+        shop_id=shop_id,
+        now=now,
+        customer_id=customer_id,
+        lots_of=frozenset({Asset.POINTS}),
+        item_id=item_id,
+        entry_ids=2,
+    )
+
+
+def redeem(book: MemberBook, *, request_id: str, item_id: str, quantity: int) -> tuple[NewEntry, ItemState]:
+    """Points for mall units: sale window, per-member limit, balance and stock, in that order.
+
+    The stock seen here may be stale by the time the book is written: the
+    storage path takes the units with a conditional update (and PostgreSQL's
+    `stock >= 0` check), which is what makes overselling impossible.
+    """
+    item = book.item
     if item is None:
         raise NotFound(f"mall item {item_id} does not exist in this shop", reason="ITEM_NOT_FOUND")
+    now = book.now
     if item.starts_at is not None and now < item.starts_at:
         raise RedemptionRefused(
             f"item {item_id} is on sale from {item.starts_at.isoformat()}", reason="ITEM_NOT_ON_SALE"
@@ -75,47 +78,21 @@ def redeem(
     if item.ends_at is not None and now >= item.ends_at:
         raise RedemptionRefused(f"item {item_id} was on sale until {item.ends_at.isoformat()}", reason="ITEM_EXPIRED")
     if item.per_customer_limit:
-        taken = session.scalar(
-            select(func.coalesce(func.sum(Redemption.quantity), 0)).where(
-                Redemption.shop_id == shop_id, Redemption.item_id == item_id, Redemption.customer_id == customer_id
-            )
-        )
-        if int(taken or 0) + quantity > item.per_customer_limit:
+        taken = item.redeemed_by_member
+        if taken + quantity > item.per_customer_limit:
             raise RedemptionRefused(
                 f"item {item_id} allows {item.per_customer_limit} per member; {taken} already redeemed",
                 reason="LIMIT_REACHED",
                 metadata={"limit": str(item.per_customer_limit), "redeemed": str(taken)},
             )
     cost = item.cost_points * quantity
-    posting = Posting(
-        shop_id=shop_id,
-        customer_id=customer_id,
-        asset=Asset.POINTS,
-        delta=-cost,
-        counter=SYSTEM_MALL,
-        kind="REDEEM",
-        request_id=request_id,
-        reason=f"{quantity} x {item_id}",
-    )
-    entry = debit(session, posting, now)
-    taken_stock = session.execute(
-        update(MallItemRecord)
-        .where(MallItemRecord.shop_id == shop_id, MallItemRecord.item_id == item_id, MallItemRecord.stock >= quantity)
-        .values(stock=MallItemRecord.stock - quantity)
-    )
-    if getattr(taken_stock, "rowcount", 0) != 1:
-        raise RedemptionRefused(f"item {item_id} has fewer than {quantity} units left", reason="OUT_OF_STOCK")
-    session.add(
-        Redemption(
-            shop_id=shop_id,
-            item_id=item_id,
-            customer_id=customer_id,
-            quantity=quantity,
-            points=cost,
-            transfer_id=posting.transfer_id,
-            created_at=now,
-        )
-    )
-    session.flush()
-    session.refresh(item)
+    posting = Posting(Asset.POINTS, -cost, SYSTEM_MALL, "REDEEM", request_id, f"{quantity} x {item_id}")
+    entry = book.debit(posting)
+    if item.stock < quantity:
+        raise out_of_stock(item_id, quantity)
+    book.redeem_item(item, quantity, cost, posting.transfer_id)
     return entry, item
+
+
+def out_of_stock(item_id: str, quantity: int) -> RedemptionRefused:
+    return RedemptionRefused(f"item {item_id} has fewer than {quantity} units left", reason="OUT_OF_STOCK")

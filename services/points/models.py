@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.db import UtcDateTime
@@ -143,6 +143,8 @@ class OrderSpend(Base):
 
 class MallItemRecord(Base):
     __tablename__ = "mall_items"
+    # What makes an oversell impossible on the hot path: its decrement fails here instead of going below zero.
+    __table_args__ = (CheckConstraint("stock >= 0", name="ck_mall_items_stock_not_negative"),)
 
     shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     item_id: Mapped[str] = mapped_column(String(64), primary_key=True)

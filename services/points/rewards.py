@@ -1,7 +1,8 @@
 """Event rewards (晒单, sign-in, referral, birthday), coupons, and campaign grants to segments.
 
 Each function runs inside the caller's transaction and follows the locking rule
-of `services.points.store`: the member lock first, then anything else.
+of `services.points.store`: the member lock first, then anything else. Points
+are credited through each member's book (`services.points.book`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
-from services.points.domain import (
-    Asset,
-)
+from services.points.book import SYSTEM_CAMPAIGNS, SYSTEM_REWARDS, MemberBook, MemberQuery, Posting
+from services.points.domain import Asset
 from services.points.expiry import expires_at
 from services.points.models import (
     Campaign,
@@ -26,14 +26,7 @@ from services.points.models import (
     RewardClaim,
 )
 from services.points.program import CouponTemplate, ProgramRules
-from services.points.store import (
-    SYSTEM_CAMPAIGNS,
-    SYSTEM_REWARDS,
-    Posting,
-    credit,
-    current_tier,
-    lock_member,
-)
+from services.points.store import lock_member, member_book, save_member
 from services.points.wallet import check_program_currency
 
 
@@ -136,12 +129,16 @@ def claim_reward(
     birthday_month: int,
     rules: ProgramRules,
     now: datetime,
-) -> RewardGrant:
-    """Grants an event's reward once per event key (the key, not the request id, is what makes it once)."""
+) -> tuple[RewardGrant, dict[str, MemberBook]]:
+    """Grants an event's reward once per event key (the key, not the request id, is what makes it once).
+
+    Returns the grant and the members' books (the claimer's account is shown from its book).
+    """
     today = now.astimezone(rules.zone).date()
     members = sorted({customer_id, referee_id} - {""})
-    for member in members:  # sorted: two claims locking the same pair never wait on each other in a cycle
-        lock_member(session, shop_id=shop_id, customer_id=member)
+    books = {  # locked in id order: two claims locking the same pair never wait on each other in a cycle
+        member: member_book(session, MemberQuery(shop_id=shop_id, now=now, customer_id=member)) for member in members
+    }
     if event == points_pb2.REWARD_EVENT_REVIEW_WITH_PHOTOS:
         earning = session.get(OrderEarning, (shop_id, order_id))
         if earning is None or earning.customer_id != customer_id:
@@ -155,9 +152,7 @@ def claim_reward(
     else:
         if birthday_month != today.month:
             raise RewardRefused(f"the birthday perk is claimed in the birthday month, not in month {today.month}")
-        tier = rules.tiers.by_code(
-            getattr(current_tier(session, shop_id=shop_id, customer_id=customer_id), "tier_code", "")
-        )
+        tier = rules.tiers.by_code(books[customer_id].tier_code())
         bonus = tier.birthday_bonus_points if tier else 0
         key, grants = f"birthday:{customer_id}:{today.year}", [(customer_id, rules.rewards["birthday"], bonus)]
     if all(not reward.points and not reward.coupon_template_id and not extra for _, reward, extra in grants):
@@ -173,25 +168,18 @@ def claim_reward(
     for member, reward, extra in grants:
         points = reward.points + extra
         if points:
-            posting = Posting(
-                shop_id=shop_id,
-                customer_id=member,
-                asset=Asset.POINTS,
-                delta=points,
-                counter=SYSTEM_REWARDS,
-                kind="REWARD",
-                request_id=request_id,
-                reason=key,
-            )
-            credit(session, posting, now, lot_expires_at=expires_at(rules.expiry, now, rules.zone))
+            posting = Posting(Asset.POINTS, points, SYSTEM_REWARDS, "REWARD", request_id, key)
+            books[member].credit(posting, lot_expires_at=expires_at(rules.expiry, now, rules.zone))
         granted_points.append(points)
         if reward.coupon_template_id:
             template = coupon_template(rules, reward.coupon_template_id)
             coupons.append(
                 issue_coupon(session, shop_id=shop_id, customer_id=member, template=template, source=key, now=now)
             )
+    for book in books.values():
+        save_member(session, book)
     session.flush()
-    return RewardGrant(granted_points[0], granted_points[1] if len(granted_points) > 1 else 0, coupons)
+    return RewardGrant(granted_points[0], granted_points[1] if len(granted_points) > 1 else 0, coupons), books
 
 
 # ---------------------------------------------------------------- campaign grants
@@ -254,7 +242,7 @@ def grant_campaign_page(
     for key, customer_id in sorted(keys.items(), key=lambda item: item[1]):  # members locked in id order
         if key in had:
             continue
-        lock_member(session, shop_id=campaign.shop_id, customer_id=customer_id)
+        book = member_book(session, MemberQuery(shop_id=campaign.shop_id, now=now, customer_id=customer_id))
         session.add(
             RewardClaim(
                 shop_id=campaign.shop_id,
@@ -266,16 +254,15 @@ def grant_campaign_page(
         )
         if campaign.points:
             posting = Posting(
-                shop_id=campaign.shop_id,
-                customer_id=customer_id,
-                asset=Asset.POINTS,
-                delta=campaign.points,
-                counter=SYSTEM_CAMPAIGNS,
-                kind="CAMPAIGN",
-                request_id=f"campaign-{campaign.campaign_id}"[:64],
-                reason=key,
+                Asset.POINTS,
+                campaign.points,
+                SYSTEM_CAMPAIGNS,
+                "CAMPAIGN",
+                f"campaign-{campaign.campaign_id}"[:64],
+                key,
             )
-            credit(session, posting, now, lot_expires_at=expires_at(rules.expiry, now, rules.zone))
+            book.credit(posting, lot_expires_at=expires_at(rules.expiry, now, rules.zone))
+        save_member(session, book)
         if template is not None:
             issue_coupon(
                 session, shop_id=campaign.shop_id, customer_id=customer_id, template=template, source=key, now=now

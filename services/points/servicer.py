@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -25,7 +25,21 @@ from services.common.paging import Cursor, decode_token, encode_token, page_size
 from services.common.server import ServiceContext
 from services.common.validation import check_amount, check_currency, check_id, check_text
 from services.points import earnings, erasure, mall, rewards, store, summary, wallet
+from services.points import tiers as tier_rules
+from services.points.book import (
+    SYSTEM_ADJUSTMENTS,
+    AccountView,
+    EarningState,
+    ItemState,
+    MemberBook,
+    MemberQuery,
+    NewEntry,
+    Posting,
+    rolling_since,
+)
 from services.points.domain import MAX_ADJUSTMENT, Asset, kept_share
+from services.points.expiry import expires_at
+from services.points.ledger import MemberLedger
 from services.points.models import CouponRecord, Entry, MallItemRecord, OrderEarning
 from services.points.program import ProgramRules, program_rules, with_defaults
 
@@ -40,14 +54,30 @@ PEER_TIMEOUT_SECONDS = 10.0
 ADJUSTABLE_ASSETS = frozenset({points_pb2.ASSET_POINTS, points_pb2.ASSET_GROWTH})
 
 
-def account_proto(view: store.AccountView) -> points_pb2.Account:
+def tier_status_proto(rules: ProgramRules, view: AccountView) -> points_pb2.TierStatus:
+    tier = rules.tiers.by_code(view.tier_code)
+    ahead = tier_rules.progress(rules.tiers, view.tier_code, view.tier_basis_value)
+    status = points_pb2.TierStatus(
+        code=view.tier_code,
+        name=tier.name if tier else "",
+        basis_value=view.tier_basis_value,
+        next_code=ahead.next_code,
+        to_next=ahead.to_next,
+    )
+    if view.tier_since is not None and view.tier_code:
+        status.since.FromDatetime(view.tier_since)
+    return status
+
+
+def account_proto(rules: ProgramRules, book: MemberBook) -> points_pb2.Account:
+    view = book.account(rules.tiers)
     account = points_pb2.Account(
         customer_id=view.customer_id,
         points_balance=view.points,
         growth_balance=view.growth,
         updated_at=to_timestamp(view.updated_at),
         pending_points=view.pending_points,
-        tier=view.tier,
+        tier=tier_status_proto(rules, view),
         stored_principal=view.stored_principal,
         stored_bonus=view.stored_bonus,
         rebate_balance=view.rebate,
@@ -58,9 +88,9 @@ def account_proto(view: store.AccountView) -> points_pb2.Account:
     return account
 
 
-def entry_proto(entry: Entry) -> points_pb2.LedgerEntry:
+def entry_proto(entry: Entry | NewEntry) -> points_pb2.LedgerEntry:
     return points_pb2.LedgerEntry(
-        entry_id=entry.id,
+        entry_id=entry.id or 0,
         customer_id=entry.holder,
         asset=entry.asset,  # type: ignore[arg-type]
         delta=entry.delta,
@@ -72,7 +102,7 @@ def entry_proto(entry: Entry) -> points_pb2.LedgerEntry:
     )
 
 
-def earning_proto(row: OrderEarning) -> points_pb2.Earning:
+def earning_proto(row: OrderEarning | EarningState) -> points_pb2.Earning:
     return points_pb2.Earning(
         order_id=row.order_id,
         customer_id=row.customer_id,
@@ -108,7 +138,7 @@ def coupon_proto(row: CouponRecord, now: datetime) -> points_pb2.Coupon:
     )
 
 
-def item_proto(row: MallItemRecord) -> points_pb2.MallItem:
+def item_proto(row: MallItemRecord | ItemState) -> points_pb2.MallItem:
     return points_pb2.MallItem(
         item_id=row.item_id,
         name=row.name,
@@ -153,6 +183,7 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
         self.programs = ProgramCache()
+        self.ledger = MemberLedger(ctx.db, ctx.clock)
 
     # -- helpers
 
@@ -160,9 +191,18 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         zone = self.ctx.settings.default_time_zone
         return self.programs.get(shop_id, lambda: store.load_program(session, shop_id=shop_id, default_zone=zone)[1])
 
-    def _account(self, session: Session, shop_id: str, customer_id: str, rules: ProgramRules) -> points_pb2.Account:
-        view = store.get_account(session, shop_id=shop_id, customer_id=customer_id, rules=rules, now=self.ctx.clock())
-        return account_proto(view)
+    def _rules(self, shop_id: str) -> ProgramRules:
+        """The shop's rules from the cache; read in a transaction of their own only when not cached."""
+        zone = self.ctx.settings.default_time_zone
+        return self.programs.get(
+            shop_id, lambda: self.ctx.db.run(lambda s: store.load_program(s, shop_id=shop_id, default_zone=zone)[1])
+        )
+
+    def _member_query(self, shop_id: str, customer_id: str, rules: ProgramRules, **parts: Any) -> MemberQuery:
+        now = self.ctx.clock()
+        return MemberQuery(
+            shop_id=shop_id, now=now, customer_id=customer_id, rolling_since=rolling_since(rules.tiers, now), **parts
+        )
 
     def _newest_first_page(
         self, request: MemberPageRequest, kind: str, fetch: Callable[..., Sequence[HasId]]
@@ -194,10 +234,11 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         v = Violations()
         check_id(v, request.customer_id, "customer_id")
         v.raise_if_any()
-        account = self.ctx.db.run(
-            lambda s: self._account(s, request.shop_id, request.customer_id, self._program(s, request.shop_id))
+        rules = self._rules(request.shop_id)
+        return self.ledger.read(
+            self._member_query(request.shop_id, request.customer_id, rules),
+            lambda book: points_pb2.GetAccountResponse(account=account_proto(rules, book)),
         )
-        return points_pb2.GetAccountResponse(account=account)
 
     def AdjustPoints(
         self, request: points_pb2.AdjustPointsRequest, context: grpc.ServicerContext
@@ -209,24 +250,26 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         v.check(abs(request.delta) <= MAX_ADJUSTMENT, "delta", f"must be within ±{MAX_ADJUSTMENT}")
         check_text(v, request.reason, "reason", max_length=200)
         v.raise_if_any()
+        rules = self._rules(request.shop_id)
+        asset = Asset(request.asset)
+        debited = frozenset({asset}) if request.delta < 0 else frozenset()
+        posting = Posting(asset, request.delta, SYSTEM_ADJUSTMENTS, "ADJUSTMENT", request.request_id, request.reason)
 
-        def apply(session: Session) -> points_pb2.AdjustPointsResponse:
-            rules = self._program(session, request.shop_id)
-            posting = store.Posting(
-                shop_id=request.shop_id,
-                customer_id=request.customer_id,
-                asset=Asset(request.asset),
-                delta=request.delta,
-                counter=store.SYSTEM_ADJUSTMENTS,
-                kind="ADJUSTMENT",
-                request_id=request.request_id,
-                reason=request.reason,
-            )
-            entry = store.adjust(session, posting, rules, self.ctx.clock())
-            account = self._account(session, request.shop_id, request.customer_id, rules)
-            return points_pb2.AdjustPointsResponse(entry=entry_proto(entry), account=account)
+        def adjust(book: MemberBook, _others: object) -> NewEntry:
+            """A merchant's manual adjustment; credited points expire like earned ones."""
+            if posting.delta > 0:
+                return book.credit(posting, lot_expires_at=expires_at(rules.expiry, book.now, rules.zone))
+            return book.debit(posting)
 
-        return self._mutate(request, points_pb2.AdjustPointsResponse, apply)
+        return self.ledger.mutate(
+            request,
+            points_pb2.AdjustPointsResponse,
+            self._member_query(request.shop_id, request.customer_id, rules, lots_of=debited, entry_ids=2),
+            adjust,
+            lambda book, entry: points_pb2.AdjustPointsResponse(
+                entry=entry_proto(entry), account=account_proto(rules, book)
+            ),
+        )
 
     def ListLedgerEntries(
         self, request: points_pb2.ListLedgerEntriesRequest, context: grpc.ServicerContext
@@ -324,22 +367,18 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         v.check(0 <= request.birthday_month <= 12, "birthday_month", "must be 1..12, or 0 when unknown")
         v.raise_if_any()
         assert order is not None
-
-        def apply(session: Session) -> points_pb2.EarnForOrderResponse:
-            rules = self._program(session, request.shop_id)
-            row = earnings.earn_for_order(
-                session,
-                shop_id=request.shop_id,
-                request_id=request.request_id,
-                order=order,
-                birthday_month=request.birthday_month,
-                rules=rules,
-                now=self.ctx.clock(),
-            )
-            account = self._account(session, request.shop_id, order.customer_id, rules)
-            return points_pb2.EarnForOrderResponse(earning=earning_proto(row), account=account)
-
-        return self._mutate(request, points_pb2.EarnForOrderResponse, apply)
+        rules = self._rules(request.shop_id)
+        return self.ledger.mutate(
+            request,
+            points_pb2.EarnForOrderResponse,
+            earnings.earn_query(request.shop_id, order, rules, self.ctx.clock()),
+            lambda book, _others: earnings.earn_for_order(
+                book, request_id=request.request_id, order=order, birthday_month=request.birthday_month, rules=rules
+            ),
+            lambda book, row: points_pb2.EarnForOrderResponse(
+                earning=earning_proto(row), account=account_proto(rules, book)
+            ),
+        )
 
     def PreviewEarn(
         self, request: points_pb2.PreviewEarnRequest, context: grpc.ServicerContext
@@ -349,12 +388,10 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         v.check(0 <= request.birthday_month <= 12, "birthday_month", "must be 1..12, or 0 when unknown")
         v.raise_if_any()
         assert order is not None
+        rules = self._rules(request.shop_id)
 
-        def preview(session: Session) -> points_pb2.PreviewEarnResponse:
-            rules = self._program(session, request.shop_id)
-            earning, growth = earnings.compute_earning(
-                session, shop_id=request.shop_id, order=order, birthday_month=request.birthday_month, rules=rules
-            )
+        def preview(book: MemberBook) -> points_pb2.PreviewEarnResponse:
+            earning, growth = earnings.compute_earning(book.facts, order, request.birthday_month, rules)
             return points_pb2.PreviewEarnResponse(
                 earning=points_pb2.Earning(
                     order_id=order.order_id,
@@ -367,7 +404,7 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
                 )
             )
 
-        return self.ctx.db.run(preview)
+        return self.ledger.read(earnings.earn_query(request.shop_id, order, rules, self.ctx.clock()), preview)
 
     def ConfirmOrder(
         self, request: points_pb2.ConfirmOrderRequest, context: grpc.ServicerContext
@@ -375,21 +412,18 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         v = Violations()
         check_id(v, request.order_id, "order_id")
         v.raise_if_any()
-
-        def apply(session: Session) -> points_pb2.ConfirmOrderResponse:
-            rules = self._program(session, request.shop_id)
-            row = earnings.confirm_order(
-                session,
-                shop_id=request.shop_id,
-                order_id=request.order_id,
-                request_id=request.request_id,
-                rules=rules,
-                now=self.ctx.clock(),
-            )
-            account = self._account(session, request.shop_id, row.customer_id, rules)
-            return points_pb2.ConfirmOrderResponse(earning=earning_proto(row), account=account)
-
-        return self._mutate(request, points_pb2.ConfirmOrderResponse, apply)
+        rules = self._rules(request.shop_id)
+        return self.ledger.mutate(
+            request,
+            points_pb2.ConfirmOrderResponse,
+            earnings.order_query(request.shop_id, request.order_id, rules, self.ctx.clock(), refund=False),
+            lambda book, _others: earnings.confirm_order(
+                book, order_id=request.order_id, request_id=request.request_id, rules=rules
+            ),
+            lambda book, row: points_pb2.ConfirmOrderResponse(
+                earning=earning_proto(row), account=account_proto(rules, book)
+            ),
+        )
 
     def RefundOrder(
         self, request: points_pb2.RefundOrderRequest, context: grpc.ServicerContext
@@ -399,28 +433,32 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         check_amount(v, request.amount.amount_minor, "amount.amount_minor", allow_zero=False)
         check_currency(v, request.amount.currency, "amount.currency")
         v.raise_if_any()
+        rules = self._rules(request.shop_id)
 
-        def apply(session: Session) -> points_pb2.RefundOrderResponse:
-            rules = self._program(session, request.shop_id)
-            outcome = earnings.refund_order(
-                session,
-                shop_id=request.shop_id,
+        def refund(book: MemberBook, others: Callable[[str], MemberBook]) -> earnings.RefundOutcome:
+            return earnings.refund_order(
+                book,
                 order_id=request.order_id,
                 request_id=request.request_id,
                 amount_minor=request.amount.amount_minor,
                 currency=request.amount.currency,
-                now=self.ctx.clock(),
+                payer_book=others,
             )
-            return points_pb2.RefundOrderResponse(
+
+        return self.ledger.mutate(
+            request,
+            points_pb2.RefundOrderResponse,
+            earnings.order_query(request.shop_id, request.order_id, rules, self.ctx.clock(), refund=True),
+            refund,
+            lambda book, outcome: points_pb2.RefundOrderResponse(
                 earning=earning_proto(outcome.earning),
                 points_clawed_back=outcome.points_clawed_back,
                 growth_clawed_back=outcome.growth_clawed_back,
                 points_restored=outcome.points_restored,
                 points_not_restored_expired=outcome.points_not_restored_expired,
-                account=self._account(session, request.shop_id, outcome.earning.customer_id, rules),
-            )
-
-        return self._mutate(request, points_pb2.RefundOrderResponse, apply)
+                account=account_proto(rules, book),
+            ),
+        )
 
     # -- spending and the mall
 
@@ -434,28 +472,27 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         check_currency(v, request.order_amount.currency, "order_amount.currency")
         v.check(0 < request.points <= MAX_SPEND_POINTS, "points", f"must be 1..{MAX_SPEND_POINTS}")
         v.raise_if_any()
-
-        def apply(session: Session) -> points_pb2.SpendPointsResponse:
-            rules = self._program(session, request.shop_id)
-            entry, discount = earnings.spend_points(
-                session,
-                shop_id=request.shop_id,
+        rules = self._rules(request.shop_id)
+        currency = request.order_amount.currency
+        return self.ledger.mutate(
+            request,
+            points_pb2.SpendPointsResponse,
+            self._member_query(
+                request.shop_id, request.customer_id, rules, lots_of=frozenset({Asset.POINTS}), entry_ids=2
+            ),
+            lambda book, _others: earnings.spend_points(
+                book,
                 request_id=request.request_id,
-                customer_id=request.customer_id,
                 order_id=request.order_id,
                 order_amount_minor=request.order_amount.amount_minor,
-                currency=request.order_amount.currency,
+                currency=currency,
                 points=request.points,
                 rules=rules,
-                now=self.ctx.clock(),
-            )
-            return points_pb2.SpendPointsResponse(
-                entry=entry_proto(entry),
-                discount=to_money(discount, request.order_amount.currency),
-                account=self._account(session, request.shop_id, request.customer_id, rules),
-            )
-
-        return self._mutate(request, points_pb2.SpendPointsResponse, apply)
+            ),
+            lambda book, spent: points_pb2.SpendPointsResponse(
+                entry=entry_proto(spent[0]), discount=to_money(spent[1], currency), account=account_proto(rules, book)
+            ),
+        )
 
     def UpsertMallItem(
         self, request: points_pb2.UpsertMallItemRequest, context: grpc.ServicerContext
@@ -499,25 +536,25 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         check_id(v, request.item_id, "item_id")
         v.check(1 <= request.quantity <= MAX_REDEEM_QUANTITY, "quantity", f"must be 1..{MAX_REDEEM_QUANTITY}")
         v.raise_if_any()
-
-        def apply(session: Session) -> points_pb2.RedeemResponse:
-            rules = self._program(session, request.shop_id)
-            entry, item = mall.redeem(
-                session,
-                shop_id=request.shop_id,
-                request_id=request.request_id,
-                customer_id=request.customer_id,
+        rules = self._rules(request.shop_id)
+        return self.ledger.mutate(
+            request,
+            points_pb2.RedeemResponse,
+            self._member_query(
+                request.shop_id,
+                request.customer_id,
+                rules,
+                lots_of=frozenset({Asset.POINTS}),
                 item_id=request.item_id,
-                quantity=request.quantity,
-                now=self.ctx.clock(),
-            )
-            return points_pb2.RedeemResponse(
-                entry=entry_proto(entry),
-                item=item_proto(item),
-                account=self._account(session, request.shop_id, request.customer_id, rules),
-            )
-
-        return self._mutate(request, points_pb2.RedeemResponse, apply)
+                entry_ids=2,
+            ),
+            lambda book, _others: mall.redeem(
+                book, request_id=request.request_id, item_id=request.item_id, quantity=request.quantity
+            ),
+            lambda book, redeemed: points_pb2.RedeemResponse(
+                entry=entry_proto(redeemed[0]), item=item_proto(redeemed[1]), account=account_proto(rules, book)
+            ),
+        )
 
     # -- stored value and rebate credit
 
@@ -539,27 +576,23 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         check_id(v, request.top_up_id, "top_up_id")
         self._check_money(v, request.paid, "paid")
         v.raise_if_any()
-
-        def apply(session: Session) -> points_pb2.TopUpResponse:
-            rules = self._program(session, request.shop_id)
-            record = wallet.top_up(
-                session,
-                shop_id=request.shop_id,
+        rules = self._rules(request.shop_id)
+        return self.ledger.mutate(
+            request,
+            points_pb2.TopUpResponse,
+            self._member_query(request.shop_id, request.customer_id, rules, top_up_id=request.top_up_id, entry_ids=4),
+            lambda book, _others: wallet.top_up(
+                book,
                 request_id=request.request_id,
-                customer_id=request.customer_id,
                 top_up_id=request.top_up_id,
                 paid_minor=request.paid.amount_minor,
                 currency=request.paid.currency,
                 rules=rules,
-                now=self.ctx.clock(),
-            )
-            return points_pb2.TopUpResponse(
-                principal_minor=record.paid_minor,
-                bonus_minor=record.bonus_minor,
-                account=self._account(session, request.shop_id, request.customer_id, rules),
-            )
-
-        return self._mutate(request, points_pb2.TopUpResponse, apply)
+            ),
+            lambda book, record: points_pb2.TopUpResponse(
+                principal_minor=record.paid_minor, bonus_minor=record.bonus_minor, account=account_proto(rules, book)
+            ),
+        )
 
     def RefundTopUp(
         self, request: points_pb2.RefundTopUpRequest, context: grpc.ServicerContext
@@ -567,22 +600,22 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         v = Violations()
         check_id(v, request.top_up_id, "top_up_id")
         v.raise_if_any()
+        rules = self._rules(request.shop_id)
 
         def apply(session: Session) -> points_pb2.RefundTopUpResponse:
-            rules = self._program(session, request.shop_id)
-            refund = wallet.refund_top_up(
-                session,
-                shop_id=request.shop_id,
-                request_id=request.request_id,
-                top_up_id=request.top_up_id,
-                now=self.ctx.clock(),
+            owner = store.top_up_owner(session, shop_id=request.shop_id, top_up_id=request.top_up_id)
+            query = self._member_query(
+                request.shop_id, owner, rules, top_up_id=request.top_up_id, lots_of=wallet.STORED_VALUE
             )
+            book = store.member_book(session, query)
+            refund = wallet.refund_top_up(book, request_id=request.request_id, top_up_id=request.top_up_id)
+            store.save_member(session, book)
             return points_pb2.RefundTopUpResponse(
                 refund=to_money(refund.refund_minor, refund.currency),
                 principal_removed_minor=refund.principal_removed,
                 bonus_removed_minor=refund.bonus_removed,
                 bonus_spent_deducted_minor=refund.bonus_spent,
-                account=self._account(session, request.shop_id, refund.customer_id, rules),
+                account=account_proto(rules, book),
             )
 
         return self._mutate(request, points_pb2.RefundTopUpResponse, apply)
@@ -591,52 +624,47 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         self, request: points_pb2.SpendStoredValueRequest, context: grpc.ServicerContext
     ) -> points_pb2.SpendStoredValueResponse:
         self._check_payment(request)
-
-        def apply(session: Session) -> points_pb2.SpendStoredValueResponse:
-            rules = self._program(session, request.shop_id)
-            principal, bonus = wallet.spend_stored_value(
-                session,
-                shop_id=request.shop_id,
+        rules = self._rules(request.shop_id)
+        return self.ledger.mutate(
+            request,
+            points_pb2.SpendStoredValueResponse,
+            self._member_query(request.shop_id, request.customer_id, rules, lots_of=wallet.STORED_VALUE, entry_ids=4),
+            lambda book, _others: wallet.spend_stored_value(
+                book,
                 request_id=request.request_id,
-                customer_id=request.customer_id,
                 order_id=request.order_id,
                 amount_minor=request.amount.amount_minor,
                 currency=request.amount.currency,
                 rules=rules,
-                now=self.ctx.clock(),
-            )
-            return points_pb2.SpendStoredValueResponse(
-                principal_minor=principal,
-                bonus_minor=bonus,
-                account=self._account(session, request.shop_id, request.customer_id, rules),
-            )
-
-        return self._mutate(request, points_pb2.SpendStoredValueResponse, apply)
+            ),
+            lambda book, drawn: points_pb2.SpendStoredValueResponse(
+                principal_minor=drawn[0], bonus_minor=drawn[1], account=account_proto(rules, book)
+            ),
+        )
 
     def SpendRebate(
         self, request: points_pb2.SpendRebateRequest, context: grpc.ServicerContext
     ) -> points_pb2.SpendRebateResponse:
         self._check_payment(request)
-
-        def apply(session: Session) -> points_pb2.SpendRebateResponse:
-            rules = self._program(session, request.shop_id)
-            entry = wallet.spend_rebate(
-                session,
-                shop_id=request.shop_id,
+        rules = self._rules(request.shop_id)
+        return self.ledger.mutate(
+            request,
+            points_pb2.SpendRebateResponse,
+            self._member_query(
+                request.shop_id, request.customer_id, rules, lots_of=frozenset({Asset.REBATE}), entry_ids=2
+            ),
+            lambda book, _others: wallet.spend_rebate(
+                book,
                 request_id=request.request_id,
-                customer_id=request.customer_id,
                 order_id=request.order_id,
                 amount_minor=request.amount.amount_minor,
                 currency=request.amount.currency,
                 rules=rules,
-                now=self.ctx.clock(),
-            )
-            return points_pb2.SpendRebateResponse(
-                entry=entry_proto(entry),
-                account=self._account(session, request.shop_id, request.customer_id, rules),
-            )
-
-        return self._mutate(request, points_pb2.SpendRebateResponse, apply)
+            ),
+            lambda book, entry: points_pb2.SpendRebateResponse(
+                entry=entry_proto(entry), account=account_proto(rules, book)
+            ),
+        )
 
     # -- rewards and coupons
 
@@ -658,7 +686,7 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         def apply(session: Session) -> points_pb2.ClaimRewardResponse:
             rules = self._program(session, request.shop_id)
             now = self.ctx.clock()
-            grant = rewards.claim_reward(
+            grant, books = rewards.claim_reward(
                 session,
                 shop_id=request.shop_id,
                 request_id=request.request_id,
@@ -674,7 +702,7 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
                 points=grant.points,
                 referee_points=grant.referee_points,
                 coupons=[coupon_proto(c, now) for c in grant.coupons],
-                account=self._account(session, request.shop_id, request.customer_id, rules),
+                account=account_proto(rules, books[request.customer_id]),
             )
 
         return self._mutate(request, points_pb2.ClaimRewardResponse, apply)

@@ -1,81 +1,93 @@
-"""The points ledger: programs, balances, lots, accounts, tiers, expiry and reconciliation.
+"""Points storage on SQLAlchemy Core: programs, member books, and the set-based reads.
 
-Use cases built on it live beside it: `earnings` (orders, refunds, points as
-payment), `mall`, `wallet` (stored value, rebate credit), `rewards` (event
-rewards, coupons) and `erasure`. Each function runs inside the caller's
-transaction.
+The member ledger rules live in `services.points.book`; this module reads a
+member's facts into a book (`load_member`) and writes what the book changed
+(`save_member`), inside the caller's transaction. It is the storage path of
+the embedded SQLite default and of every PostgreSQL use case off the hot path
+(`services.points.fast` serves the hot path on PostgreSQL with the same books).
 
 Locking rule: every change to a member's balances, lots, earnings or
-redemptions first takes `lock_member` (the member's points balance row, FOR
-UPDATE). One member's mutations are therefore serial on every replica, while
-different members never wait on each other. Mall stock is changed with a
-conditional UPDATE after the member lock, so the lock order is always
-member → item.
+redemptions first takes `lock_member`, a write to the member's points balance
+row (created when missing). One member's mutations are therefore serial on
+every replica, while different members never wait on each other; the write
+also changes the row's version, which is what the hot path's optimistic
+writes check. Mall stock is changed with a conditional update after the
+member lock, so the lock order is always member -> item.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from loyalty.points.v1 import points_pb2
-from sqlalchemy import String, and_, bindparam, case, func, or_, select
+from sqlalchemy import ColumnElement, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, make_transient_to_detached
-from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.orm.util import identity_key
+from sqlalchemy.orm import Session
 
-from services.common.db import UtcDateTime, on_postgres
-from services.common.errors import FailedPrecondition, Violations
-from services.points import tiers as tier_rules
-from services.points.domain import (
-    Asset,
-    apply_delta,
+from services.common.db import on_postgres
+from services.common.errors import FailedPrecondition, NotFound, Violations
+from services.points.book import (
+    LOT_ASSETS,
+    BalanceRow,
+    EarningState,
+    ItemState,
+    LotState,
+    LotUseState,
+    MemberBook,
+    MemberFacts,
+    MemberQuery,
+    PendingEarning,
+    SpendState,
+    TierState,
+    TopUpState,
+    summarize_lots,
 )
-from services.points.expiry import LotBalance, expires_at, plan_consumption
+from services.points.domain import ACTIVE, PENDING, REFUNDED, Asset
+from services.points.mall import out_of_stock
 from services.points.models import (
     Balance,
     Entry,
     Lot,
     LotUse,
+    MallItemRecord,
     MemberTier,
     OrderEarning,
     OrderSpend,
     ProgramRecord,
+    Redemption,
     TierChange,
+    TopUpRecord,
 )
 from services.points.program import ProgramRules, program_rules, with_defaults
 
-# Counter accounts: where value comes from and goes to, so every transfer sums to zero.
-SYSTEM_ADJUSTMENTS = "@adjustments"
-SYSTEM_EARNED = "@earned"
-SYSTEM_REFUNDS = "@refunds"
-SYSTEM_SPENT = "@spent"
-SYSTEM_MALL = "@mall"
-SYSTEM_EXPIRED = "@expired"
-SYSTEM_TOP_UPS = "@top_ups"
-SYSTEM_REWARDS = "@rewards"
-SYSTEM_CAMPAIGNS = "@campaigns"
-LOT_ASSETS = frozenset({Asset.POINTS, Asset.STORED_PRINCIPAL, Asset.STORED_BONUS, Asset.REBATE})
-EXPIRING_ASSETS = (Asset.POINTS, Asset.REBATE)
 
-PENDING = points_pb2.EARNING_STATE_PENDING
-ACTIVE = points_pb2.EARNING_STATE_ACTIVE
-REFUNDED = points_pb2.EARNING_STATE_REFUNDED
+def _table(model: Any) -> Table:
+    table: Table = model.__table__
+    return table
 
 
-# The SQL twin of `domain.kept_share` for an earning's points: integer division
-# of non-negative numbers truncates, which is floor, on PostgreSQL and SQLite alike.
-KEPT_POINTS = case(
-    (
-        OrderEarning.paid_minor > 0,
-        OrderEarning.earned_points * (OrderEarning.paid_minor - OrderEarning.refunded_minor) / OrderEarning.paid_minor,
-    ),
-    (OrderEarning.refunded_minor > 0, 0),
-    else_=OrderEarning.earned_points,
+BALANCES, ENTRIES, LOTS, LOT_USES = _table(Balance), _table(Entry), _table(Lot), _table(LotUse)
+EARNINGS, SPENDS, TIERS, TIER_CHANGES = _table(OrderEarning), _table(OrderSpend), _table(MemberTier), _table(TierChange)
+ITEMS, REDEMPTIONS, TOP_UPS = _table(MallItemRecord), _table(Redemption), _table(TopUpRecord)
+EARNING_COLUMNS = (
+    "order_id",
+    "customer_id",
+    "fingerprint",
+    "paid_at",
+    "paid_minor",
+    "currency",
+    "earned_points",
+    "earned_growth",
+    "earned_rebate",
+    "breakdown",
+    "refunded_minor",
+    "state",
+    "activates_at",
+    "activated_at",
+    "created_at",
 )
 
 
@@ -105,342 +117,428 @@ def save_program(session: Session, *, shop_id: str, program: points_pb2.Program,
     session.flush()
 
 
-# ---------------------------------------------------------------- ledger
+# ---------------------------------------------------------------- member books
 
 
-def lock_member(session: Session, *, shop_id: str, customer_id: str) -> Balance:
-    """The member's points balance row, created if missing and locked until the transaction ends."""
-    return lock_balance(session, shop_id=shop_id, holder=customer_id, asset=Asset.POINTS)
+def _upsert(session: Session, table: Table) -> Any:
+    return (pg_insert if on_postgres(session) else sqlite_insert)(table)
 
 
-def lock_balance(session: Session, *, shop_id: str, holder: str, asset: Asset) -> Balance:
-    """A balance row, created if missing, locked until the transaction ends (locked once per transaction)."""
-    return lock_balances(session, shop_id=shop_id, holder=holder, assets=(asset,))[asset]
-
-
-def _persistent_balance(
-    session: Session, shop_id: str, holder: str, asset: int, balance: int, updated_at: datetime | None
-) -> Balance:
-    """The session's Balance for a row just read by a Core statement, without loading it again.
-
-    (An ORM-enabled upsert returning entities costs several times the statement itself.)
-    """
-    key = identity_key(Balance, (shop_id, holder, asset))
-    held = session.identity_map.get(key)
-    if held is not None:
-        row: Balance = held
-        set_committed_value(row, "balance", balance)
-        set_committed_value(row, "updated_at", updated_at)
-        return row
-    row = Balance(shop_id=shop_id, holder=holder, asset=asset, balance=balance, updated_at=updated_at)
-    make_transient_to_detached(row)
-    session.add(row)
-    return row
-
-
-def lock_balances(session: Session, *, shop_id: str, holder: str, assets: Sequence[Asset]) -> dict[Asset, Balance]:
-    """Several balance rows of one holder, created if missing and locked, in one statement.
-
-    An upsert whose no-op update takes the row lock and returns the row, instead
-    of insert-if-missing followed by SELECT ... FOR UPDATE; rows are locked in
-    asset order (points, the member lock, first). Rows this transaction already
-    locked are answered from the session without a statement.
-    """
-    locked: dict[tuple[str, str, int], Balance] = session.info.setdefault("locked_balances", {})
-    wanted = sorted({int(asset) for asset in assets})
-    missing = [asset for asset in wanted if (shop_id, holder, asset) not in locked]
-    if missing:
-        dialect_insert = pg_insert if on_postgres(session) else sqlite_insert
-        upsert = dialect_insert(Balance).values(
-            [{"shop_id": shop_id, "holder": holder, "asset": asset, "balance": 0} for asset in missing]
+def lock_member(session: Session, *, shop_id: str, customer_id: str) -> None:
+    """Takes the member lock: the points balance row, created if missing, written and so locked until commit."""
+    statement = _upsert(session, BALANCES).values(
+        shop_id=shop_id, holder=customer_id, asset=int(Asset.POINTS), balance=0
+    )
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[BALANCES.c.shop_id, BALANCES.c.holder, BALANCES.c.asset],
+            set_={"balance": BALANCES.c.balance},  # a no-op update: it takes the row lock and a new row version
         )
-        statement = upsert.on_conflict_do_update(
-            index_elements=[Balance.shop_id, Balance.holder, Balance.asset],
-            set_={"balance": Balance.balance},  # a no-op update: it only takes the row lock
-        ).returning(Balance.asset, Balance.balance, Balance.updated_at)
-        for asset, balance, updated_at in session.execute(statement).all():
-            locked[(shop_id, holder, asset)] = _persistent_balance(session, shop_id, holder, asset, balance, updated_at)
-    return {Asset(asset): locked[(shop_id, holder, asset)] for asset in wanted}
+    )
 
 
-@dataclass(frozen=True)
-class Posting:
-    """What a transfer is: who, which asset, how much, why. `delta` is the member's side."""
-
-    shop_id: str
-    customer_id: str
-    asset: Asset
-    delta: int
-    counter: str
-    kind: str
-    request_id: str
-    reason: str = ""
-
-    @property
-    def transfer_id(self) -> str:
-        return f"{self.request_id}:{self.kind}"
+def _member(table: Table, shop_id: str, customer_id: str, column: str = "customer_id") -> ColumnElement[bool]:
+    return and_(table.c.shop_id == shop_id, table.c[column] == customer_id)
 
 
-def post(session: Session, balance: Balance, posting: Posting, now: datetime, *, allow_negative: bool) -> Entry:
-    """Writes both sides of a transfer and moves the (already locked) cached balance."""
-    movement = apply_delta(balance.balance, posting.delta, allow_negative=allow_negative)
-    balance.balance = movement.after
-    balance.updated_at = now
-    common = {
-        "shop_id": posting.shop_id,
-        "transfer_id": posting.transfer_id,
-        "asset": int(posting.asset),
-        "kind": posting.kind,
-        "reason": posting.reason,
-        "request_id": posting.request_id,
-        "created_at": now,
-    }
-    member_entry = Entry(holder=posting.customer_id, delta=posting.delta, balance_after=movement.after, **common)
-    session.add_all([member_entry, Entry(holder=posting.counter, delta=-posting.delta, balance_after=None, **common)])
-    return member_entry  # flushed with the rest of the transaction; callers that need its id flush
+def _earning(row: Any) -> EarningState:
+    return EarningState(**{name: getattr(row, name) for name in EARNING_COLUMNS})
 
 
-def credit(session: Session, posting: Posting, now: datetime, *, lot_expires_at: datetime | None = None) -> Entry:
-    """A credit; for lot assets, the part that does not repay a negative balance becomes a new lot."""
-    balance = lock_balance(session, shop_id=posting.shop_id, holder=posting.customer_id, asset=posting.asset)
-    before = balance.balance
-    entry = post(session, balance, posting, now, allow_negative=True)
-    lot_part = max(0, balance.balance) - max(0, before)
-    if posting.asset in LOT_ASSETS and lot_part > 0:
-        session.add(
-            Lot(
-                shop_id=posting.shop_id,
-                customer_id=posting.customer_id,
-                asset=int(posting.asset),
-                transfer_id=posting.transfer_id,
-                amount=posting.delta,
-                remaining=lot_part,
-                earned_at=now,
-                expires_at=lot_expires_at,
+def _lot(row: Any) -> LotState:
+    return LotState(row.id, Asset(row.asset), row.transfer_id, row.amount, row.remaining, row.earned_at, row.expires_at)
+
+
+def _earning_row(session: Session, shop_id: str, order_id: str) -> Any:
+    return session.execute(
+        select(EARNINGS).where(EARNINGS.c.shop_id == shop_id, EARNINGS.c.order_id == order_id)
+    ).first()
+
+
+def load_member(session: Session, query: MemberQuery, *, lock: bool = True) -> MemberFacts:
+    """The member's facts `query` asks for, read in the caller's transaction (after the member lock when `lock`).
+
+    A query by order whose earning does not exist gives facts with no
+    customer and no earning: the use case answers NOT_FOUND.
+    """
+    shop_id, now = query.shop_id, query.now
+    customer_id = query.customer_id
+    if not customer_id:
+        found = _earning_row(session, shop_id, query.order_id)
+        if found is None:
+            return MemberFacts(shop_id=shop_id, customer_id="", now=now)
+        customer_id = found.customer_id
+    if lock:
+        lock_member(session, shop_id=shop_id, customer_id=customer_id)
+    facts = MemberFacts(
+        shop_id=shop_id, customer_id=customer_id, now=now, lots_of=query.lots_of, rolling_since=query.rolling_since
+    )
+    for asset, balance, updated_at in session.execute(
+        select(BALANCES.c.asset, BALANCES.c.balance, BALANCES.c.updated_at).where(
+            _member(BALANCES, shop_id, customer_id, "holder")
+        )
+    ):
+        facts.balances[Asset(asset)] = BalanceRow(balance, updated_at)
+    live = [
+        _lot(row)
+        for row in session.execute(
+            select(LOTS).where(
+                _member(LOTS, shop_id, customer_id),
+                LOTS.c.remaining > 0,
+                LOTS.c.asset.in_([int(a) for a in {*query.lots_of, Asset.POINTS, Asset.REBATE}]),
             )
         )
-    return entry
+    ]
+    facts.lots = [lot for lot in live if lot.asset in query.lots_of]
+    facts.summary = summarize_lots((lot for lot in live if lot.asset not in query.lots_of), now)
+    facts.pending = [
+        PendingEarning(row.order_id, row.earned_points, row.paid_minor, row.refunded_minor)
+        for row in session.execute(
+            select(EARNINGS).where(_member(EARNINGS, shop_id, customer_id), EARNINGS.c.state == PENDING)
+        )
+    ]
+    tier = session.execute(select(TIERS).where(_member(TIERS, shop_id, customer_id))).first()
+    if tier is not None:
+        facts.tier = TierState(tier.tier_code, tier.since, tier.reviewed_at)
+    if query.rolling_since is not None:
+        facts.rolling_spend = int(
+            session.scalar(
+                select(func.coalesce(func.sum(EARNINGS.c.paid_minor - EARNINGS.c.refunded_minor), 0)).where(
+                    _member(EARNINGS, shop_id, customer_id),
+                    EARNINGS.c.state == ACTIVE,
+                    EARNINGS.c.paid_at >= query.rolling_since,
+                )
+            )
+            or 0
+        )
+    if query.order_id:
+        row = _earning_row(session, shop_id, query.order_id)
+        facts.earning = _earning(row) if row is not None else None
+    if query.earn_day is not None:
+        _load_earn_facts(session, facts, query)
+    if query.order_spends:
+        _load_order_spends(session, facts, query.order_id)
+    if query.item_id:
+        _load_item(session, facts, query.item_id)
+    if query.top_up_id:
+        record = session.execute(
+            select(TOP_UPS).where(TOP_UPS.c.shop_id == shop_id, TOP_UPS.c.top_up_id == query.top_up_id)
+        ).first()
+        if record is not None:
+            facts.top_up = TopUpState(
+                record.top_up_id,
+                record.customer_id,
+                record.transfer_id,
+                record.paid_minor,
+                record.bonus_minor,
+                record.currency,
+                record.refunded_at,
+                record.created_at,
+            )
+    return facts
 
 
-def debit(session: Session, posting: Posting, now: datetime, *, allow_negative: bool = False) -> Entry:
-    """A debit (posting.delta < 0) that consumes lots soonest-expiring first, recording what it took.
-
-    Lots that expired but were not swept yet are expired first, so a member
-    never spends points that are already gone.
-    """
-    balance = lock_balance(session, shop_id=posting.shop_id, holder=posting.customer_id, asset=posting.asset)
-    if posting.asset not in LOT_ASSETS:
-        entry = post(session, balance, posting, now, allow_negative=allow_negative)
-        session.flush()
-        return entry
-    held = member_lots(session, shop_id=posting.shop_id, customer_id=posting.customer_id, asset=posting.asset)
-    expire_lots(session, balance, [lot for lot in held if lot.expires_at is not None and lot.expires_at <= now], now)
-    lots = [lot for lot in held if lot.expires_at is None or lot.expires_at > now]
-    before = balance.balance
-    entry = post(session, balance, posting, now, allow_negative=allow_negative)
-    from_lots = max(0, before) - max(0, balance.balance)
-    by_id = {lot.id: lot for lot in lots}
-    plan = plan_consumption([LotBalance(lot.id, lot.remaining, lot.expires_at) for lot in lots], from_lots)
-    for lot_id, take in plan:
-        by_id[lot_id].remaining -= take
-        session.add(LotUse(shop_id=posting.shop_id, transfer_id=posting.transfer_id, lot_id=lot_id, amount=take))
-    session.flush()
-    return entry
+def _load_earn_facts(session: Session, facts: MemberFacts, query: MemberQuery) -> None:
+    """Whether the member earned on another order before, and the points other orders earned that local day."""
+    assert query.earn_day is not None
+    others = (
+        _member(EARNINGS, facts.shop_id, facts.customer_id),
+        EARNINGS.c.order_id != query.order_id,
+        EARNINGS.c.state != REFUNDED,
+    )
+    facts.first_order = session.execute(select(EARNINGS.c.order_id).where(*others).limit(1)).first() is None
+    day_start, day_end = query.earn_day
+    facts.earned_today = int(
+        session.scalar(
+            select(func.coalesce(func.sum(EARNINGS.c.earned_points), 0)).where(
+                *others, EARNINGS.c.paid_at >= day_start, EARNINGS.c.paid_at < day_end
+            )
+        )
+        or 0
+    )
 
 
-def member_lots(session: Session, *, shop_id: str, customer_id: str, asset: Asset) -> Sequence[Lot]:
-    """The member's lots that still hold something, expired or not."""
-    return session.scalars(
-        select(Lot).where(
-            Lot.shop_id == shop_id, Lot.customer_id == customer_id, Lot.asset == int(asset), Lot.remaining > 0
+def _load_order_spends(session: Session, facts: MemberFacts, order_id: str) -> None:
+    """What was spent toward the order, the lot uses of those spends not given back yet, and their lots."""
+    spends = session.execute(
+        select(SPENDS)
+        .where(SPENDS.c.shop_id == facts.shop_id, SPENDS.c.order_id == order_id)
+        .order_by(SPENDS.c.transfer_id)
+    ).all()
+    facts.spends = [
+        SpendState(s.transfer_id, s.order_id, s.customer_id, Asset(s.asset), s.amount, s.restored) for s in spends
+    ]
+    if not spends:
+        return
+    uses = session.execute(
+        select(LOT_USES).where(
+            LOT_USES.c.shop_id == facts.shop_id,
+            LOT_USES.c.transfer_id.in_([s.transfer_id for s in spends]),
+            LOT_USES.c.amount > LOT_USES.c.restored,
         )
     ).all()
+    facts.lot_uses = [LotUseState(u.id, u.transfer_id, u.lot_id, u.amount, u.restored) for u in uses]
+    known = {lot.id for lot in facts.lots}
+    wanted = sorted({u.lot_id for u in uses} - known)
+    if wanted:
+        facts.lots += [_lot(row) for row in session.execute(select(LOTS).where(LOTS.c.id.in_(wanted)))]
 
 
-def expire_member_lots(session: Session, balance: Balance, asset: Asset, now: datetime) -> int:
-    """Expires the member's lots whose time has come (the balance row is locked); returns the points expired."""
-    held = member_lots(session, shop_id=balance.shop_id, customer_id=balance.holder, asset=asset)
-    return expire_lots(
-        session, balance, [lot for lot in held if lot.expires_at is not None and lot.expires_at <= now], now
+def _load_item(session: Session, facts: MemberFacts, item_id: str) -> None:
+    row = session.execute(select(ITEMS).where(ITEMS.c.shop_id == facts.shop_id, ITEMS.c.item_id == item_id)).first()
+    if row is None:
+        return
+    taken = 0
+    if row.per_customer_limit:
+        taken = int(
+            session.scalar(
+                select(func.coalesce(func.sum(REDEMPTIONS.c.quantity), 0)).where(
+                    REDEMPTIONS.c.shop_id == facts.shop_id,
+                    REDEMPTIONS.c.item_id == item_id,
+                    REDEMPTIONS.c.customer_id == facts.customer_id,
+                )
+            )
+            or 0
+        )
+    facts.item = ItemState(
+        row.item_id, row.name, row.cost_points, row.stock, row.starts_at, row.ends_at, row.per_customer_limit, taken
     )
 
 
-def expire_lots(session: Session, balance: Balance, due: Sequence[Lot], now: datetime) -> int:
-    total = 0
-    for lot in due:
-        posting = Posting(
-            shop_id=lot.shop_id,
-            customer_id=lot.customer_id,
-            asset=Asset(lot.asset),
-            delta=-lot.remaining,
-            counter=SYSTEM_EXPIRED,
-            kind="EXPIRY",
-            request_id=f"expiry-{lot.id}",
-            reason=f"lot earned {lot.earned_at:%Y-%m-%d} expired",
-        )
-        post(session, balance, posting, now, allow_negative=False)
-        total += lot.remaining
-        lot.remaining = 0
-    return total
+def save_member(session: Session, book: MemberBook) -> None:
+    """Writes everything the book changed, in the caller's transaction (which holds the member lock).
 
-
-def record_spend(session: Session, posting: Posting, order_id: str) -> None:
-    """Remembers what a debit paid for an order, so refunds of the order can give a share back."""
-    session.add(
-        OrderSpend(
-            transfer_id=posting.transfer_id,
-            shop_id=posting.shop_id,
-            order_id=order_id,
-            customer_id=posting.customer_id,
-            asset=int(posting.asset),
-            amount=-posting.delta,
-            restored=0,
-        )
-    )
-
-
-def restore_to_lots(session: Session, posting: Posting, used_by: str, now: datetime) -> tuple[int, int]:
-    """Gives back up to `posting.delta` of what transfer `used_by` took, to the lots it took from.
-
-    The most recently consumed lots come back first. What belonged to lots that
-    have expired since is not given back. Returns (restored, not restored
-    because expired).
+    Entries get their ids here, in posting order. A redemption takes its units
+    with a conditional update: fewer left than asked is OUT_OF_STOCK, and the
+    transaction must then roll back.
     """
-    uses = session.scalars(
-        select(LotUse)
-        .where(LotUse.shop_id == posting.shop_id, LotUse.transfer_id == used_by, LotUse.amount > LotUse.restored)
-        .order_by(LotUse.id.desc())
-    ).all()
-    lots = {lot.id: lot for lot in session.scalars(select(Lot).where(Lot.id.in_([u.lot_id for u in uses])))}
-    wanted, restored, expired = posting.delta, 0, 0
-    back_to_lots: list[tuple[Lot, int]] = []
-    for use in uses:
-        if wanted == 0:
-            break
-        take = min(use.amount - use.restored, wanted)
-        use.restored += take
-        wanted -= take
-        lot = lots[use.lot_id]
-        if lot.expires_at is not None and lot.expires_at <= now:
-            expired += take
-        else:
-            restored += take
-            back_to_lots.append((lot, take))
-    if restored:
-        balance = lock_balance(session, shop_id=posting.shop_id, holder=posting.customer_id, asset=posting.asset)
-        before = balance.balance
-        post(session, balance, _with_delta(posting, restored), now, allow_negative=True)
-        to_lots = max(0, balance.balance) - max(0, before)  # the rest repays a negative balance
-        for lot, take in back_to_lots:
-            share = min(take, to_lots)
-            lot.remaining += share
-            to_lots -= share
-    session.flush()
-    return restored, expired
-
-
-def _with_delta(posting: Posting, delta: int) -> Posting:
-    return Posting(**{**posting.__dict__, "delta": delta})
-
-
-# ---------------------------------------------------------------- accounts
-
-
-@dataclass(frozen=True)
-class AccountView:
-    customer_id: str
-    points: int
-    growth: int
-    updated_at: datetime | None
-    pending_points: int
-    tier: points_pb2.TierStatus
-    expiring_points: int
-    expiring_at: datetime | None
-    stored_principal: int = 0
-    stored_bonus: int = 0
-    rebate: int = 0
-
-
-def _member_scalar(column: Any, *conditions: Any) -> Any:
-    return select(column).where(*conditions).scalar_subquery()
-
-
-_SHOP, _CUSTOMER = bindparam("shop_id", type_=String()), bindparam("customer_id", type_=String())
-_NOW, _SINCE = bindparam("now", type_=UtcDateTime()), bindparam("since", type_=UtcDateTime())
-_MEMBER_LOTS = (Lot.shop_id == _SHOP, Lot.customer_id == _CUSTOMER, Lot.asset == int(Asset.POINTS), Lot.remaining > 0)
-_SOONEST = _member_scalar(func.min(Lot.expires_at), *_MEMBER_LOTS, Lot.expires_at > _NOW)
-_PENDING_EARNINGS = (
-    OrderEarning.shop_id == _SHOP,
-    OrderEarning.customer_id == _CUSTOMER,
-    OrderEarning.state == PENDING,
-)
-
-
-def _balance_of(asset: Asset) -> Any:
-    return _member_scalar(
-        Balance.balance, Balance.shop_id == _SHOP, Balance.holder == _CUSTOMER, Balance.asset == int(asset)
+    shop_id, customer_id = book.shop_id, book.customer_id
+    if book.redemption is not None:  # first: a refusal here must not follow any other write
+        taken = session.execute(
+            update(ITEMS)
+            .where(
+                ITEMS.c.shop_id == shop_id,
+                ITEMS.c.item_id == book.redemption.item_id,
+                ITEMS.c.stock >= book.redemption.quantity,
+            )
+            .values(stock=ITEMS.c.stock - book.redemption.quantity)
+            .returning(ITEMS.c.stock)
+        ).first()
+        if taken is None:
+            raise out_of_stock(book.redemption.item_id, book.redemption.quantity)
+        assert book.item is not None
+        book.item.stock = int(taken.stock)
+        r = book.redemption
+        session.execute(
+            insert(REDEMPTIONS).values(
+                shop_id=shop_id,
+                item_id=r.item_id,
+                customer_id=customer_id,
+                quantity=r.quantity,
+                points=r.points,
+                transfer_id=r.transfer_id,
+                created_at=book.now,
+            )
+        )
+    assets = sorted({Asset.POINTS, *book.touched})
+    upsert = _upsert(session, BALANCES)
+    session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[BALANCES.c.shop_id, BALANCES.c.holder, BALANCES.c.asset],
+            set_={"balance": upsert.excluded.balance, "updated_at": upsert.excluded.updated_at},
+        ),
+        [
+            {
+                "shop_id": shop_id,
+                "holder": customer_id,
+                "asset": int(asset),
+                "balance": book.balance(asset),
+                "updated_at": book.balances[asset].updated_at if asset in book.balances else None,
+            }
+            for asset in assets
+        ],
     )
+    if book.entries:
+        ids = session.scalars(
+            insert(ENTRIES).returning(ENTRIES.c.id, sort_by_parameter_order=True),
+            [
+                {
+                    "shop_id": shop_id,
+                    "transfer_id": e.transfer_id,
+                    "holder": e.holder,
+                    "asset": int(e.asset),
+                    "delta": e.delta,
+                    "balance_after": e.balance_after,
+                    "kind": e.kind,
+                    "reason": e.reason,
+                    "request_id": e.request_id,
+                    "created_at": e.created_at,
+                }
+                for e in book.entries
+            ],
+        ).all()
+        book.assign_entry_ids(ids)
+    if book.new_lots:
+        session.execute(
+            insert(LOTS),
+            [
+                {
+                    "shop_id": shop_id,
+                    "customer_id": customer_id,
+                    "asset": int(lot.asset),
+                    "transfer_id": lot.transfer_id,
+                    "amount": lot.amount,
+                    "remaining": lot.remaining,
+                    "earned_at": lot.earned_at,
+                    "expires_at": lot.expires_at,
+                }
+                for lot in book.new_lots
+            ],
+        )
+    if book.changed_lots:
+        session.execute(
+            update(LOTS).where(LOTS.c.id == bindparam("lot_id")).values(remaining=bindparam("new_remaining")),
+            [{"lot_id": i, "new_remaining": book.lots[i].remaining} for i in sorted(book.changed_lots)],
+        )
+    if book.new_lot_uses:
+        session.execute(
+            insert(LOT_USES),
+            [
+                {
+                    "shop_id": shop_id,
+                    "transfer_id": u.transfer_id,
+                    "lot_id": u.lot_id,
+                    "amount": u.amount,
+                    "restored": 0,
+                }
+                for u in book.new_lot_uses
+            ],
+        )
+    if book.changed_lot_uses:
+        session.execute(
+            update(LOT_USES).where(LOT_USES.c.id == bindparam("use_id")).values(restored=bindparam("new_restored")),
+            [{"use_id": i, "new_restored": book.lot_uses[i].restored} for i in sorted(book.changed_lot_uses)],
+        )
+    _save_earning(session, book)
+    if book.new_spends:
+        session.execute(
+            insert(SPENDS),
+            [
+                {
+                    "transfer_id": s.transfer_id,
+                    "shop_id": shop_id,
+                    "order_id": s.order_id,
+                    "customer_id": s.customer_id,
+                    "asset": int(s.asset),
+                    "amount": s.amount,
+                    "restored": s.restored,
+                }
+                for s in book.new_spends
+            ],
+        )
+    if book.changed_spends:
+        session.execute(
+            update(SPENDS)
+            .where(SPENDS.c.shop_id == shop_id, SPENDS.c.transfer_id == bindparam("spend_transfer"))
+            .values(restored=bindparam("new_restored")),
+            [{"spend_transfer": t, "new_restored": book.spends[t].restored} for t in sorted(book.changed_spends)],
+        )
+    _save_tier(session, book)
+    _save_top_up(session, book)
 
 
-# Everything GetAccount shows, in one round trip (compiled once, then cached by SQLAlchemy).
-ACCOUNT_QUERY = select(
-    _balance_of(Asset.POINTS).label("points"),
-    _balance_of(Asset.GROWTH).label("growth"),
-    _balance_of(Asset.STORED_PRINCIPAL).label("principal"),
-    _balance_of(Asset.STORED_BONUS).label("bonus"),
-    _balance_of(Asset.REBATE).label("rebate"),
-    _member_scalar(
-        func.coalesce(func.sum(Lot.remaining), 0),
-        Lot.shop_id == _SHOP,
-        Lot.customer_id == _CUSTOMER,
-        Lot.asset == int(Asset.REBATE),
-        Lot.remaining > 0,
-        Lot.expires_at <= _NOW,
-    ).label("expired_rebate"),
-    _member_scalar(func.max(Balance.updated_at), Balance.shop_id == _SHOP, Balance.holder == _CUSTOMER).label(
-        "updated_at"
-    ),
-    _member_scalar(func.coalesce(func.sum(Lot.remaining), 0), *_MEMBER_LOTS, Lot.expires_at <= _NOW).label("expired"),
-    _SOONEST.label("soonest"),
-    _member_scalar(func.coalesce(func.sum(Lot.remaining), 0), *_MEMBER_LOTS, Lot.expires_at == _SOONEST).label(
-        "soonest_points"
-    ),
-    _member_scalar(func.coalesce(func.sum(KEPT_POINTS), 0), *_PENDING_EARNINGS).label("pending"),
-    _member_scalar(MemberTier.tier_code, MemberTier.shop_id == _SHOP, MemberTier.customer_id == _CUSTOMER).label(
-        "tier"
-    ),
-    _member_scalar(MemberTier.since, MemberTier.shop_id == _SHOP, MemberTier.customer_id == _CUSTOMER).label("since"),
-    _member_scalar(
-        func.coalesce(func.sum(OrderEarning.paid_minor - OrderEarning.refunded_minor), 0),
-        OrderEarning.shop_id == _SHOP,
-        OrderEarning.customer_id == _CUSTOMER,
-        OrderEarning.state == ACTIVE,
-        OrderEarning.paid_at >= _SINCE,
-    ).label("rolling_spend"),
-)
+def _save_earning(session: Session, book: MemberBook) -> None:
+    earning = book.earning
+    if earning is None:
+        return
+    if book.earning_is_new:
+        session.execute(
+            insert(EARNINGS).values(shop_id=book.shop_id, **{name: getattr(earning, name) for name in EARNING_COLUMNS})
+        )
+    elif book.earning_changed:
+        session.execute(
+            update(EARNINGS)
+            .where(EARNINGS.c.shop_id == book.shop_id, EARNINGS.c.order_id == earning.order_id)
+            .values(state=earning.state, activated_at=earning.activated_at, refunded_minor=earning.refunded_minor)
+        )
 
 
-def get_account(session: Session, *, shop_id: str, customer_id: str, rules: ProgramRules, now: datetime) -> AccountView:
-    since = now - timedelta(days=rules.tiers.rolling_window_days)
-    row = session.execute(
-        ACCOUNT_QUERY, {"shop_id": shop_id, "customer_id": customer_id, "now": now, "since": since}
-    ).one()
-    growth = int(row.growth or 0)
-    code = row.tier or ""
-    value = growth if rules.tiers.basis is tier_rules.TierBasis.LIFETIME_GROWTH else int(row.rolling_spend or 0)
-    return AccountView(
-        customer_id=customer_id,
-        points=int(row.points or 0) - int(row.expired or 0),
-        growth=growth,
-        updated_at=row.updated_at,
-        pending_points=int(row.pending or 0),
-        tier=_tier_status(rules, code, row.since, value),
-        expiring_points=int(row.soonest_points or 0),
-        expiring_at=row.soonest,
-        stored_principal=int(row.principal or 0),
-        stored_bonus=int(row.bonus or 0),
-        rebate=int(row.rebate or 0) - int(row.expired_rebate or 0),
+def _save_tier(session: Session, book: MemberBook) -> None:
+    if book.tier is None or not book.tier_changed:
+        return
+    tier = book.tier
+    upsert = _upsert(session, TIERS).values(
+        shop_id=book.shop_id,
+        customer_id=book.customer_id,
+        tier_code=tier.code,
+        since=tier.since,
+        reviewed_at=tier.reviewed_at,
     )
+    session.execute(
+        upsert.on_conflict_do_update(
+            index_elements=[TIERS.c.shop_id, TIERS.c.customer_id],
+            set_={"tier_code": tier.code, "since": tier.since, "reviewed_at": tier.reviewed_at},
+        )
+    )
+    if book.tier_moves:
+        session.execute(
+            insert(TIER_CHANGES),
+            [
+                {
+                    "shop_id": book.shop_id,
+                    "customer_id": book.customer_id,
+                    "from_code": m.from_code,
+                    "to_code": m.to_code,
+                    "reason": m.reason,
+                    "changed_at": m.changed_at,
+                }
+                for m in book.tier_moves
+            ],
+        )
+
+
+def _save_top_up(session: Session, book: MemberBook) -> None:
+    record = book.top_up
+    if record is None:
+        return
+    if book.top_up_is_new:
+        session.execute(
+            insert(TOP_UPS).values(
+                shop_id=book.shop_id,
+                top_up_id=record.top_up_id,
+                customer_id=record.customer_id,
+                transfer_id=record.transfer_id,
+                paid_minor=record.paid_minor,
+                bonus_minor=record.bonus_minor,
+                currency=record.currency,
+                refunded_at=record.refunded_at,
+                created_at=record.created_at,
+            )
+        )
+    elif book.top_up_changed:
+        session.execute(
+            update(TOP_UPS)
+            .where(TOP_UPS.c.shop_id == book.shop_id, TOP_UPS.c.top_up_id == record.top_up_id)
+            .values(refunded_at=record.refunded_at)
+        )
+
+
+def top_up_owner(session: Session, *, shop_id: str, top_up_id: str) -> str:
+    """The member a top-up belongs to."""
+    owner = session.scalar(
+        select(TOP_UPS.c.customer_id).where(TOP_UPS.c.shop_id == shop_id, TOP_UPS.c.top_up_id == top_up_id)
+    )
+    if owner is None:
+        raise NotFound(f"top-up {top_up_id} does not exist in this shop", reason="TOP_UP_NOT_FOUND")
+    return str(owner)
+
+
+def member_book(session: Session, query: MemberQuery) -> MemberBook:
+    """The member's book for a mutation: the member locked, then its facts read."""
+    return MemberBook(load_member(session, query, lock=True))
+
+
+# ---------------------------------------------------------------- reads
 
 
 def list_entries(session: Session, *, shop_id: str, customer_id: str, limit: int, before_id: int | None) -> list[Entry]:
@@ -448,79 +546,6 @@ def list_entries(session: Session, *, shop_id: str, customer_id: str, limit: int
     if before_id is not None:
         query = query.where(Entry.id < before_id)
     return list(session.scalars(query.order_by(Entry.id.desc()).limit(limit)).all())
-
-
-def adjust(session: Session, posting: Posting, rules: ProgramRules, now: datetime) -> Entry:
-    """A merchant's manual adjustment; credited points expire like earned ones."""
-    lock_member(session, shop_id=posting.shop_id, customer_id=posting.customer_id)
-    if posting.delta > 0:
-        entry = credit(session, posting, now, lot_expires_at=expires_at(rules.expiry, now, rules.zone))
-        session.flush()
-        return entry
-    return debit(session, posting, now)
-
-
-# ---------------------------------------------------------------- tiers
-
-
-def current_tier(session: Session, *, shop_id: str, customer_id: str) -> MemberTier | None:
-    return session.get(MemberTier, (shop_id, customer_id))
-
-
-def basis_value(session: Session, *, shop_id: str, customer_id: str, rules: ProgramRules, now: datetime) -> int:
-    if rules.tiers.basis is tier_rules.TierBasis.LIFETIME_GROWTH:
-        row = session.get(Balance, (shop_id, customer_id, int(Asset.GROWTH)))
-        return row.balance if row else 0
-    since = now - timedelta(days=rules.tiers.rolling_window_days)
-    total = session.scalar(
-        select(func.coalesce(func.sum(OrderEarning.paid_minor - OrderEarning.refunded_minor), 0)).where(
-            OrderEarning.shop_id == shop_id,
-            OrderEarning.customer_id == customer_id,
-            OrderEarning.state == ACTIVE,
-            OrderEarning.paid_at >= since,
-        )
-    )
-    return int(total or 0)
-
-
-def move_tier(session: Session, *, shop_id: str, customer_id: str, move: tier_rules.TierMove, now: datetime) -> None:
-    row = current_tier(session, shop_id=shop_id, customer_id=customer_id)
-    if row is None:
-        row = MemberTier(shop_id=shop_id, customer_id=customer_id, tier_code="", since=now)
-        session.add(row)
-    session.add(
-        TierChange(
-            shop_id=shop_id,
-            customer_id=customer_id,
-            from_code=row.tier_code,
-            to_code=move.to_code,
-            reason=move.reason[:200],
-            changed_at=now,
-        )
-    )
-    row.tier_code, row.since = move.to_code, now
-    session.flush()
-
-
-def upgrade_if_reached(session: Session, *, shop_id: str, customer_id: str, rules: ProgramRules, now: datetime) -> None:
-    if not rules.tiers.tiers:
-        return
-    row = current_tier(session, shop_id=shop_id, customer_id=customer_id)
-    value = basis_value(session, shop_id=shop_id, customer_id=customer_id, rules=rules, now=now)
-    move = tier_rules.upgrade(rules.tiers, row.tier_code if row else "", value)
-    if move is not None:
-        move_tier(session, shop_id=shop_id, customer_id=customer_id, move=move, now=now)
-
-
-def review_member_tier(session: Session, *, shop_id: str, customer_id: str, rules: ProgramRules, now: datetime) -> None:
-    lock_member(session, shop_id=shop_id, customer_id=customer_id)
-    row = current_tier(session, shop_id=shop_id, customer_id=customer_id)
-    value = basis_value(session, shop_id=shop_id, customer_id=customer_id, rules=rules, now=now)
-    move = tier_rules.review(rules.tiers, row.tier_code if row else "", value, row.since if row else None, now)
-    if move is not None:
-        move_tier(session, shop_id=shop_id, customer_id=customer_id, move=move, now=now)
-    if row is not None:
-        row.reviewed_at = now
 
 
 def members_due_for_review(session: Session, *, shop_id: str, reviewed_before: datetime, limit: int) -> list[str]:
@@ -548,20 +573,6 @@ def tier_history(session: Session, *, shop_id: str, customer_id: str) -> list[Ti
     )
 
 
-def _tier_status(rules: ProgramRules, code: str, since: datetime | None, value: int) -> points_pb2.TierStatus:
-    tier = rules.tiers.by_code(code)
-    ahead = tier_rules.progress(rules.tiers, code, value)
-    status = points_pb2.TierStatus(
-        code=code, name=tier.name if tier else "", basis_value=value, next_code=ahead.next_code, to_next=ahead.to_next
-    )
-    if since is not None and code:
-        status.since.FromDatetime(since)
-    return status
-
-
-# ---------------------------------------------------------------- expiry sweep
-
-
 def members_with_expired_lots(session: Session, *, now: datetime, limit: int) -> list[tuple[str, str]]:
     rows = session.execute(
         select(Lot.shop_id, Lot.customer_id)
@@ -572,14 +583,15 @@ def members_with_expired_lots(session: Session, *, now: datetime, limit: int) ->
     return [(shop, customer) for shop, customer in rows]
 
 
-def expire_member(session: Session, *, shop_id: str, customer_id: str, now: datetime) -> int:
-    """Expires the member's due points and rebate credit; returns the total expired."""
-    held = lock_balances(session, shop_id=shop_id, holder=customer_id, assets=(Asset.POINTS, *EXPIRING_ASSETS))
-    total = 0
-    for asset in EXPIRING_ASSETS:
-        total += expire_member_lots(session, held[asset], asset, now)
-    session.flush()
-    return total
+def due_earnings(session: Session, *, now: datetime, limit: int) -> list[tuple[str, str]]:
+    """(shop, order) of pending earnings whose return window has closed, oldest first."""
+    rows = session.execute(
+        select(OrderEarning.shop_id, OrderEarning.order_id)
+        .where(OrderEarning.state == PENDING, OrderEarning.activates_at <= now)
+        .order_by(OrderEarning.activates_at)
+        .limit(limit)
+    ).all()
+    return [(shop, order) for shop, order in rows]
 
 
 # ---------------------------------------------------------------- reconcile

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from services.common.server import ServiceContext, Worker
 from services.points import earnings, store
+from services.points.book import EXPIRING_ASSETS, MemberQuery, rolling_since
 
 log = structlog.get_logger("points.workers")
 BATCH = 200
@@ -22,14 +23,18 @@ BATCH = 200
 
 def activate_due_earnings(ctx: ServiceContext) -> int:
     now = ctx.clock()
-    due = ctx.db.run(lambda s: earnings.due_earnings(s, now=now, limit=BATCH))
+    due = ctx.db.run(lambda s: store.due_earnings(s, now=now, limit=BATCH))
     zone = ctx.settings.default_time_zone
     done = 0
     for shop_id, order_id in due:
 
         def one(session: Session, shop_id: str = shop_id, order_id: str = order_id) -> bool:
             rules = store.load_program(session, shop_id=shop_id, default_zone=zone)[1]
-            return earnings.activate_due(session, shop_id=shop_id, order_id=order_id, rules=rules, now=now)
+            book = store.member_book(session, earnings.order_query(shop_id, order_id, rules, now, refund=False))
+            if not earnings.activate_if_due(book, order_id=order_id, rules=rules):
+                return False
+            store.save_member(session, book)
+            return True
 
         done += ctx.db.run(one)
     if done:
@@ -44,7 +49,13 @@ def expire_due_lots(ctx: ServiceContext) -> int:
     for shop_id, customer_id in members:
 
         def one(session: Session, shop_id: str = shop_id, customer_id: str = customer_id) -> int:
-            return store.expire_member(session, shop_id=shop_id, customer_id=customer_id, now=now)
+            query = MemberQuery(shop_id=shop_id, now=now, customer_id=customer_id, lots_of=frozenset(EXPIRING_ASSETS))
+            book = store.member_book(session, query)
+            for asset in EXPIRING_ASSETS:  # both rows exist afterwards, as the sweep's lock leaves them
+                book.touch(asset)
+            expired = sum(book.expire_due(asset) for asset in EXPIRING_ASSETS)
+            store.save_member(session, book)
+            return expired
 
         expired += ctx.db.run(one)
     if expired:
@@ -67,7 +78,12 @@ def review_tiers(ctx: ServiceContext, shop_id: str) -> int:
 
             def one(session: Session, customer_id: str = customer_id) -> None:
                 rules = store.load_program(session, shop_id=shop_id, default_zone=zone)[1]
-                store.review_member_tier(session, shop_id=shop_id, customer_id=customer_id, rules=rules, now=now)
+                query = MemberQuery(
+                    shop_id=shop_id, now=now, customer_id=customer_id, rolling_since=rolling_since(rules.tiers, now)
+                )
+                book = store.member_book(session, query)
+                book.review_tier(rules.tiers)
+                store.save_member(session, book)
 
             ctx.db.run(one)
         reviewed += len(members)

@@ -6,7 +6,7 @@ import grpc
 import pytest
 from loyalty.points.v1 import points_pb2, points_pb2_grpc
 
-from services.points import store
+from services.points.book import MemberBook
 from tests.support import Stack, bearer, details
 
 
@@ -18,7 +18,7 @@ def test_bug_is_internal_with_incident_and_server_survives(
 
     stub = points_pb2_grpc.PointsServiceStub(stack.channel("points"))
     request = points_pb2.GetAccountRequest(shop_id="shop-a", customer_id=uid)
-    monkeypatch.setattr(store, "get_account", broken)
+    monkeypatch.setattr(MemberBook, "account", broken)  # the account view, on every storage path
     with pytest.raises(grpc.RpcError) as caught:
         stub.GetAccount(request, metadata=bearer("reader"))
     assert caught.value.code() == grpc.StatusCode.INTERNAL
