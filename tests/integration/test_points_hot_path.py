@@ -44,6 +44,7 @@ from tests.integration.test_points_lifecycle import order, ratio
 from tests.support import FakeClock, specs
 
 START = datetime(2026, 5, 1, 2, tzinfo=UTC)
+NO_CONTEXT: Any = None  # the servicer methods under test never touch their gRPC context
 MEMBERS = ("m1", "m2", "m3")
 ITEMS = {"cup": (150, 6, 2), "bag": (400, 3, 1)}  # cost, stock, per-member limit
 
@@ -142,7 +143,7 @@ class Run:
 
     def answer(self, method: str, request: Message) -> Any:
         try:
-            response = getattr(self.servicer, method)(request, None)
+            response = getattr(self.servicer, method)(request, NO_CONTEXT)
         except DomainError as exc:
             return (method, type(exc).__name__, exc.reason, str(exc))
         return (method, comparable(response))
@@ -190,7 +191,9 @@ class Run:
                 call("ConfirmOrder", points_pb2.ConfirmOrderRequest(shop_id=shop, request_id=rid, order_id=order_id))
             else:
                 refund = cny(max(1, paid * (extra + 1) // 25))
-                request = points_pb2.RefundOrderRequest(shop_id=shop, request_id=rid, order_id=order_id, amount=refund)
+                request: Message = points_pb2.RefundOrderRequest(
+                    shop_id=shop, request_id=rid, order_id=order_id, amount=refund
+                )
                 call("RefundOrder", request)
         elif kind == "spend":
             paid_toward = self.orders[extra % len(self.orders)][0] if self.orders and extra > 5 else f"pay{n}"
@@ -338,7 +341,7 @@ def test_the_hot_path_answers_and_writes_exactly_what_the_core_path_does(
     for table in hot_rows:
         assert hot_rows[table] == core_rows[table], table
     for run in runs.values():
-        reconciled = run.servicer.ReconcileLedger(points_pb2.ReconcileLedgerRequest(shop_id=run.shop), None)
+        reconciled = run.servicer.ReconcileLedger(points_pb2.ReconcileLedgerRequest(shop_id=run.shop), NO_CONTEXT)
         assert reconciled.balanced, list(reconciled.mismatches)
 
 
@@ -356,7 +359,7 @@ def test_a_member_changed_between_read_and_write_is_read_again_and_no_update_is_
         request = points_pb2.AdjustPointsRequest(
             shop_id=shop, request_id=request_id, customer_id="c", asset=points_pb2.ASSET_POINTS, delta=delta
         )
-        response: points_pb2.AdjustPointsResponse = servicer.AdjustPoints(request, None)
+        response: points_pb2.AdjustPointsResponse = servicer.AdjustPoints(request, NO_CONTEXT)
         return response
 
     adjust(hot, "first", 100)
@@ -378,7 +381,7 @@ def test_a_member_changed_between_read_and_write_is_read_again_and_no_update_is_
         fast.HotPath._read = original_read  # type: ignore[method-assign]
     assert attempts == [100, 107], "the write after the race must have been retried on a fresh read"
     assert answer.account.points_balance == 117
-    reconciled = hot.ReconcileLedger(points_pb2.ReconcileLedgerRequest(shop_id=shop), None)
+    reconciled = hot.ReconcileLedger(points_pb2.ReconcileLedgerRequest(shop_id=shop), NO_CONTEXT)
     assert reconciled.balanced, list(reconciled.mismatches)
 
 
@@ -389,14 +392,14 @@ def test_each_concurrent_redemption_answers_with_the_stock_its_own_update_left(p
     hot = servicer_on(points_db, clock, hot_path=True)
     shop = f"stock-{uid}"
     item = points_pb2.MallItem(item_id="mug", name="mug", cost_points=10, stock=100)
-    hot.UpsertMallItem(points_pb2.UpsertMallItemRequest(shop_id=shop, request_id="item", item=item), None)
+    hot.UpsertMallItem(points_pb2.UpsertMallItemRequest(shop_id=shop, request_id="item", item=item), NO_CONTEXT)
     members = [f"c{n}" for n in range(16)]
     for member in members:
         hot.AdjustPoints(
             points_pb2.AdjustPointsRequest(
                 shop_id=shop, request_id=f"fund-{member}", customer_id=member, asset=points_pb2.ASSET_POINTS, delta=50
             ),
-            None,
+            NO_CONTEXT,
         )
     barrier = threading.Barrier(len(members))
 
@@ -405,8 +408,8 @@ def test_each_concurrent_redemption_answers_with_the_stock_its_own_update_left(p
             shop_id=shop, request_id=f"r-{member}", customer_id=member, item_id="mug", quantity=1
         )
         barrier.wait()
-        response: points_pb2.RedeemResponse = hot.Redeem(request, None)
-        assert hot.Redeem(request, None).SerializeToString() == response.SerializeToString()
+        response: points_pb2.RedeemResponse = hot.Redeem(request, NO_CONTEXT)
+        assert hot.Redeem(request, NO_CONTEXT).SerializeToString() == response.SerializeToString()
         return response
 
     with ThreadPoolExecutor(len(members)) as pool:
@@ -423,7 +426,7 @@ def _sell_out(servicer: PointsServicer, shop: str, clients: int) -> list[str]:
             shop_id=shop, request_id=f"s{n}", customer_id=f"c{n % 4}", item_id="few", quantity=1
         )
         try:
-            servicer.Redeem(request, None)
+            servicer.Redeem(request, NO_CONTEXT)
         except DomainError as exc:
             return exc.reason
         return "OK"
@@ -438,18 +441,22 @@ def test_the_hot_path_never_oversells_under_concurrency(points_db: Database, uid
     hot = servicer_on(points_db, clock, hot_path=True)
     shop = f"sellout-{uid}"
     item = points_pb2.MallItem(item_id="few", name="few", cost_points=1, stock=17)
-    hot.UpsertMallItem(points_pb2.UpsertMallItemRequest(shop_id=shop, request_id="item", item=item), None)
+    hot.UpsertMallItem(points_pb2.UpsertMallItemRequest(shop_id=shop, request_id="item", item=item), NO_CONTEXT)
     for member in range(4):
         hot.AdjustPoints(
             points_pb2.AdjustPointsRequest(
-                shop_id=shop, request_id=f"fund{member}", customer_id=f"c{member}", asset=1, delta=1_000
+                shop_id=shop,
+                request_id=f"fund{member}",
+                customer_id=f"c{member}",
+                asset=points_pb2.ASSET_POINTS,
+                delta=1_000,
             ),
-            None,
+            NO_CONTEXT,
         )
     outcomes = _sell_out(hot, shop, clients=16)
     assert outcomes.count("OK") == 17
     assert set(outcomes) == {"OK", "OUT_OF_STOCK"}
-    listed = hot.ListMallItems(points_pb2.ListMallItemsRequest(shop_id=shop), None)
+    listed = hot.ListMallItems(points_pb2.ListMallItemsRequest(shop_id=shop), NO_CONTEXT)
     assert listed.items[0].stock == 0
-    reconciled = hot.ReconcileLedger(points_pb2.ReconcileLedgerRequest(shop_id=shop), None)
+    reconciled = hot.ReconcileLedger(points_pb2.ReconcileLedgerRequest(shop_id=shop), NO_CONTEXT)
     assert reconciled.balanced
