@@ -574,10 +574,12 @@ def tier_history(session: Session, *, shop_id: str, customer_id: str) -> list[Ti
 
 
 def members_with_expired_lots(session: Session, *, now: datetime, limit: int) -> list[tuple[str, str]]:
+    """Members holding lots past their expiry, longest overdue first (then by id, so every sweep goes alike)."""
     rows = session.execute(
         select(Lot.shop_id, Lot.customer_id)
         .where(Lot.remaining > 0, Lot.expires_at <= now)
         .group_by(Lot.shop_id, Lot.customer_id)
+        .order_by(func.min(Lot.expires_at), Lot.shop_id, Lot.customer_id)
         .limit(limit)
     ).all()
     return [(shop, customer) for shop, customer in rows]
@@ -588,7 +590,7 @@ def due_earnings(session: Session, *, now: datetime, limit: int) -> list[tuple[s
     rows = session.execute(
         select(OrderEarning.shop_id, OrderEarning.order_id)
         .where(OrderEarning.state == PENDING, OrderEarning.activates_at <= now)
-        .order_by(OrderEarning.activates_at)
+        .order_by(OrderEarning.activates_at, OrderEarning.shop_id, OrderEarning.order_id)
         .limit(limit)
     ).all()
     return [(shop, order) for shop, order in rows]

@@ -314,7 +314,7 @@ def rows(db: Database, shop: str) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
-@settings(max_examples=6)
+@settings(max_examples=8)
 @given(workload=ops, seed=st.integers(0, 2**16))
 def test_the_hot_path_answers_and_writes_exactly_what_the_core_path_does(
     points_db: Database, uid: str, workload: list[Op], seed: int
