@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +35,9 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from services.common.deadlines import seconds_left
+from services.common.errors import DeadlineExceeded
 
 T = TypeVar("T")
 
@@ -118,13 +123,78 @@ def _utc_session(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.commit()
 
 
+class WriteQueue:
+    """The embedded database's one writer at a time, granted in arrival order (a ticket lock).
+
+    SQLite lets one transaction write at a time. Left to its busy timeout,
+    waiting writers sleep and retry with growing pauses, so under load one
+    unlucky caller can wait seconds while later ones get in. Queuing the
+    process's transactions here first hands the lock on in order. Re-entrant,
+    so a use case that nests a transaction fails as SQLite would, not by hanging.
+    """
+
+    def __init__(self) -> None:
+        self._turns = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+        self._owner: int | None = None
+        self._depth = 0
+        self._abandoned: set[int] = set()  # tickets whose holders gave up waiting
+
+    @contextmanager
+    def turn(self, timeout: float | None = None) -> Iterator[None]:
+        """Waits for this thread's turn; DeadlineExceeded when `timeout` passes first."""
+        me = threading.get_ident()
+        if self._owner == me:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        with self._turns:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self._serving != ticket:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self._skip(ticket)
+                    raise DeadlineExceeded(
+                        "the caller's deadline passed while this request waited to write; nothing was changed, "
+                        "retry with the same request_id",
+                        reason="DEADLINE_PASSED",
+                    )
+                self._turns.wait(left)
+            self._owner = me
+        try:
+            yield
+        finally:
+            with self._turns:
+                self._owner = None
+                self._serving += 1
+                self._advance()
+                self._turns.notify_all()
+
+    def _skip(self, ticket: int) -> None:
+        """A waiter that gave up leaves its ticket behind: it is passed over when its turn comes."""
+        self._abandoned.add(ticket)
+
+    def _advance(self) -> None:
+        while self._serving in self._abandoned:
+            self._abandoned.discard(self._serving)
+            self._serving += 1
+
+
 class Database:
     """One engine and session factory per process; `run` is one use case = one transaction."""
 
     def __init__(self, url: str, *, pool_size: int = 20) -> None:
         self.url = url
+        self.write_queue: WriteQueue | None = None
         if make_url(url).get_backend_name() == "sqlite":
             self.engine = _sqlite_engine(url)
+            self.write_queue = WriteQueue()
         else:
             # No pre-ping: it costs a round trip per transaction. A lost connection
             # fails one call with UNAVAILABLE and SQLAlchemy then drops the whole pool.
@@ -142,7 +212,7 @@ class Database:
         """Runs `use_case` in one transaction, again from the start after a serialization failure or deadlock."""
         for attempt in range(1, attempts + 1):
             try:
-                with self.sessions.begin() as session:
+                with self._turn(), self.sessions.begin() as session:
                     return use_case(session)
             except sqlalchemy.exc.OperationalError as exc:
                 retryable = getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
@@ -150,6 +220,12 @@ class Database:
                     raise
                 time.sleep(min(0.002 * 2**attempt, 0.2))
         raise AssertionError("unreachable")
+
+    def _turn(self) -> AbstractContextManager[None]:
+        """On SQLite, this transaction's place in the write queue (every transaction there takes the write lock)."""
+        if self.write_queue is None:
+            return nullcontext()
+        return self.write_queue.turn(seconds_left())
 
     def ping(self) -> bool:
         try:

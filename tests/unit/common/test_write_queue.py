@@ -1,0 +1,82 @@
+"""The SQLite write queue hands the write lock on in arrival order, lets a caller give up, and nests."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from services.common.db import WriteQueue
+from services.common.errors import DeadlineExceeded
+
+
+def test_writers_get_their_turn_in_the_order_they_arrived() -> None:
+    queue = WriteQueue()
+    order: list[int] = []
+    release = threading.Event()
+
+    def writer(n: int) -> None:
+        with queue.turn():
+            order.append(n)
+            if n == 0:
+                release.wait(5)
+
+    threads = []
+    for n in range(12):
+        threads.append(threading.Thread(target=writer, args=(n,)))
+        threads[-1].start()
+        time.sleep(0.05 if n == 0 else 0.02)  # the first holds the queue while the others line up one by one
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert order == list(range(12))
+
+
+def test_a_writer_whose_deadline_passes_gives_up_and_is_passed_over() -> None:
+    queue = WriteQueue()
+    holding, release, done = threading.Event(), threading.Event(), threading.Event()
+    got: list[str] = []
+
+    def holder() -> None:
+        with queue.turn():
+            holding.set()
+            release.wait(5)
+
+    def patient() -> None:
+        with queue.turn():
+            got.append("patient")
+        done.set()
+
+    threading.Thread(target=holder).start()
+    holding.wait(5)
+    impatient_failed: list[BaseException] = []
+
+    def impatient() -> None:
+        try:
+            with queue.turn(timeout=0.05):
+                got.append("impatient")
+        except DeadlineExceeded as exc:
+            impatient_failed.append(exc)
+
+    first = threading.Thread(target=impatient)
+    first.start()
+    time.sleep(0.01)
+    threading.Thread(target=patient).start()
+    first.join(5)
+    assert len(impatient_failed) == 1
+    release.set()
+    assert done.wait(5), "the writer behind one who gave up never got its turn"
+    assert got == ["patient"]
+
+
+def test_a_nested_turn_of_the_same_thread_does_not_wait_for_itself() -> None:
+    queue = WriteQueue()
+    with queue.turn(), queue.turn(timeout=0.01):
+        pass
+    with queue.turn(timeout=0.01):  # released in full
+        pass
+
+
+def test_a_timeout_of_zero_on_a_free_queue_still_gets_the_turn() -> None:
+    queue = WriteQueue()
+    with queue.turn(timeout=0):
+        pass
