@@ -7,27 +7,38 @@ bounded in count and time and talks only to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
 import statistics
+import tempfile
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import cycle_bench, ingest_bench, metrics_bench, segmentation_bench
 from bench.baselines import echo_client, echo_server, empty_pg_database, raw_pg_client, raw_pg_database
+from bench.ledger_fill import SHOP, fill_ledger
 from bench.load import LoadResult, run_load
 from bench.services import (
+    MEMBERS,
     adjust_client,
     bench_service,
     earn_client,
+    fund_solo,
     get_account_client,
     prepare_redeem,
     redeem_client,
+    sell_out,
+    set_program,
+    solo_spend_client,
+    spend_client,
     sqlalchemy_url,
 )
+from services.common.db import Database
 from services.points.app import SPEC as POINTS
+from services.points.reconcile import reconcile_shops
 
 RESULTS = Path(__file__).parent / "results"
 ADMIN_DSN = os.environ.get("LOYALTY_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -35,14 +46,15 @@ ADMIN_DSN = os.environ.get("LOYALTY_BENCH_POSTGRES_DSN", "postgresql://postgres@
 
 def table(results: list[LoadResult], baseline: LoadResult) -> str:
     lines = [
-        "| benchmark | clients | ops | errors | rps | p50 ms | p99 ms | rps ÷ echo |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| benchmark | clients | ops | errors | rps | p50 ms | p99 ms | max ms | rps ÷ echo "
+        "| CPU ms per request: client / server / PostgreSQL |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         ratio = r.rps / baseline.rps if baseline.rps else float("nan")
         lines.append(
             f"| {r.name} | {r.clients} | {r.ops} | {r.errors} | {r.rps:.0f} | {r.p50_ms:.2f} | "
-            f"{r.p99_ms:.2f} | {ratio:.2f} |"
+            f"{r.p99_ms:.2f} | {r.max_ms:.0f} | {ratio:.2f} | {r.client_cpu_ms} / {r.server_cpu_ms} / {r.pg_cpu_ms} |"
         )
     return "\n".join(lines)
 
@@ -117,6 +129,94 @@ def cycle_table(result: cycle_bench.CycleBenchResult, raw_tx: LoadResult) -> str
     )
 
 
+Round = list[LoadResult]
+
+
+def points_round(options: argparse.Namespace, empty: str, filled: str, embedded: str) -> Round:
+    """One round of every points load, echo first: ratios are taken within the round."""
+    load = functools.partial(run_load, clients=options.clients, seconds=options.seconds)
+    with echo_server() as address:
+        echo = load("echo (bare gRPC, service options)", echo_client, address)
+    with raw_pg_database(ADMIN_DSN) as dsn:
+        raw = load("raw_pg_tx (INSERT+UPDATE, durable)", raw_pg_client, dsn)
+    rows = [
+        echo,
+        raw,
+        load("points.EarnForOrder (PostgreSQL)", earn_client, empty),
+        load("points.EarnForOrder (PostgreSQL, 1 M-entry ledger)", earn_client, filled),
+        load("points.SpendPoints (PostgreSQL)", spend_client, empty),
+        load("points.AdjustPoints (PostgreSQL)", adjust_client, empty),
+        load("points.GetAccount (PostgreSQL)", get_account_client, empty),
+        load("points.GetAccount (PostgreSQL, 1 M-entry ledger)", get_account_client, filled),
+        load("points.Redeem, 100 hot members (PostgreSQL)", redeem_client, empty),
+        run_load(
+            "points.SpendPoints, 16 clients, one member (SQLite)",
+            solo_spend_client,
+            embedded,
+            clients=16,
+            seconds=options.seconds,
+        ),
+    ]
+    sold, left = sell_out(empty)
+    rows.append(
+        LoadResult(
+            f"points.Redeem sell-out: {sold} sold of 300, {left} left, oversold {max(0, sold - 300)}",
+            32,
+            sold,
+            0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+        )
+    )
+    return rows
+
+
+def service_rounds(options: argparse.Namespace) -> list[Round]:
+    """The points services on an empty PostgreSQL ledger, on a 1 M-entry one, and on SQLite, loaded in rounds."""
+    with (
+        empty_pg_database(ADMIN_DSN) as empty_dsn,
+        empty_pg_database(ADMIN_DSN) as filled_dsn,
+        tempfile.TemporaryDirectory() as folder,
+        bench_service(POINTS, sqlalchemy_url(empty_dsn)) as empty,
+        bench_service(POINTS, sqlalchemy_url(filled_dsn)) as filled,
+        bench_service(POINTS, f"sqlite:///{folder}/points.db") as embedded,
+    ):
+        for address in (empty, filled, embedded):
+            set_program(address)
+        fill_ledger(empty_dsn, prefix="s", members=MEMBERS, orders=3)  # the spenders' points
+        entries = fill_ledger(filled_dsn, prefix="c", members=options.ledger_members, orders=options.ledger_orders)
+        print(f"history written: {entries:,} entries", flush=True)
+        prepare_redeem(empty)
+        fund_solo(embedded)
+        rounds = [points_round(options, empty, filled, embedded) for _ in range(options.service_rounds)]
+        for dsn in (empty_dsn, filled_dsn):
+            problems = reconcile_shops(Database(sqlalchemy_url(dsn)), [SHOP])[SHOP].mismatches
+            if problems:
+                raise SystemExit(f"the ledger does not reconcile after the benchmark: {list(problems)[:5]}")
+        return rounds
+
+
+def median_rows(rounds: list[Round]) -> Round:
+    """Per benchmark, the round whose rps ÷ echo is the median (its p99 and CPU figures come with it)."""
+    rows = []
+    for position in range(len(rounds[0])):
+        ranked = sorted(rounds, key=lambda r: r[position].rps / r[0].rps if r[0].rps else 0.0)
+        rows.append(ranked[len(ranked) // 2][position])
+    return rows
+
+
+def rounds_table(rounds: list[Round]) -> str:
+    names = [r.name for r in rounds[0]][2:-1]
+    lines = ["| rps ÷ echo by round | " + " | ".join(f"round {n}" for n in range(1, len(rounds) + 1)) + " | median |"]
+    lines.append("|---|" + "---:|" * (len(rounds) + 1))
+    for position, name in enumerate(names, 2):
+        ratios = [r[position].rps / r[0].rps for r in rounds]
+        lines.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in ratios) + f" | {statistics.median(ratios):.3f} |")
+    return "\n".join(lines)
+
+
 def ingest_runs(options: argparse.Namespace) -> list[ingest_bench.IngestBenchResult]:
     """Repeated, because one run on a shared 2-core machine can be off by a third either way."""
     return [
@@ -134,70 +234,29 @@ def main() -> int:
     parser.add_argument("--ingest-orders", type=int, default=50_000)
     parser.add_argument("--ingest-runs", type=int, default=3, help="stream-vs-COPY runs (the median is reported)")
     parser.add_argument(
-        "--only", choices=["services", "ingest"], help="run only the service load benchmarks, or only the ingest one"
+        "--only",
+        choices=["points", "services", "ingest"],
+        help="only the points loads; the service loads and cycle delivery; or only the ingest benchmark",
     )
+    parser.add_argument("--service-rounds", type=int, default=3, help="rounds of service loads (medians reported)")
+    parser.add_argument("--ledger-members", type=int, default=10_000)
+    parser.add_argument("--ledger-orders", type=int, default=25, help="history per member (x4 entries)")
     options = parser.parse_args()
     if options.only == "ingest":
         print(ingest_table(ingest_runs(options)))
         return 0
-    results: list[LoadResult] = []
-    with echo_server() as address:
-        echo = run_load(
-            "echo (bare gRPC, service options)", echo_client, address, clients=options.clients, seconds=options.seconds
-        )
-    results.append(echo)
-    with raw_pg_database(ADMIN_DSN) as dsn:
-        results.append(
-            run_load(
-                "raw_pg_tx (INSERT+UPDATE, durable)",
-                raw_pg_client,
-                dsn,
-                clients=options.clients,
-                seconds=options.seconds,
-            )
-        )
-    with empty_pg_database(ADMIN_DSN) as dsn, bench_service(POINTS, sqlalchemy_url(dsn)) as address:
-        results.append(
-            run_load(
-                "points.AdjustPoints (PostgreSQL)",
-                adjust_client,
-                address,
-                clients=options.clients,
-                seconds=options.seconds,
-            )
-        )
-        results.append(
-            run_load(
-                "points.GetAccount (PostgreSQL)",
-                get_account_client,
-                address,
-                clients=options.clients,
-                seconds=options.seconds,
-            )
-        )
-        results.append(
-            run_load(
-                "points.EarnForOrder (PostgreSQL)",
-                earn_client,
-                address,
-                clients=options.clients,
-                seconds=options.seconds,
-            )
-        )
-        prepare_redeem(address)
-        results.append(
-            run_load(
-                "points.Redeem, 100 hot members (PostgreSQL)",
-                redeem_client,
-                address,
-                clients=options.clients,
-                seconds=options.seconds,
-            )
-        )
+    rounds = service_rounds(options)
+    results = median_rows(rounds)
+    echo = results[0]
     raw_tx = results[1]
+    if options.only == "points":
+        print(table(results, echo))
+        print(rounds_table(rounds))
+        return 0
     cycle = cycle_bench.run(ADMIN_DSN)
     if options.only == "services":
         print(table(results, echo))
+        print(rounds_table(rounds))
         print(cycle_table(cycle, raw_tx))
         return 0
     metrics = metrics_bench.run(orders=options.metrics_orders, customers=options.metrics_customers)
@@ -210,6 +269,7 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "results": [r.as_dict() for r in results],
         "ratios_to_echo_rps": {r.name: round(r.rps / echo.rps, 3) if echo.rps else None for r in results},
+        "rounds": [[r.as_dict() for r in round_] for round_ in rounds],
         "metrics_vs_duckdb": {**asdict(metrics), "ratio": round(metrics.ratio, 3)},
         "clv_summaries_vs_lifetimes": {**asdict(summaries), "speedup": round(summaries.speedup, 1)},
         "stream_ingest_vs_copy": {
@@ -229,6 +289,7 @@ def main() -> int:
     markdown = "\n\n".join(
         [
             table(results, echo),
+            rounds_table(rounds),
             metrics_table(metrics),
             summaries_table(summaries),
             ingest_table(ingest),

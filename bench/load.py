@@ -2,12 +2,17 @@
 
 Clients run in several processes (spawned, so no gRPC state crosses a fork) so
 the Python client side does not become the bottleneck of what is measured.
+Beside rps and latency, a run reports the CPU time spent per request by the
+clients, by the server's processes and by PostgreSQL (every `postgres`
+process), read from /proc over the measured window: on a 2-core machine they
+share the cores, so where the time goes is what says what a change can gain.
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +33,10 @@ class LoadResult:
     rps: float
     p50_ms: float
     p99_ms: float
+    max_ms: float = float("nan")
+    client_cpu_ms: float | None = None  # CPU time per request, over the measured window
+    server_cpu_ms: float | None = None
+    pg_cpu_ms: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,6 +48,50 @@ def percentile(ordered: list[float], pct: float) -> float:
         return float("nan")
     rank = max(1, math.ceil(pct / 100 * len(ordered)))
     return ordered[rank - 1]
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process, all its threads (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def processes_named(name: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as comm:
+                    if comm.read().strip() == name:
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+def with_children(pid: int) -> list[int]:
+    """A process and its direct children (a supervisor and its worker processes)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        children.append(int(entry))
+            except OSError:
+                continue
+    return [pid, *children]
+
+
+def cpu_of(pids: list[int]) -> dict[int, float]:
+    return {pid: process_cpu_seconds(pid) for pid in pids}
 
 
 def _client_loop(
@@ -66,8 +119,10 @@ def _process_main(
     with ThreadPoolExecutor(count) as pool:
         while time.time() < start_at:
             time.sleep(0.005)
+        cpu_before = time.process_time()
         results = list(pool.map(lambda i: _client_loop(factory, first + i, args, max_ops, deadline), range(count)))
-    out.put(([lat for lats, _ in results for lat in lats], sum(e for _, e in results)))
+        cpu = time.process_time() - cpu_before
+    out.put(([lat for lats, _ in results for lat in lats], sum(e for _, e in results), cpu))
 
 
 def run_load(
@@ -79,7 +134,9 @@ def run_load(
     processes: int = 2,
     seconds: float = 5.0,
     max_ops_per_client: int = 20_000,
+    server_pids: list[int] | None = None,
 ) -> LoadResult:
+    """`server_pids`: the processes that serve the load (default: this one, where bench services run)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     start_at = time.time() + 2.0  # let every process import and connect first
@@ -95,16 +152,29 @@ def run_load(
             worker.start()
             workers.append(worker)
             first += count
+    servers = server_pids if server_pids is not None else [os.getpid()]
+    while time.time() < start_at:
+        time.sleep(0.002)
+    server_before, pg_before = cpu_of(servers), cpu_of(processes_named("postgres"))
     latencies: list[float] = []
     errors = 0
+    client_cpu = 0.0
     for _ in workers:
-        lats, errs = queue.get(timeout=seconds + 120)
+        lats, errs, cpu = queue.get(timeout=seconds + 120)
         latencies += lats
         errors += errs
+        client_cpu += cpu
+    server_after, pg_after = cpu_of(servers), cpu_of(processes_named("postgres"))
     for worker in workers:
         worker.join(30)
     elapsed = min(seconds, max(time.time() - start_at, 1e-9))
     ordered = sorted(latencies)
+    ops = max(1, len(latencies))
+
+    def per_request(before: dict[int, float], after: dict[int, float]) -> float:
+        spent = sum(after[pid] - before.get(pid, 0.0) for pid in after)
+        return round(spent / ops * 1000, 3)
+
     return LoadResult(
         name=name,
         clients=clients,
@@ -114,4 +184,8 @@ def run_load(
         rps=round(len(latencies) / elapsed, 1),
         p50_ms=round(percentile(ordered, 50) * 1000, 3),
         p99_ms=round(percentile(ordered, 99) * 1000, 3),
+        max_ms=round(ordered[-1] * 1000, 3) if ordered else float("nan"),
+        client_cpu_ms=round(client_cpu / ops * 1000, 3),
+        server_cpu_ms=per_request(server_before, server_after),
+        pg_cpu_ms=per_request(pg_before, pg_after),
     )

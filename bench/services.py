@@ -6,6 +6,7 @@ import json
 import random
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,12 +15,40 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from loyalty.common.v1 import common_pb2
 from loyalty.points.v1 import points_pb2, points_pb2_grpc
 
+from bench.ledger_fill import SHOP, TIERS
 from services.common.auth import digest
 from services.common.logs import configure_logging
 from services.common.server import RunningService, ServiceSpec
 from services.common.settings import Settings
 
 BENCH_TOKEN = "bench-token"
+METADATA = (("authorization", f"Bearer {BENCH_TOKEN}"),)
+MEMBERS = 10_000
+# The storefront's program: tier multipliers, a first-order bonus, a daily cap, expiring points,
+# points as payment; orders activate at once (the harder case: every earn writes entries and a lot).
+PROGRAM = points_pb2.Program(
+    earn=points_pb2.EarnRules(
+        points_per_unit=points_pb2.Ratio(numerator=1, denominator=1),
+        category_multipliers={"dairy": points_pb2.Ratio(numerator=2, denominator=1)},
+        first_order_bonus=100,
+        max_per_day=2_000,
+        growth_per_unit=points_pb2.Ratio(numerator=1, denominator=1),
+    ),
+    expiry=points_pb2.ExpiryPolicy(kind=points_pb2.EXPIRY_KIND_DAYS_AFTER_EARNING, n=365),
+    spend=points_pb2.SpendRules(points_per_unit=100, max_share_bp=5_000),
+    tiers=points_pb2.TierRules(
+        basis=points_pb2.TIER_BASIS_LIFETIME_GROWTH,
+        tiers=[
+            points_pb2.Tier(
+                code=code,
+                name=code,
+                threshold=threshold,
+                earn_multiplier=points_pb2.Ratio(numerator=multiplier, denominator=2),
+            )
+            for (code, threshold), multiplier in zip(TIERS, (3, 4), strict=True)
+        ],
+    ),
+)
 
 
 def sqlalchemy_url(dsn: str) -> str:
@@ -44,6 +73,14 @@ def bench_service(spec: ServiceSpec, database_url: str) -> Iterator[str]:
         yield running.address
     finally:
         running.stop(grace=2)
+
+
+def set_program(address: str) -> None:
+    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    stub.SetProgram(
+        points_pb2.SetProgramRequest(shop_id=SHOP, request_id=f"program-{uuid.uuid4().hex[:8]}", program=PROGRAM),
+        metadata=METADATA,
+    )
 
 
 def adjust_client(index: int, address: str) -> Callable[[int], None]:
@@ -117,6 +154,70 @@ def earn_client(index: int, address: str) -> Callable[[int], None]:
     return once
 
 
+def spend_client(index: int, address: str) -> Callable[[int], None]:
+    """SpendPoints at checkout: 1-100 points toward an order, by one of 10,000 members with earned points."""
+    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    rng = random.Random(index)
+    run = uuid.uuid4().hex[:8]
+
+    def once(op: int) -> None:
+        stub.SpendPoints(
+            points_pb2.SpendPointsRequest(
+                shop_id=SHOP,
+                request_id=f"{run}-{index}-{op}",
+                customer_id=f"s{rng.randint(1, MEMBERS)}",
+                order_id=f"pay-{run}-{index}-{op}",
+                order_amount=common_pb2.Money(amount_minor=1_000_000, currency="CNY"),
+                points=rng.randint(1, 100),
+            ),
+            metadata=METADATA,
+            timeout=10,
+        )
+
+    return once
+
+
+SOLO = "solo"
+
+
+def fund_solo(address: str) -> None:
+    """One member with points enough for any run (the SQLite contention benchmark)."""
+    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    stub.AdjustPoints(
+        points_pb2.AdjustPointsRequest(
+            shop_id=SHOP,
+            request_id=f"solo-{uuid.uuid4().hex[:8]}",
+            customer_id=SOLO,
+            asset=points_pb2.ASSET_POINTS,
+            delta=10**8,
+        ),
+        metadata=METADATA,
+    )
+
+
+def solo_spend_client(index: int, address: str) -> Callable[[int], None]:
+    """Many checkouts of one member at once: every request wants the same member lock."""
+    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    rng = random.Random(index)
+    run = uuid.uuid4().hex[:8]
+
+    def once(op: int) -> None:
+        stub.SpendPoints(
+            points_pb2.SpendPointsRequest(
+                shop_id=SHOP,
+                request_id=f"{run}-{index}-{op}",
+                customer_id=SOLO,
+                order_id=f"solo-{run}-{index}-{op}",
+                order_amount=common_pb2.Money(amount_minor=1_000_000, currency="CNY"),
+                points=rng.randint(1, 10),
+            ),
+            metadata=METADATA,
+            timeout=10,
+        )
+
+    return once
+
+
 HOT_MEMBERS = 100
 
 
@@ -163,3 +264,41 @@ def redeem_client(index: int, address: str) -> Callable[[int], None]:
         )
 
     return once
+
+
+def sell_out(address: str, *, stock: int = 300, clients: int = 32) -> tuple[int, int]:
+    """32 clients redeem a scarce item until it is gone; returns (redemptions acknowledged, stock left)."""
+    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    run = uuid.uuid4().hex[:8]
+    item = points_pb2.MallItem(item_id=f"scarce-{run}", name="scarce", cost_points=1, stock=stock)
+    stub.UpsertMallItem(
+        points_pb2.UpsertMallItemRequest(shop_id=SHOP, request_id=f"{run}-scarce", item=item), metadata=METADATA
+    )
+
+    def client(index: int) -> int:
+        sold = 0
+        for op in range(stock):  # bounded: no client can need more tries than there are units
+            try:
+                stub.Redeem(
+                    points_pb2.RedeemRequest(
+                        shop_id=SHOP,
+                        request_id=f"{run}-{index}-{op}",
+                        customer_id=f"hot{(index + op) % HOT_MEMBERS}",
+                        item_id=item.item_id,
+                        quantity=1,
+                    ),
+                    metadata=METADATA,
+                    timeout=10,
+                )
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    return sold
+                raise
+            sold += 1
+        return sold
+
+    with ThreadPoolExecutor(clients) as pool:
+        sold = sum(pool.map(client, range(clients)))
+    items = stub.ListMallItems(points_pb2.ListMallItemsRequest(shop_id=SHOP, page_size=500), metadata=METADATA)
+    left = next(i.stock for i in items.items if i.item_id == item.item_id)
+    return sold, left

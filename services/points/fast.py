@@ -32,9 +32,12 @@ caller's deadline bounds the write with a transaction-local
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 
@@ -69,7 +72,6 @@ T = TypeVar("T")
 R = TypeVar("R", bound=Message)
 ATTEMPTS = 6  # the first optimistic, the rest under the member lock (a retry only follows a lost race)
 POINTS, REBATE = int(Asset.POINTS), int(Asset.REBATE)
-ENTRY_ID_SEQUENCE = "entries_id_seq"
 # A redemption's response holds the item's stock after its own update, known only inside the write:
 # the stored response is the rest of it followed by this field, written by SQL (protobuf merges
 # concatenated messages). The stock is a 10-byte varint: the longest encoding, valid for every value.
@@ -88,6 +90,47 @@ class LostRace(Exception):
 
 class CorePathNeeded(Exception):
     """The use case needs something the hot path does not do (another member's book): use the Core path."""
+
+
+class Statement:
+    """A statement written with named parameters, turned once into PostgreSQL's own `$n` form.
+
+    psycopg parses a query's placeholders on every execution when the query is
+    longer than 4 KB or has more than 50 parameters, as ours do; a `RawCursor`
+    sends the `$n` text as is. The column names of its result are read once.
+    """
+
+    PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+    def __init__(self, sql: str) -> None:
+        names: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match[1] not in names:
+                names.append(match[1])
+            return f"${names.index(match[1]) + 1}"
+
+        self.sql = self.PLACEHOLDER.sub(number, sql)
+        self.names = tuple(names)
+        self.columns: tuple[str, ...] | None = None
+
+    def run(self, conn: psycopg.Connection[Any], params: dict[str, Any]) -> psycopg.RawCursor[Any]:
+        cursor = psycopg.RawCursor(conn)
+        cursor.execute(self.sql, [params[name] for name in self.names], prepare=True)
+        return cursor
+
+    def row(self, cursor: psycopg.RawCursor[Any]) -> dict[str, Any]:
+        """The one row of a result, by column name."""
+        values = cursor.fetchone()
+        assert values is not None
+        if self.columns is None:
+            assert cursor.description is not None
+            self.columns = tuple(column.name for column in cursor.description)
+        return dict(zip(self.columns, values, strict=True))
+
+
+SET_TIMEOUT = Statement("SELECT set_config('statement_timeout', %(ms)s, true)")
+RESERVE_IDS = Statement("SELECT nextval('entries_id_seq') FROM generate_series(1, %(count)s::int)")
 
 
 # ---------------------------------------------------------------- the read
@@ -150,7 +193,7 @@ def _arrays(alias: str, fields: Sequence[str], order: str) -> str:
 
 
 @lru_cache(maxsize=64)
-def read_statement(shape: ReadShape) -> str:
+def read_statement(shape: ReadShape) -> Statement:
     """The read statement of one shape."""
     if shape.by_order:
         member = "SELECT shop_id, customer_id FROM order_earnings WHERE shop_id = %(shop)s AND order_id = %(order)s"
@@ -243,23 +286,23 @@ def read_statement(shape: ReadShape) -> str:
         )
         joins.append("LEFT JOIN idempotency_records r ON r.shop_id = %(shop)s AND r.request_id = %(request_id)s")
     if shape.ids:
-        columns.append(
-            f"ARRAY(SELECT nextval('{ENTRY_ID_SEQUENCE}') FROM generate_series(1, %(ids)s::int)) AS entry_ids"
-        )
-    return (
+        columns.append("ARRAY(SELECT nextval('entries_id_seq') FROM generate_series(1, %(ids)s::int)) AS entry_ids")
+    return Statement(
         f"WITH m AS ({member}) SELECT {', '.join(columns)} FROM (VALUES (1)) AS one (x) LEFT JOIN m ON true "
         + " ".join(joins)
     )
 
 
 @lru_cache(maxsize=4)
-def lock_statement(by_order: bool) -> str:
+def lock_statement(by_order: bool) -> Statement:
     """Takes the member lock (the hot path's second and later attempts) before the read."""
     if by_order:
         member = "(SELECT customer_id FROM order_earnings WHERE shop_id = %(shop)s AND order_id = %(order)s)"
     else:
         member = "%(customer)s"
-    return f"SELECT 1 FROM balances WHERE shop_id = %(shop)s AND holder = {member} AND asset = {POINTS} FOR UPDATE"
+    return Statement(
+        f"SELECT 1 FROM balances WHERE shop_id = %(shop)s AND holder = {member} AND asset = {POINTS} FOR UPDATE"
+    )
 
 
 def read_params(query: MemberQuery, *, request_id: str, ids: int) -> dict[str, Any]:
@@ -429,10 +472,35 @@ class WriteShape:
 
 
 GATE = "EXISTS (SELECT FROM won)"
+# Row sets travel as one JSON parameter, each read back with its column types: dumping one text is a
+# fraction of the cost of dumping a dozen typed arrays, and the statement keeps few parameters.
+ROW_SETS = {
+    "balances": "asset int, balance bigint, updated_at timestamptz",
+    "entries": "id bigint, transfer_id text, holder text, asset int, delta bigint, balance_after bigint, kind text,"
+    " reason text, request_id text",
+    "new_lots": "asset int, transfer_id text, amount bigint, remaining bigint, expires_at timestamptz",
+    "lots": "id bigint, remaining bigint",
+    "new_uses": "transfer_id text, lot_id bigint, amount bigint",
+    "uses": "id bigint, restored bigint",
+    "earning": "order_id text, customer_id text, fingerprint text, paid_at timestamptz, paid_minor bigint,"
+    " currency text, earned_points bigint, earned_growth bigint, earned_rebate bigint, breakdown text,"
+    " refunded_minor bigint, state int, activates_at timestamptz, activated_at timestamptz, created_at timestamptz",
+    "new_spends": "transfer_id text, order_id text, asset int, amount bigint",
+    "spends": "transfer_id text, restored bigint",
+    "tier": "tier_code text, since timestamptz, reviewed_at timestamptz",
+    "moves": "from_code text, to_code text, reason text",
+    "top_up": "top_up_id text, transfer_id text, paid_minor bigint, bonus_minor bigint, currency text,"
+    " refunded_at timestamptz",
+}
+
+
+def rows(name: str) -> str:
+    """The JSON row set `name` of the write's changes, as a typed table."""
+    return f"json_to_recordset(%(changes)s::json -> '{name}') AS t ({ROW_SETS[name]})"
 
 
 @lru_cache(maxsize=128)
-def write_statement(shape: WriteShape) -> str:
+def write_statement(shape: WriteShape) -> Statement:
     """Every row a book of this shape changed, plus the idempotency record, gated on the member's version."""
     parts = [
         "kept AS (UPDATE balances SET balance = %(points)s, updated_at = %(points_at)s"
@@ -451,8 +519,7 @@ def write_statement(shape: WriteShape) -> str:
         parts.append(
             "redemption AS (INSERT INTO redemptions (shop_id, item_id, customer_id, quantity, points, transfer_id,"
             " created_at) SELECT %(shop)s, %(item)s, %(member)s, %(quantity)s, %(redeemed_points)s,"
-            " %(redeem_transfer)s,"
-            f" %(now)s WHERE {GATE})"
+            f" %(redeem_transfer)s, %(now)s WHERE {GATE})"
         )
         response = "%(response)s || " + VARINT10 % "(SELECT stock FROM stock)"
     else:
@@ -464,103 +531,152 @@ def write_statement(shape: WriteShape) -> str:
     if shape.balances:
         parts.append(
             "other_balances AS (INSERT INTO balances (shop_id, holder, asset, balance, updated_at)"
-            " SELECT %(shop)s, %(member)s, a, b, u FROM unnest(%(balance_assets)s::int[],"
-            " %(balance_amounts)s::bigint[],"
-            f" %(balance_stamps)s::timestamptz[]) AS t (a, b, u) WHERE {GATE}"
+            f" SELECT %(shop)s, %(member)s, asset, balance, updated_at FROM {rows('balances')} WHERE {GATE}"
             " ON CONFLICT (shop_id, holder, asset) DO UPDATE SET balance = excluded.balance,"
             " updated_at = excluded.updated_at)"
         )
     if shape.entries:
         parts.append(
             "entries_in AS (INSERT INTO entries (id, shop_id, transfer_id, holder, asset, delta, balance_after, kind,"
-            " reason, request_id, created_at) SELECT i, %(shop)s, tr, h, a, d, ba, k, re, rq, %(now)s FROM unnest("
-            "%(entry_ids)s::bigint[], %(entry_transfers)s::text[], %(entry_holders)s::text[], %(entry_assets)s::int[],"
-            " %(entry_deltas)s::bigint[], %(entry_after)s::bigint[], %(entry_kinds)s::text[],"
-            " %(entry_reasons)s::text[],"
-            f" %(entry_requests)s::text[]) AS t (i, tr, h, a, d, ba, k, re, rq) WHERE {GATE})"
+            " reason, request_id, created_at) SELECT id, %(shop)s, transfer_id, holder, asset, delta, balance_after,"
+            f" kind, reason, request_id, %(now)s FROM {rows('entries')} WHERE {GATE})"
         )
     if shape.new_lots:
         parts.append(
             "lots_in AS (INSERT INTO lots (shop_id, customer_id, asset, transfer_id, amount, remaining, earned_at,"
-            " expires_at) SELECT %(shop)s, %(member)s, a, tr, am, re, %(now)s, ex FROM unnest(%(lot_assets)s::int[],"
-            " %(lot_transfers)s::text[], %(lot_amounts)s::bigint[], %(lot_remaining)s::bigint[],"
-            f" %(lot_expires)s::timestamptz[]) AS t (a, tr, am, re, ex) WHERE {GATE})"
+            " expires_at) SELECT %(shop)s, %(member)s, asset, transfer_id, amount, remaining, %(now)s, expires_at"
+            f" FROM {rows('new_lots')} WHERE {GATE})"
         )
     if shape.lot_changes:
         parts.append(
-            "lots_set AS (UPDATE lots SET remaining = t.r FROM unnest(%(changed_lot_ids)s::bigint[],"
-            f" %(changed_lot_remaining)s::bigint[]) AS t (i, r) WHERE lots.id = t.i AND {GATE})"
+            f"lots_set AS (UPDATE lots SET remaining = t.remaining FROM {rows('lots')} WHERE lots.id = t.id AND {GATE})"
         )
     if shape.new_uses:
         parts.append(
             "uses_in AS (INSERT INTO lot_uses (shop_id, transfer_id, lot_id, amount, restored)"
-            " SELECT %(shop)s, tr, l, a, 0 FROM unnest(%(use_transfers)s::text[], %(use_lots)s::bigint[],"
-            f" %(use_amounts)s::bigint[]) AS t (tr, l, a) WHERE {GATE})"
+            f" SELECT %(shop)s, transfer_id, lot_id, amount, 0 FROM {rows('new_uses')} WHERE {GATE})"
         )
     if shape.use_changes:
         parts.append(
-            "uses_set AS (UPDATE lot_uses SET restored = t.r FROM unnest(%(changed_use_ids)s::bigint[],"
-            f" %(changed_use_restored)s::bigint[]) AS t (i, r) WHERE lot_uses.id = t.i AND {GATE})"
+            f"uses_set AS (UPDATE lot_uses SET restored = t.restored FROM {rows('uses')} WHERE lot_uses.id = t.id"
+            f" AND {GATE})"
         )
     if shape.new_earning:
         columns = ", ".join(EARNING_FIELDS)
-        values = ", ".join(f"%(earning_{f})s" for f in EARNING_FIELDS)
         parts.append(
-            f"earning_in AS (INSERT INTO order_earnings (shop_id, {columns}) SELECT %(shop)s, {values} WHERE {GATE})"
+            f"earning_in AS (INSERT INTO order_earnings (shop_id, {columns}) SELECT %(shop)s, {columns}"
+            f" FROM {rows('earning')} WHERE {GATE})"
         )
     if shape.earning_change:
         parts.append(
-            "earning_set AS (UPDATE order_earnings SET state = %(earning_state)s,"
-            " activated_at = %(earning_activated_at)s,"
-            " refunded_minor = %(earning_refunded_minor)s WHERE shop_id = %(shop)s AND order_id = %(earning_order_id)s"
-            f" AND {GATE})"
+            "earning_set AS (UPDATE order_earnings SET state = t.state, activated_at = t.activated_at,"
+            f" refunded_minor = t.refunded_minor FROM {rows('earning')} WHERE order_earnings.shop_id = %(shop)s"
+            f" AND order_earnings.order_id = t.order_id AND {GATE})"
         )
     if shape.new_spends:
         parts.append(
             "spends_in AS (INSERT INTO order_spends (transfer_id, shop_id, order_id, customer_id, asset, amount,"
-            " restored)"
-            " SELECT tr, %(shop)s, o, %(member)s, a, am, 0 FROM unnest(%(spend_transfers)s::text[],"
-            f" %(spend_orders)s::text[], %(spend_assets)s::int[], %(spend_amounts)s::bigint[]) AS t (tr, o, a, am)"
+            f" restored) SELECT transfer_id, %(shop)s, order_id, %(member)s, asset, amount, 0 FROM {rows('new_spends')}"
             f" WHERE {GATE})"
         )
     if shape.spend_changes:
         parts.append(
-            "spends_set AS (UPDATE order_spends SET restored = t.r FROM unnest(%(changed_spend_transfers)s::text[],"
-            " %(changed_spend_restored)s::bigint[]) AS t (tr, r) WHERE order_spends.shop_id = %(shop)s"
-            f" AND order_spends.transfer_id = t.tr AND {GATE})"
+            f"spends_set AS (UPDATE order_spends SET restored = t.restored FROM {rows('spends')}"
+            f" WHERE order_spends.shop_id = %(shop)s AND order_spends.transfer_id = t.transfer_id AND {GATE})"
         )
     if shape.tier:
         parts.append(
             "tier_set AS (INSERT INTO member_tiers (shop_id, customer_id, tier_code, since, reviewed_at)"
-            f" SELECT %(shop)s, %(member)s, %(tier_code)s, %(tier_since)s, %(tier_reviewed_at)s WHERE {GATE}"
+            f" SELECT %(shop)s, %(member)s, tier_code, since, reviewed_at FROM {rows('tier')} WHERE {GATE}"
             " ON CONFLICT (shop_id, customer_id) DO UPDATE SET tier_code = excluded.tier_code, since = excluded.since,"
             " reviewed_at = excluded.reviewed_at)"
         )
     if shape.tier_moves:
         parts.append(
             "tier_moves_in AS (INSERT INTO tier_changes (shop_id, customer_id, from_code, to_code, reason, changed_at)"
-            " SELECT %(shop)s, %(member)s, f, t, r, %(now)s FROM unnest(%(move_from)s::text[], %(move_to)s::text[],"
-            f" %(move_reasons)s::text[]) AS m (f, t, r) WHERE {GATE})"
+            f" SELECT %(shop)s, %(member)s, from_code, to_code, reason, %(now)s FROM {rows('moves')} WHERE {GATE})"
         )
     if shape.new_top_up:
         parts.append(
             "top_up_in AS (INSERT INTO top_ups (shop_id, top_up_id, customer_id, transfer_id, paid_minor, bonus_minor,"
-            " currency, refunded_at, created_at) SELECT %(shop)s, %(top_up_id)s, %(member)s, %(top_up_transfer)s,"
-            f" %(top_up_paid)s, %(top_up_bonus)s, %(top_up_currency)s, NULL, %(now)s WHERE {GATE})"
+            " currency, refunded_at, created_at) SELECT %(shop)s, top_up_id, %(member)s, transfer_id, paid_minor,"
+            f" bonus_minor, currency, NULL, %(now)s FROM {rows('top_up')} WHERE {GATE})"
         )
     if shape.top_up_change:
         parts.append(
-            "top_up_set AS (UPDATE top_ups SET refunded_at = %(top_up_refunded_at)s WHERE shop_id = %(shop)s"
-            f" AND top_up_id = %(top_up_id)s AND {GATE})"
+            f"top_up_set AS (UPDATE top_ups SET refunded_at = t.refunded_at FROM {rows('top_up')}"
+            f" WHERE top_ups.shop_id = %(shop)s AND top_ups.top_up_id = t.top_up_id AND {GATE})"
         )
     returned = "(SELECT stock FROM stock)" if shape.redemption else "NULL::bigint"
-    return f"WITH {', '.join(parts)} SELECT EXISTS (SELECT FROM won), {returned}"
+    return Statement(f"WITH {', '.join(parts)} SELECT EXISTS (SELECT FROM won), {returned}")
+
+
+def _json_value(value: object) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} in a row set")
 
 
 def write_params(book: MemberBook, version: str | None, record: dict[str, Any]) -> dict[str, Any]:
-    """The write statement's parameters: the book's changes as columns (arrays for many rows)."""
+    """The write statement's parameters: scalars, and every changed row in one JSON document of row sets."""
     points = book.balances.get(Asset.POINTS, BalanceRow(0, None))
-    others = sorted(book.touched - {Asset.POINTS})
+    changes: dict[str, list[dict[str, Any]]] = {
+        "balances": [
+            {"asset": int(a), "balance": book.balances[a].balance, "updated_at": book.balances[a].updated_at}
+            for a in sorted(book.touched - {Asset.POINTS})
+        ],
+        "entries": [
+            {
+                "id": e.id,
+                "transfer_id": e.transfer_id,
+                "holder": e.holder,
+                "asset": int(e.asset),
+                "delta": e.delta,
+                "balance_after": e.balance_after,
+                "kind": e.kind,
+                "reason": e.reason,
+                "request_id": e.request_id,
+            }
+            for e in book.entries
+        ],
+        "new_lots": [
+            {
+                "asset": int(lot.asset),
+                "transfer_id": lot.transfer_id,
+                "amount": lot.amount,
+                "remaining": lot.remaining,
+                "expires_at": lot.expires_at,
+            }
+            for lot in book.new_lots
+        ],
+        "lots": [{"id": i, "remaining": book.lots[i].remaining} for i in sorted(book.changed_lots)],
+        "new_uses": [{"transfer_id": u.transfer_id, "lot_id": u.lot_id, "amount": u.amount} for u in book.new_lot_uses],
+        "uses": [{"id": i, "restored": book.lot_uses[i].restored} for i in sorted(book.changed_lot_uses)],
+        "new_spends": [
+            {"transfer_id": x.transfer_id, "order_id": x.order_id, "asset": int(x.asset), "amount": x.amount}
+            for x in book.new_spends
+        ],
+        "spends": [{"transfer_id": t, "restored": book.spends[t].restored} for t in sorted(book.changed_spends)],
+        "moves": [{"from_code": m.from_code, "to_code": m.to_code, "reason": m.reason} for m in book.tier_moves],
+    }
+    if book.earning is not None:
+        changes["earning"] = [{f: getattr(book.earning, f) for f in EARNING_FIELDS}]
+    if book.tier is not None:
+        changes["tier"] = [
+            {"tier_code": book.tier.code, "since": book.tier.since, "reviewed_at": book.tier.reviewed_at}
+        ]
+    if book.top_up is not None:
+        t = book.top_up
+        changes["top_up"] = [
+            {
+                "top_up_id": t.top_up_id,
+                "transfer_id": t.transfer_id,
+                "paid_minor": t.paid_minor,
+                "bonus_minor": t.bonus_minor,
+                "currency": t.currency,
+                "refunded_at": t.refunded_at,
+            }
+        ]
     params: dict[str, Any] = {
         "shop": book.shop_id,
         "member": book.customer_id,
@@ -573,47 +689,8 @@ def write_params(book: MemberBook, version: str | None, record: dict[str, Any]) 
         "fingerprint": record["fingerprint"],
         "response": record["response"],
         "recorded_at": record["created_at"],
-        "balance_assets": [int(a) for a in others],
-        "balance_amounts": [book.balances[a].balance for a in others],
-        "balance_stamps": [book.balances[a].updated_at for a in others],
+        "changes": json.dumps({k: v for k, v in changes.items() if v}, default=_json_value),
     }
-    entries = book.entries
-    params.update(
-        entry_ids=[e.id for e in entries],
-        entry_transfers=[e.transfer_id for e in entries],
-        entry_holders=[e.holder for e in entries],
-        entry_assets=[int(e.asset) for e in entries],
-        entry_deltas=[e.delta for e in entries],
-        entry_after=[e.balance_after for e in entries],
-        entry_kinds=[e.kind for e in entries],
-        entry_reasons=[e.reason for e in entries],
-        entry_requests=[e.request_id for e in entries],
-        lot_assets=[int(lot.asset) for lot in book.new_lots],
-        lot_transfers=[lot.transfer_id for lot in book.new_lots],
-        lot_amounts=[lot.amount for lot in book.new_lots],
-        lot_remaining=[lot.remaining for lot in book.new_lots],
-        lot_expires=[lot.expires_at for lot in book.new_lots],
-        changed_lot_ids=sorted(book.changed_lots),
-        changed_lot_remaining=[book.lots[i].remaining for i in sorted(book.changed_lots)],
-        use_transfers=[u.transfer_id for u in book.new_lot_uses],
-        use_lots=[u.lot_id for u in book.new_lot_uses],
-        use_amounts=[u.amount for u in book.new_lot_uses],
-        changed_use_ids=sorted(book.changed_lot_uses),
-        changed_use_restored=[book.lot_uses[i].restored for i in sorted(book.changed_lot_uses)],
-        spend_transfers=[s.transfer_id for s in book.new_spends],
-        spend_orders=[s.order_id for s in book.new_spends],
-        spend_assets=[int(s.asset) for s in book.new_spends],
-        spend_amounts=[s.amount for s in book.new_spends],
-        changed_spend_transfers=sorted(book.changed_spends),
-        changed_spend_restored=[book.spends[t].restored for t in sorted(book.changed_spends)],
-        move_from=[m.from_code for m in book.tier_moves],
-        move_to=[m.to_code for m in book.tier_moves],
-        move_reasons=[m.reason for m in book.tier_moves],
-    )
-    if book.earning is not None:
-        params.update({f"earning_{f}": getattr(book.earning, f) for f in EARNING_FIELDS})
-    if book.tier is not None:
-        params.update(tier_code=book.tier.code, tier_since=book.tier.since, tier_reviewed_at=book.tier.reviewed_at)
     if book.redemption is not None:
         r = book.redemption
         params.update(
@@ -622,16 +699,6 @@ def write_params(book: MemberBook, version: str | None, record: dict[str, Any]) 
             redeemed_points=r.points,
             redeem_transfer=r.transfer_id,
             response=record["response"] + STOCK_SUFFIX_HEADER,
-        )
-    if book.top_up is not None:
-        t = book.top_up
-        params.update(
-            top_up_id=t.top_up_id,
-            top_up_transfer=t.transfer_id,
-            top_up_paid=t.paid_minor,
-            top_up_bonus=t.bonus_minor,
-            top_up_currency=t.currency,
-            top_up_refunded_at=t.refunded_at,
         )
     return params
 
@@ -685,10 +752,10 @@ class HotPath:
 
     def read(self, query: MemberQuery) -> MemberFacts:
         shape = ReadShape.of(query, request=False)
-        sql = read_statement(shape)
+        statement = read_statement(shape)
         with _database_errors(), self._connection() as conn:
-            cursor = conn.execute(sql, read_params(query, request_id="", ids=0), prepare=True)
-            return snapshot_of(query, shape, _row(cursor)).facts
+            row = statement.row(statement.run(conn, read_params(query, request_id="", ids=0)))
+            return snapshot_of(query, shape, row).facts
 
     def mutate(
         self,
@@ -701,14 +768,14 @@ class HotPath:
     ) -> Message:
         """Runs `plan` on the member's book and writes it, optimistically first, then under the member lock."""
         shape = ReadShape.of(query, request=True)
-        read_sql = read_statement(shape)
+        read = read_statement(shape)
         params = read_params(query, request_id=request_id, ids=query.entry_ids)
         for attempt in range(ATTEMPTS):
             locked = attempt > 0
             ensure_caller_waiting()
             try:
                 with _database_errors(), self._connection() as conn:
-                    snapshot = self._read(conn, read_sql, params, query, shape, locked=locked)
+                    snapshot = self._read(conn, read, params, query, shape, locked=locked)
                     if snapshot.replay is not None:
                         self._end(conn, commit=False)
                         return replay(snapshot.replay)
@@ -736,29 +803,28 @@ class HotPath:
     def _read(
         self,
         conn: psycopg.Connection[Any],
-        sql: str,
+        statement: Statement,
         params: dict[str, Any],
         query: MemberQuery,
         shape: ReadShape,
         *,
         locked: bool,
     ) -> Snapshot:
+        """The member's snapshot; under the member lock (taken first, in the same trip) when `locked`."""
+        if not locked:
+            return snapshot_of(query, shape, statement.row(statement.run(conn, params)))
         timeout = _timeout_ms()
         with conn.pipeline():
-            if locked:
-                conn.execute("BEGIN")
-                if timeout is not None:
-                    conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(timeout),), prepare=True)
-                conn.execute(lock_statement(shape.by_order), params, prepare=True)
-            cursor = conn.execute(sql, params, prepare=True)
-        return snapshot_of(query, shape, _row(cursor))
+            conn.execute("BEGIN")
+            if timeout is not None:
+                SET_TIMEOUT.run(conn, {"ms": str(timeout)})
+            lock_statement(shape.by_order).run(conn, params)
+            cursor = statement.run(conn, params)
+        return snapshot_of(query, shape, statement.row(cursor))
 
     def _reserve(self, conn: psycopg.Connection[Any], count: int) -> list[int]:
         """More entry ids than the read reserved (a debit that first expires many due lots)."""
-        cursor = conn.execute(
-            f"SELECT nextval('{ENTRY_ID_SEQUENCE}') FROM generate_series(1, %s::int)", (count,), prepare=True
-        )
-        return [int(value) for (value,) in cursor.fetchall()]
+        return [int(value) for (value,) in RESERVE_IDS.run(conn, {"count": count}).fetchall()]
 
     def _write(
         self,
@@ -770,21 +836,26 @@ class HotPath:
         locked: bool,
     ) -> int | None:
         """Writes the book; the new stock of a redeemed item, if any. LostRace when the member changed."""
-        sql = write_statement(WriteShape.of(book))
+        statement = write_statement(WriteShape.of(book))
         params = write_params(book, version, record)
-        timeout = _timeout_ms()
+        timeout = None if locked else _timeout_ms()  # under the lock, the timeout was set with BEGIN
         try:
-            with conn.pipeline():
-                if timeout is not None and not locked:
-                    conn.execute("SELECT set_config('statement_timeout', %s, true)", (str(timeout),), prepare=True)
-                cursor = conn.execute(sql, params, prepare=True)
-                if locked:
-                    conn.execute("COMMIT")
+            if timeout is None and not locked:
+                cursor = statement.run(conn, params)
+            else:
+                with conn.pipeline():
+                    if timeout is not None:
+                        SET_TIMEOUT.run(conn, {"ms": str(timeout)})
+                    cursor = statement.run(conn, params)
+                    if locked:
+                        conn.execute("COMMIT")
         except psycopg.errors.CheckViolation as exc:
             if book.redemption is not None and exc.diag.constraint_name == "ck_mall_items_stock_not_negative":
                 raise out_of_stock(book.redemption.item_id, book.redemption.quantity) from exc
             raise
-        won, stock = _first(cursor)
+        values = cursor.fetchone()
+        assert values is not None
+        won, stock = values
         if not won:
             raise LostRace()
         return None if stock is None else int(stock)
@@ -792,19 +863,6 @@ class HotPath:
     def _end(self, conn: psycopg.Connection[Any], *, commit: bool) -> None:
         if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             conn.execute("COMMIT" if commit else "ROLLBACK")
-
-
-def _row(cursor: psycopg.Cursor[Any]) -> dict[str, Any]:
-    values = cursor.fetchone()
-    assert values is not None
-    assert cursor.description is not None
-    return {column.name: value for column, value in zip(cursor.description, values, strict=True)}
-
-
-def _first(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
-    values = cursor.fetchone()
-    assert values is not None
-    return tuple(values)
 
 
 @contextmanager
