@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import uuid
 from collections.abc import Callable, Iterator
@@ -63,7 +64,8 @@ def bench_service(spec: ServiceSpec, database_url: str) -> Iterator[str]:
         service=spec.name,
         grpc_port=0,
         database_url=database_url,
-        db_pool_size=32,
+        db_pool_size=int(os.environ.get("BENCH_POOL", "32")),
+        max_workers=int(os.environ.get("BENCH_WORKERS", "32")),
         log_level="WARNING",
         auth_tokens=json.dumps([{"sha256": digest(BENCH_TOKEN), "shops": ["*"], "scopes": ["admin"]}]),
     )

@@ -25,9 +25,12 @@ many clients still makes progress in arrival order.
 Conditions that can only fail inside the write abort the whole statement with
 an error instead of writing part of it: a twin request that committed first
 (the idempotency primary key: the caller gets the twin's answer), and a mall
-item whose stock would go below zero (a CHECK constraint: OUT_OF_STOCK). A
-caller's deadline bounds the write with a transaction-local
-`statement_timeout`, so a request whose caller gave up never commits later.
+item whose stock would go below zero (a CHECK constraint: OUT_OF_STOCK), and
+a caller whose deadline passed while the write waited for the member's row
+(the write checks the time left against PostgreSQL's own clock once it holds
+the row; a late write aborts, so it never commits after its caller gave up and
+retried). Under the member lock, a transaction-local `statement_timeout` bounds
+every statement instead.
 """
 
 from __future__ import annotations
@@ -509,7 +512,11 @@ def write_statement(shape: WriteShape) -> Statement:
         "created AS (INSERT INTO balances (shop_id, holder, asset, balance, updated_at)"
         f" SELECT %(shop)s, %(member)s, {POINTS}, %(points)s, %(points_at)s WHERE %(version)s::text IS NULL"
         " ON CONFLICT DO NOTHING RETURNING 1)",
-        "won AS (SELECT 1 FROM kept UNION ALL SELECT 1 FROM created)",
+        # The member is ours once `kept` or `created` returns its row, after any wait for the row lock;
+        # a caller whose time ran out meanwhile gets a division by zero, which aborts every write (22012).
+        "won AS (SELECT 1 / (CASE WHEN %(seconds_left)s::float8 IS NULL OR clock_timestamp()"
+        " < statement_timestamp() + make_interval(secs => %(seconds_left)s::float8) THEN 1 ELSE 0 END) AS ours"
+        " FROM (SELECT 1 FROM kept UNION ALL SELECT 1 FROM created) AS claimed)",
     ]
     if shape.redemption:  # before the record: the record's response ends with the stock this update leaves
         parts.append(
@@ -716,6 +723,12 @@ def _no_other_books(customer_id: str) -> MemberBook:
 MAX_TIMEOUT_MS = 2**31 - 1  # PostgreSQL's ceiling; gRPC reports "no deadline" as a far larger time left
 
 
+def _seconds_left() -> float | None:
+    """The caller's time left, as the write's own deadline check takes it; None when it waits for ever."""
+    left = seconds_left()
+    return None if left is None or left * 1000 >= MAX_TIMEOUT_MS else left
+
+
 def _timeout_ms() -> int | None:
     """The caller's time left as a statement timeout; None when it waits for ever."""
     left = seconds_left()
@@ -838,17 +851,18 @@ class HotPath:
         """Writes the book; the new stock of a redeemed item, if any. LostRace when the member changed."""
         statement = write_statement(WriteShape.of(book))
         params = write_params(book, version, record)
-        timeout = None if locked else _timeout_ms()  # under the lock, the timeout was set with BEGIN
+        params["seconds_left"] = (
+            None if locked else _seconds_left()
+        )  # under the lock: statement_timeout, set with BEGIN
         try:
-            if timeout is None and not locked:
+            if not locked:
                 cursor = statement.run(conn, params)
             else:
                 with conn.pipeline():
-                    if timeout is not None:
-                        SET_TIMEOUT.run(conn, {"ms": str(timeout)})
                     cursor = statement.run(conn, params)
-                    if locked:
-                        conn.execute("COMMIT")
+                    conn.execute("COMMIT")
+        except psycopg.errors.DivisionByZero as exc:  # the `won` gate: the caller's deadline passed
+            raise _deadline_passed() from exc
         except psycopg.errors.CheckViolation as exc:
             if book.redemption is not None and exc.diag.constraint_name == "ck_mall_items_stock_not_negative":
                 raise out_of_stock(book.redemption.item_id, book.redemption.quantity) from exc
@@ -865,17 +879,21 @@ class HotPath:
             conn.execute("COMMIT" if commit else "ROLLBACK")
 
 
+def _deadline_passed() -> DeadlineExceeded:
+    return DeadlineExceeded(
+        "the caller's deadline passed before this request could commit; nothing was changed, "
+        "retry with the same request_id",
+        reason="DEADLINE_PASSED",
+    )
+
+
 @contextmanager
 def _database_errors() -> Iterator[None]:
     """psycopg's errors as the statuses the guard answers with (SQLAlchemy's are mapped there already)."""
     try:
         yield
     except psycopg.errors.QueryCanceled as exc:
-        raise DeadlineExceeded(
-            "the caller's deadline passed before this request could commit; nothing was changed, "
-            "retry with the same request_id",
-            reason="DEADLINE_PASSED",
-        ) from exc
+        raise _deadline_passed() from exc
     except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure):
         raise LostRace() from None
     except psycopg.OperationalError as exc:

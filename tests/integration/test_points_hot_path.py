@@ -460,3 +460,50 @@ def test_the_hot_path_never_oversells_under_concurrency(points_db: Database, uid
     assert listed.items[0].stock == 0
     reconciled = hot.ReconcileLedger(points_pb2.ReconcileLedgerRequest(shop_id=shop), NO_CONTEXT)
     assert reconciled.balanced
+
+
+def test_a_write_that_got_the_member_only_after_its_callers_deadline_changes_nothing(
+    points_db: Database, uid: str
+) -> None:
+    """The member's row is locked without being changed (as the hot path's own second attempts lock it),
+    so the waiting write's version check passes once the lock goes: its deadline check must still refuse it."""
+    from services.common.deadlines import caller_deadline
+    from services.common.errors import DeadlineExceeded
+
+    clock = FakeClock(START)
+    hot = servicer_on(points_db, clock, hot_path=True)
+    shop = f"late-{uid}"
+
+    def adjust(request_id: str) -> points_pb2.AdjustPointsResponse:
+        request = points_pb2.AdjustPointsRequest(
+            shop_id=shop, request_id=request_id, customer_id="c", asset=points_pb2.ASSET_POINTS, delta=5
+        )
+        response: points_pb2.AdjustPointsResponse = hot.AdjustPoints(request, NO_CONTEXT)
+        return response
+
+    adjust("first")
+    with points_db.engine.connect() as holder:
+        holder.execute(
+            text("SELECT 1 FROM balances WHERE shop_id = :shop AND holder = 'c' AND asset = 1 FOR UPDATE"),
+            {"shop": shop},
+        )
+        with ThreadPoolExecutor(1) as pool:
+
+            def late() -> BaseException | None:
+                with caller_deadline(0.3):
+                    try:
+                        adjust("late")
+                    except DeadlineExceeded as exc:
+                        return exc
+                return None
+
+            outcome = pool.submit(late)
+            threading.Event().wait(0.6)  # the caller's deadline passes while the write waits for the row
+            holder.rollback()  # the row was never changed: nothing makes the version check fail
+            assert isinstance(outcome.result(timeout=10), DeadlineExceeded)
+    with points_db.engine.connect() as conn:
+        late_rows = conn.execute(
+            text("SELECT count(*) FROM entries WHERE shop_id = :shop AND request_id = 'late'"), {"shop": shop}
+        ).scalar()
+    assert late_rows == 0
+    assert adjust("late").account.points_balance == 10  # the retry is evaluated afresh and applies once
