@@ -133,6 +133,8 @@ class WriteQueue:
     so a use case that nests a transaction fails as SQLite would, not by hanging.
     """
 
+    LONGEST_WAIT_SECONDS = 60.0  # one wait of the loop; a far deadline would overflow the platform's time_t
+
     def __init__(self) -> None:
         self._turns = threading.Condition()
         self._next_ticket = 0
@@ -165,7 +167,7 @@ class WriteQueue:
                         "retry with the same request_id",
                         reason="DEADLINE_PASSED",
                     )
-                self._turns.wait(left)
+                self._turns.wait(None if left is None else min(left, self.LONGEST_WAIT_SECONDS))
             self._owner = me
         try:
             yield

@@ -21,12 +21,16 @@ _deadline: ContextVar[float | None] = ContextVar("caller_deadline", default=None
 # The server learns the deadline a transit time after the client set it, so it
 # gives up this much early: a commit never lands after the client saw the timeout.
 MARGIN_SECONDS = 0.02
+# gRPC reports a call without a deadline as one centuries away; waits and
+# timeouts overflow on such values, so anything past this counts as none.
+NO_DEADLINE_SECONDS = 30 * 24 * 3600.0
 
 
 @contextmanager
 def caller_deadline(seconds_left: float | None) -> Iterator[None]:
     """Makes the caller's remaining time visible to the code run inside; None means no deadline."""
-    token = _deadline.set(None if seconds_left is None else time.monotonic() + seconds_left - MARGIN_SECONDS)
+    waits_for_ever = seconds_left is None or seconds_left >= NO_DEADLINE_SECONDS
+    token = _deadline.set(None if waits_for_ever else time.monotonic() + seconds_left - MARGIN_SECONDS)
     try:
         yield
     finally:

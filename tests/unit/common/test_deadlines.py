@@ -30,3 +30,14 @@ def test_the_deadline_ends_with_its_call() -> None:
     with caller_deadline(0.0):
         pass
     ensure_caller_waiting()
+
+
+def test_a_time_left_of_centuries_counts_as_no_deadline() -> None:
+    """What gRPC's time_remaining() reports for a call that set no deadline."""
+    from services.common.deadlines import NO_DEADLINE_SECONDS, seconds_left
+
+    with caller_deadline(NO_DEADLINE_SECONDS * 1000):
+        assert seconds_left() is None
+    with caller_deadline(60.0):
+        left = seconds_left()
+        assert left is not None and left <= 60.0

@@ -80,3 +80,33 @@ def test_a_timeout_of_zero_on_a_free_queue_still_gets_the_turn() -> None:
     queue = WriteQueue()
     with queue.turn(timeout=0):
         pass
+
+
+def test_a_waiter_with_a_deadline_centuries_away_waits_instead_of_overflowing() -> None:
+    """gRPC gives a call without a deadline a time left far past what a lock wait accepts."""
+    queue = WriteQueue()
+    holding, release = threading.Event(), threading.Event()
+    failures: list[BaseException] = []
+    served = threading.Event()
+
+    def holder() -> None:
+        with queue.turn():
+            holding.set()
+            release.wait(5)
+
+    def far_waiter() -> None:
+        try:
+            with queue.turn(timeout=1e12):
+                served.set()
+        except BaseException as exc:  # noqa: BLE001 - the test reports whatever escaped
+            failures.append(exc)
+
+    threading.Thread(target=holder).start()
+    holding.wait(5)
+    waiter = threading.Thread(target=far_waiter)
+    waiter.start()
+    time.sleep(0.05)
+    release.set()
+    waiter.join(5)
+    assert failures == []
+    assert served.is_set()
