@@ -158,16 +158,19 @@ class WriteQueue:
             ticket = self._next_ticket
             self._next_ticket += 1
             deadline = None if timeout is None else time.monotonic() + timeout
-            while self._serving != ticket:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    self._skip(ticket)
-                    raise DeadlineExceeded(
-                        "the caller's deadline passed while this request waited to write; nothing was changed, "
-                        "retry with the same request_id",
-                        reason="DEADLINE_PASSED",
-                    )
-                self._turns.wait(None if left is None else min(left, self.LONGEST_WAIT_SECONDS))
+            try:
+                while self._serving != ticket:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise DeadlineExceeded(
+                            "the caller's deadline passed while this request waited to write; nothing was changed, "
+                            "retry with the same request_id",
+                            reason="DEADLINE_PASSED",
+                        )
+                    self._turns.wait(None if left is None else min(left, self.LONGEST_WAIT_SECONDS))
+            except BaseException:
+                self._skip(ticket)  # whatever ended the wait, the writers behind must not wait for this ticket
+                raise
             self._owner = me
         try:
             yield
@@ -181,6 +184,8 @@ class WriteQueue:
     def _skip(self, ticket: int) -> None:
         """A waiter that gave up leaves its ticket behind: it is passed over when its turn comes."""
         self._abandoned.add(ticket)
+        self._advance()  # its turn may have come already
+        self._turns.notify_all()
 
     def _advance(self) -> None:
         while self._serving in self._abandoned:

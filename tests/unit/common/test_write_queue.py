@@ -110,3 +110,44 @@ def test_a_waiter_with_a_deadline_centuries_away_waits_instead_of_overflowing() 
     waiter.join(5)
     assert failures == []
     assert served.is_set()
+
+
+def test_a_waiter_that_fails_while_waiting_does_not_block_the_writers_behind() -> None:
+    """Whatever ends a wait (here a failing wait itself), its ticket must not stall the queue."""
+    queue = WriteQueue()
+    holding, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with queue.turn():
+            holding.set()
+            release.wait(5)
+
+    threading.Thread(target=holder).start()
+    holding.wait(5)
+    broken_wait = threading.Thread(target=lambda: _wait_with_a_failing_condition(queue))
+    broken_wait.start()
+    broken_wait.join(5)
+    release.set()
+    served = threading.Event()
+
+    def behind() -> None:
+        with queue.turn(timeout=5):
+            served.set()
+
+    threading.Thread(target=behind).start()
+    assert served.wait(5), "the writer behind a failed wait never got its turn"
+
+
+def _wait_with_a_failing_condition(queue: WriteQueue) -> None:
+    real_wait = queue._turns.wait
+
+    def failing_wait(timeout: float | None = None) -> bool:
+        queue._turns.wait = real_wait  # type: ignore[method-assign]
+        raise RuntimeError("the wait itself failed")
+
+    queue._turns.wait = failing_wait  # type: ignore[method-assign]
+    try:
+        with queue.turn():
+            pass
+    except RuntimeError:
+        pass
