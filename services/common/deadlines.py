@@ -30,7 +30,9 @@ NO_DEADLINE_SECONDS = 30 * 24 * 3600.0
 def caller_deadline(seconds_left: float | None) -> Iterator[None]:
     """Makes the caller's remaining time visible to the code run inside; None means no deadline."""
     waits_for_ever = seconds_left is None or seconds_left >= NO_DEADLINE_SECONDS
-    token = _deadline.set(None if waits_for_ever else time.monotonic() + seconds_left - MARGIN_SECONDS)
+    token = _deadline.set(
+        None if seconds_left is None or waits_for_ever else time.monotonic() + seconds_left - MARGIN_SECONDS
+    )
     try:
         yield
     finally:

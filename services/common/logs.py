@@ -8,11 +8,13 @@ import sys
 import structlog
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
+def configure_logging(service: str, level: str = "INFO", *, worker_index: int | None = None) -> None:
+    """`worker_index`: which of the supervisor's processes writes (LOYALTY_WORKERS); on every line."""
     logging.basicConfig(format="%(message)s", stream=sys.stdout, level=level.upper(), force=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            *([] if worker_index is None else [_stamp_worker(worker_index)]),
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
@@ -23,6 +25,14 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         cache_logger_on_first_use=False,
     )
     structlog.contextvars.bind_contextvars(service=service)
+
+
+def _stamp_worker(index: int) -> structlog.types.Processor:
+    def stamp(_logger: object, _method: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+        event["worker"] = index
+        return event
+
+    return stamp
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

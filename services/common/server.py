@@ -28,7 +28,8 @@ from services.common.logs import configure_logging
 from services.common.migrations import upgrade
 from services.common.outbox import OutboxRelay, purge_delivered
 from services.common.settings import Settings
-from services.common.telemetry import HEALTHY, serve_metrics
+from services.common.supervisor import Supervisor, exit_with_parent, unblock_stop_signals
+from services.common.telemetry import HEALTHY, serve_metrics, serve_multiprocess_metrics
 from services.common.tls import peer_credentials, server_credentials
 
 log = structlog.get_logger("server")
@@ -43,11 +44,15 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
-def new_grpc_server(max_workers: int, interceptors: list[grpc.ServerInterceptor[Any, Any]]) -> grpc.Server:
+def new_grpc_server(
+    max_workers: int, interceptors: list[grpc.ServerInterceptor[Any, Any]], *, reuse_port: bool = False
+) -> grpc.Server:
+    """`reuse_port` lets the copies started by the supervisor listen on one port."""
+    options = [(name, int(reuse_port) if name == "grpc.so_reuseport" else value) for name, value in SERVER_OPTIONS]
     return grpc.server(
         ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         interceptors=interceptors,
-        options=SERVER_OPTIONS,
+        options=options,
     )
 
 
@@ -144,7 +149,15 @@ class ServiceSpec:
 class RunningService:
     """A started service; `stop` drains in-flight calls and stops workers."""
 
-    def __init__(self, spec: ServiceSpec, settings: Settings, *, clock: Clock = utc_now, migrate: bool = True) -> None:
+    def __init__(
+        self,
+        spec: ServiceSpec,
+        settings: Settings,
+        *,
+        clock: Clock = utc_now,
+        migrate: bool = True,
+        reuse_port: bool = False,
+    ) -> None:
         self.spec = spec
         self.settings = settings
         url = settings.resolved_database_url
@@ -154,7 +167,7 @@ class RunningService:
         self.context = ServiceContext(settings=settings, db=self.db, peers=Peers(settings), clock=clock)
         self.relay = OutboxRelay(self.db, self.context.peers.channel, clock)
         registry = TokenRegistry(settings.token_grants())
-        self.server = new_grpc_server(settings.max_workers, [GuardInterceptor(registry, clock)])
+        self.server = new_grpc_server(settings.max_workers, [GuardInterceptor(registry, clock)], reuse_port=reuse_port)
         spec.register(self.server, self.context)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -232,7 +245,7 @@ def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
     """`python -m services.<name> [serve|migrate]`."""
     args = sys.argv[1:] if argv is None else argv
     settings = Settings(service=spec.name)
-    configure_logging(spec.name, settings.log_level)
+    configure_logging(spec.name, settings.log_level, worker_index=settings.worker_index)
     if args[:1] == ["migrate"]:
         upgrade(spec.migrations, settings.resolved_database_url)
         log.info("migrated", service=spec.name)
@@ -240,7 +253,15 @@ def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
     if args and args[0] != "serve":
         print(f"usage: python -m services.{spec.name} [serve|migrate]", file=sys.stderr)
         return 2
-    serve_metrics(settings.grpc_host, settings.metrics_port)
+    if settings.workers > 1 and settings.worker_index is None:
+        return Supervisor(
+            spec.name, settings, migrations=spec.migrations, serve_metrics=serve_multiprocess_metrics
+        ).run()
+    started_by_supervisor = settings.worker_index is not None
+    if started_by_supervisor:
+        exit_with_parent()
+    else:
+        serve_metrics(settings.grpc_host, settings.metrics_port)  # a supervisor serves its copies' metrics
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -253,12 +274,17 @@ def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
     # handler only sets an event; a thread does the draining once the service exists.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    running = RunningService(spec, settings).start()
+    unblock_stop_signals()
+    running = RunningService(
+        spec, settings, migrate=not started_by_supervisor, reuse_port=started_by_supervisor
+    ).start()
 
     def stop_when_asked() -> None:
         stopping.wait()
         running.stop()
 
-    threading.Thread(target=stop_when_asked, name="graceful-stop", daemon=True).start()
+    stopper = threading.Thread(target=stop_when_asked, name="graceful-stop", daemon=True)
+    stopper.start()
     running.wait()
+    stopper.join(settings.grace_seconds + 5.0)  # the server stops first; the pool and peers close after it
     return 0

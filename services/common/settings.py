@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     grpc_port: int | None = None
     metrics_port: int = 0
     max_workers: int = 32
+    # Server processes per replica, sharing the gRPC port through SO_REUSEPORT
+    # (services/common/supervisor.py). More than 1 needs PostgreSQL.
+    workers: int = Field(default=1, ge=1, le=64)
+    # Set by the supervisor in each process it starts; None in a process started by hand.
+    worker_index: int | None = None
     grace_seconds: float = 10.0
     log_level: str = "INFO"
     # May contain "{service}", so one template serves all four services.
@@ -108,6 +113,15 @@ class Settings(BaseSettings):
                 raise ValueError("the documented dev token is configured; refuse to run in production")
             if self.peer_token == DEV_TOKEN:
                 raise ValueError("LOYALTY_PEER_TOKEN is the documented dev token; refuse to run in production")
+        return self
+
+    @model_validator(mode="after")
+    def several_workers_need_postgresql(self) -> Settings:
+        if self.workers > 1 and self.resolved_database_url.startswith("sqlite"):
+            raise ValueError(
+                "LOYALTY_WORKERS > 1 needs PostgreSQL: SQLite lets one process write at a time, "
+                "so more processes would only queue on its lock"
+            )
         return self
 
     @model_validator(mode="after")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 
 RPC_TOTAL = Counter("loyalty_rpc_total", "RPCs handled", ["method", "code"])
 RPC_SECONDS = Histogram(
@@ -11,12 +11,25 @@ RPC_SECONDS = Histogram(
     ["method"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-HEALTHY = Gauge("loyalty_healthy", "1 when the service reports SERVING")
+# With LOYALTY_WORKERS > 1 the supervisor sums the processes' files; the gauge
+# modes say how: healthy only if every live process is, the worst lag of any.
+HEALTHY = Gauge("loyalty_healthy", "1 when the service reports SERVING", multiprocess_mode="livemin")
 WORKER_LAG_SECONDS = Gauge(
-    "loyalty_worker_lag_seconds", "Age of the oldest work item a worker has not done", ["worker"]
+    "loyalty_worker_lag_seconds",
+    "Age of the oldest work item a worker has not done",
+    ["worker"],
+    multiprocess_mode="livemax",
 )
 
 
 def serve_metrics(host: str, port: int) -> None:
     if port > 0:
         start_http_server(port, addr=host)
+
+
+def serve_multiprocess_metrics(host: str, port: int, directory: str) -> None:
+    """The supervisor's /metrics: every worker process's samples, read from their files in `directory`."""
+    if port > 0:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        start_http_server(port, addr=host, registry=registry)

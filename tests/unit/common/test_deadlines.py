@@ -40,4 +40,5 @@ def test_a_time_left_of_centuries_counts_as_no_deadline() -> None:
         assert seconds_left() is None
     with caller_deadline(60.0):
         left = seconds_left()
-        assert left is not None and left <= 60.0
+        assert left is not None
+        assert left <= 60.0

@@ -73,3 +73,15 @@ def test_time_zone_names_are_checked_without_crashing(name: str, ok: bool) -> No
     v = Violations()
     zone = check_time_zone(v, name, "time_zone")
     assert (zone is not None, not v.found) == (ok, ok)
+
+
+def test_several_worker_processes_need_postgresql(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("LOYALTY_WORKERS", "2")
+    with pytest.raises(ValidationError, match="LOYALTY_WORKERS > 1 needs PostgreSQL"):
+        Settings(service="points")
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://u@h/loyalty_{service}")
+    assert Settings(service="points").workers == 2
+    monkeypatch.setenv("LOYALTY_WORKERS", "0")
+    with pytest.raises(ValidationError):
+        Settings(service="points")
