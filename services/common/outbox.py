@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -168,10 +169,26 @@ class OutboxRelay:
     def relay_once(self) -> int:
         """Sends up to one batch; returns how many events were delivered."""
         claimed = self.db.run(self._claim)
-        outcomes = [self._send(event) for event in claimed]
+        outcomes = self._send_by_destination(claimed)
         if outcomes:
             self.db.run(lambda session: self._record(session, outcomes))
         return sum(o.delivered for o in outcomes)
+
+    def _send_by_destination(self, claimed: list[_Claimed]) -> list[_Outcome]:
+        """Each destination's events in claim order, the destinations side by side.
+
+        A batch holds events for several services; sent one after another, each
+        waits for the calls to all the others. Order is kept where it matters,
+        within one destination (a member's earnings arrive as they were written).
+        """
+        queues: dict[str, list[_Claimed]] = {}
+        for event in claimed:
+            queues.setdefault(event.destination, []).append(event)
+        if len(queues) <= 1:
+            return [self._send(event) for event in claimed]
+        with ThreadPoolExecutor(max_workers=len(queues), thread_name_prefix="outbox-send") as pool:
+            sent = pool.map(lambda events: [self._send(event) for event in events], queues.values())
+            return [outcome for outcomes in sent for outcome in outcomes]
 
     def drain(self, max_batches: int = 100) -> int:
         """Relays until a pass finds nothing due (bounded); what a worker tick runs."""

@@ -169,3 +169,44 @@ def test_delivered_events_are_purged_after_the_retention_window(stack: Stack, ou
     left = [e for e in events(outbox_db) if e.event_id.startswith(uid)]
     assert len(left) == 2
     assert all(e.delivered_at is None for e in left)
+
+
+def test_destinations_are_sent_side_by_side_and_each_in_claim_order(outbox_db: Database, uid: str) -> None:
+    """A slow receiver does not hold up the others' events: metrics here answers only once points was called."""
+    clock = FakeClock()
+
+    def write(session: Any) -> None:
+        for i in range(6):
+            for destination in ("metrics", "points"):
+                request = metrics_pb2.RecordOrdersRequest(shop_id="shop-a")
+                enqueue(
+                    session,
+                    destination=destination,
+                    method=RECORD_ORDERS,
+                    request=request,
+                    event_id=f"{uid}-{destination}-{i}",
+                    now=clock(),
+                )
+
+    outbox_db.run(write)
+    points_called = threading.Event()
+    received: dict[str, list[str]] = {"metrics": [], "points": []}
+
+    class Receiver:
+        def __init__(self, destination: str) -> None:
+            self.destination = destination
+
+        def unary_unary(self, _method: str, **_kwargs: Any) -> Callable[..., bytes]:
+            def call(payload: bytes, **_options: Any) -> bytes:
+                request = metrics_pb2.RecordOrdersRequest.FromString(payload)
+                if self.destination == "metrics" and not points_called.wait(5):
+                    raise AssertionError("metrics was called and waited: points' events were held behind it")
+                points_called.set()
+                received[self.destination].append(request.request_id)
+                return b""
+
+            return call
+
+    relay = OutboxRelay(outbox_db, Receiver, clock, batch_size=12)
+    assert relay.relay_once() == 12
+    assert received == {d: [f"{uid}-{d}-{i}" for i in range(6)] for d in ("metrics", "points")}
