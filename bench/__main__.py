@@ -18,7 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import cycle_bench, ingest_bench, metrics_bench, segmentation_bench
-from bench.baselines import echo_client, echo_server, empty_pg_database, raw_pg_client, raw_pg_database
+from bench.baselines import (
+    echo_client,
+    echo_processes,
+    echo_server,
+    empty_pg_database,
+    raw_pg_client,
+    raw_pg_database,
+    with_own_connections,
+)
 from bench.ledger_fill import SHOP, fill_ledger
 from bench.load import LoadResult, run_load
 from bench.services import (
@@ -35,6 +43,7 @@ from bench.services import (
     solo_spend_client,
     spend_client,
     sqlalchemy_url,
+    supervised_points,
 )
 from services.common.db import Database
 from services.points.app import SPEC as POINTS
@@ -132,11 +141,21 @@ def cycle_table(result: cycle_bench.CycleBenchResult, raw_tx: LoadResult) -> str
 Round = list[LoadResult]
 
 
-def points_round(options: argparse.Namespace, empty: str, filled: str, embedded: str) -> Round:
+def points_round(
+    options: argparse.Namespace, empty: str, filled: str, embedded: str, supervised: tuple[str, list[int]]
+) -> Round:
     """One round of every points load, echo first: ratios are taken within the round."""
     load = functools.partial(run_load, clients=options.clients, seconds=options.seconds)
     with echo_server() as address:
         echo = load("echo (bare gRPC, service options)", echo_client, address)
+        echo_own = load("echo, a connection per client", functools.partial(with_own_connections, echo_client), address)
+    with echo_processes(2) as (address, pids):
+        echo_two = load(
+            "echo, 2 processes (SO_REUSEPORT), a connection per client",
+            functools.partial(with_own_connections, echo_client),
+            address,
+            server_pids=pids,
+        )
     with raw_pg_database(ADMIN_DSN) as dsn:
         raw = load("raw_pg_tx (INSERT+UPDATE, durable)", raw_pg_client, dsn)
     rows = [
@@ -155,6 +174,22 @@ def points_round(options: argparse.Namespace, empty: str, filled: str, embedded:
             embedded,
             clients=16,
             seconds=options.seconds,
+        ),
+    ]
+    supervised_address, supervised_pids = supervised
+    rows += [
+        echo_own,
+        load(
+            "points.EarnForOrder (PostgreSQL), a connection per client",
+            functools.partial(with_own_connections, earn_client),
+            empty,
+        ),
+        echo_two,
+        load(
+            "points.EarnForOrder (PostgreSQL), LOYALTY_WORKERS=2, a connection per client",
+            functools.partial(with_own_connections, earn_client),
+            supervised_address,
+            server_pids=supervised_pids,
         ),
     ]
     sold, left = sell_out(empty)
@@ -178,19 +213,21 @@ def service_rounds(options: argparse.Namespace) -> list[Round]:
     with (
         empty_pg_database(ADMIN_DSN) as empty_dsn,
         empty_pg_database(ADMIN_DSN) as filled_dsn,
+        empty_pg_database(ADMIN_DSN) as workers_dsn,
         tempfile.TemporaryDirectory() as folder,
         bench_service(POINTS, sqlalchemy_url(empty_dsn)) as empty,
         bench_service(POINTS, sqlalchemy_url(filled_dsn)) as filled,
         bench_service(POINTS, f"sqlite:///{folder}/points.db") as embedded,
+        supervised_points(sqlalchemy_url(workers_dsn), workers=2) as supervised,
     ):
-        for address in (empty, filled, embedded):
+        for address in (empty, filled, embedded, supervised[0]):
             set_program(address)
         fill_ledger(empty_dsn, prefix="s", members=MEMBERS, orders=3)  # the spenders' points
         entries = fill_ledger(filled_dsn, prefix="c", members=options.ledger_members, orders=options.ledger_orders)
         print(f"history written: {entries:,} entries", flush=True)
         prepare_redeem(empty)
         fund_solo(embedded)
-        rounds = [points_round(options, empty, filled, embedded) for _ in range(options.service_rounds)]
+        rounds = [points_round(options, empty, filled, embedded, supervised) for _ in range(options.service_rounds)]
         for dsn in (empty_dsn, filled_dsn):
             problems = reconcile_shops(Database(sqlalchemy_url(dsn)), [SHOP])[SHOP].mismatches
             if problems:

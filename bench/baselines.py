@@ -9,6 +9,10 @@
 from __future__ import annotations
 
 import random
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +22,7 @@ import grpc
 import psycopg
 
 from services.common.server import new_grpc_server
+from services.common.supervisor import hold_port
 
 ECHO_METHOD = "/bench.Echo/Echo"
 
@@ -26,10 +31,8 @@ def _identity(payload: bytes) -> bytes:
     return payload
 
 
-@contextmanager
-def echo_server(max_workers: int = 32) -> Iterator[str]:
-    server = new_grpc_server(max_workers, [])
-    handler = grpc.method_handlers_generic_handler(
+def _echo_handler() -> grpc.GenericRpcHandler[Any, Any]:
+    return grpc.method_handlers_generic_handler(
         "bench.Echo",
         {
             "Echo": grpc.unary_unary_rpc_method_handler(
@@ -37,7 +40,12 @@ def echo_server(max_workers: int = 32) -> Iterator[str]:
             )
         },
     )
-    server.add_generic_rpc_handlers((handler,))
+
+
+@contextmanager
+def echo_server(max_workers: int = 32) -> Iterator[str]:
+    server = new_grpc_server(max_workers, [])
+    server.add_generic_rpc_handlers((_echo_handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
@@ -46,8 +54,27 @@ def echo_server(max_workers: int = 32) -> Iterator[str]:
         server.stop(1).wait()
 
 
+# In a client process started by `with_own_connections`: each client opens its own
+# TCP connection (the kernel spreads connections, not calls, over SO_REUSEPORT copies).
+_OWN_CONNECTIONS = False
+
+
+def client_channel(address: str) -> grpc.Channel:
+    """A bench client's channel: shared per process, or its own connection under `with_own_connections`."""
+    if _OWN_CONNECTIONS:
+        return grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    return grpc.insecure_channel(address)
+
+
+def with_own_connections(factory: Callable[[int, Any], Callable[[int], None]], index: int, args: Any) -> Any:
+    """Runs `factory` with one connection per client (wrap with functools.partial for run_load)."""
+    global _OWN_CONNECTIONS
+    _OWN_CONNECTIONS = True
+    return factory(index, args)
+
+
 def echo_client(_index: int, address: str) -> Callable[[int], None]:
-    channel = grpc.insecure_channel(address)
+    channel = client_channel(address)
     call = channel.unary_unary(ECHO_METHOD, request_serializer=_identity, response_deserializer=_identity)
     payload = b"x" * 64
 
@@ -55,6 +82,47 @@ def echo_client(_index: int, address: str) -> Callable[[int], None]:
         call(payload, timeout=10)
 
     return once
+
+
+@contextmanager
+def echo_processes(count: int) -> Iterator[tuple[str, list[int]]]:
+    """`count` echo server processes on one SO_REUSEPORT port, as LOYALTY_WORKERS runs a service; (address, pids)."""
+    holder, port = hold_port("127.0.0.1", 0)
+    processes = [subprocess.Popen([sys.executable, "-m", "bench.baselines", "echo", str(port)]) for _ in range(count)]
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while _echo_listeners(port) < count:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+                raise RuntimeError("the echo processes did not start")
+            time.sleep(0.1)
+        yield address, [p.pid for p in processes]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(10)
+        holder.close()
+
+
+def _echo_listeners(port: int) -> int:
+    """Listening sockets on `port` (state 0A), IPv4 or the IPv6 sockets gRPC binds for 127.0.0.1."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in rows.readlines()[1:]:
+                fields = row.split()
+                count += fields[1].endswith(f":{port:04X}") and fields[3] == "0A"
+    return count
+
+
+def _serve_echo(port: int) -> None:
+    server = new_grpc_server(32, [], reuse_port=True)
+    server.add_generic_rpc_handlers((_echo_handler(),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    signal.signal(signal.SIGTERM, lambda *_: server.stop(0))
+    server.wait_for_termination()
 
 
 @contextmanager
@@ -93,3 +161,7 @@ def raw_pg_client(index: int, dsn: str) -> Callable[[int], None]:
             conn.execute("UPDATE balances SET value = value + 1 WHERE id = %s", (account,))
 
     return once
+
+
+if __name__ == "__main__":  # `python -m bench.baselines echo PORT`: one copy for echo_processes
+    _serve_echo(int(sys.argv[2]))

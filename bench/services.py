@@ -5,6 +5,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +21,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from loyalty.common.v1 import common_pb2
 from loyalty.points.v1 import points_pb2, points_pb2_grpc
 
+from bench.baselines import client_channel
 from bench.ledger_fill import SHOP, TIERS
+from bench.load import with_children
 from services.common.auth import digest
 from services.common.logs import configure_logging
 from services.common.server import RunningService, ServiceSpec
 from services.common.settings import Settings
+from tools.supervise import wait_serving
 
 BENCH_TOKEN = "bench-token"
 METADATA = (("authorization", f"Bearer {BENCH_TOKEN}"),)
@@ -77,8 +85,44 @@ def bench_service(spec: ServiceSpec, database_url: str) -> Iterator[str]:
         running.stop(grace=2)
 
 
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def supervised_points(database_url: str, workers: int) -> Iterator[tuple[str, list[int]]]:
+    """The points service as its container runs it, with LOYALTY_WORKERS; yields (address, pids)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "LOYALTY_WORKERS": str(workers),
+        "LOYALTY_GRPC_PORT": str(port),
+        "LOYALTY_LOG_LEVEL": "WARNING",
+        "DATABASE_URL": database_url,
+        "LOYALTY_DB_POOL_SIZE": os.environ.get("BENCH_POOL", "32"),
+        "LOYALTY_MAX_WORKERS": os.environ.get("BENCH_WORKERS", "32"),
+        "LOYALTY_AUTH_TOKENS": json.dumps([{"sha256": digest(BENCH_TOKEN), "shops": ["*"], "scopes": ["admin"]}]),
+    }
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "services.points", "serve"], env=env, stdout=subprocess.DEVNULL
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        wait_serving(supervisor, address, timeout=60, label="points supervisor")
+        deadline = time.monotonic() + 60
+        while len(with_children(supervisor.pid)) < workers + 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(2.0)  # the second copy reports SERVING a moment after the first
+        yield address, with_children(supervisor.pid)
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        supervisor.wait(30)
+
+
 def set_program(address: str) -> None:
-    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
     stub.SetProgram(
         points_pb2.SetProgramRequest(shop_id=SHOP, request_id=f"program-{uuid.uuid4().hex[:8]}", program=PROGRAM),
         metadata=METADATA,
@@ -86,7 +130,7 @@ def set_program(address: str) -> None:
 
 
 def adjust_client(index: int, address: str) -> Callable[[int], None]:
-    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
     metadata = (("authorization", f"Bearer {BENCH_TOKEN}"),)
     rng = random.Random(index)
     run = uuid.uuid4().hex[:8]
@@ -108,7 +152,7 @@ def adjust_client(index: int, address: str) -> Callable[[int], None]:
 
 
 def get_account_client(index: int, address: str) -> Callable[[int], None]:
-    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
     metadata: Any = (("authorization", f"Bearer {BENCH_TOKEN}"),)
     rng = random.Random(index)
 
@@ -124,7 +168,7 @@ def get_account_client(index: int, address: str) -> Callable[[int], None]:
 
 def earn_client(index: int, address: str) -> Callable[[int], None]:
     """EarnForOrder of a two-line order for one of 10,000 members (the storefront's hot path)."""
-    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
     metadata = (("authorization", f"Bearer {BENCH_TOKEN}"),)
     rng = random.Random(index)
     run = uuid.uuid4().hex[:8]
@@ -158,7 +202,7 @@ def earn_client(index: int, address: str) -> Callable[[int], None]:
 
 def spend_client(index: int, address: str) -> Callable[[int], None]:
     """SpendPoints at checkout: 1-100 points toward an order, by one of 10,000 members with earned points."""
-    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
     rng = random.Random(index)
     run = uuid.uuid4().hex[:8]
 
@@ -184,7 +228,7 @@ SOLO = "solo"
 
 def fund_solo(address: str) -> None:
     """One member with points enough for any run (the SQLite contention benchmark)."""
-    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
     stub.AdjustPoints(
         points_pb2.AdjustPointsRequest(
             shop_id=SHOP,
@@ -199,7 +243,7 @@ def fund_solo(address: str) -> None:
 
 def solo_spend_client(index: int, address: str) -> Callable[[int], None]:
     """Many checkouts of one member at once: every request wants the same member lock."""
-    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
     rng = random.Random(index)
     run = uuid.uuid4().hex[:8]
 
@@ -225,7 +269,7 @@ HOT_MEMBERS = 100
 
 def prepare_redeem(address: str) -> None:
     """A bench program, a mall item with ample stock, and 100 funded members."""
-    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
     metadata = (("authorization", f"Bearer {BENCH_TOKEN}"),)
     run = uuid.uuid4().hex[:8]
     item = points_pb2.MallItem(item_id="bench-mug", name="mug", cost_points=1, stock=10**9)
@@ -247,7 +291,7 @@ def prepare_redeem(address: str) -> None:
 
 def redeem_client(index: int, address: str) -> Callable[[int], None]:
     """Redeem of one mall item by 100 hot members: contention on the item row and on members."""
-    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
     metadata = (("authorization", f"Bearer {BENCH_TOKEN}"),)
     rng = random.Random(index)
     run = uuid.uuid4().hex[:8]
@@ -270,7 +314,7 @@ def redeem_client(index: int, address: str) -> Callable[[int], None]:
 
 def sell_out(address: str, *, stock: int = 300, clients: int = 32) -> tuple[int, int]:
     """32 clients redeem a scarce item until it is gone; returns (redemptions acknowledged, stock left)."""
-    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
     run = uuid.uuid4().hex[:8]
     item = points_pb2.MallItem(item_id=f"scarce-{run}", name="scarce", cost_points=1, stock=stock)
     stub.UpsertMallItem(
