@@ -38,6 +38,8 @@ from bench.services import (
     get_account_client,
     prepare_redeem,
     redeem_client,
+    release_connections,
+    warm_connections,
     sell_out,
     set_program,
     solo_spend_client,
@@ -141,11 +143,10 @@ def cycle_table(result: cycle_bench.CycleBenchResult, raw_tx: LoadResult) -> str
 Round = list[LoadResult]
 
 
-def points_round(
-    options: argparse.Namespace, empty: str, filled: str, embedded: str, supervised: tuple[str, list[int]]
-) -> Round:
+def points_round(options: argparse.Namespace, empty: str, filled: str, embedded: str, workers_dsn: str) -> Round:
     """One round of every points load, echo first: ratios are taken within the round."""
     load = functools.partial(run_load, clients=options.clients, seconds=options.seconds)
+    release_connections()  # the last round's idle pools would leave raw_pg_tx no connections
     with echo_server() as address:
         echo = load("echo (bare gRPC, service options)", echo_client, address)
         echo_own = load("echo, a connection per client", functools.partial(with_own_connections, echo_client), address)
@@ -158,6 +159,7 @@ def points_round(
         )
     with raw_pg_database(ADMIN_DSN) as dsn:
         raw = load("raw_pg_tx (INSERT+UPDATE, durable)", raw_pg_client, dsn)
+    warm_connections()
     rows = [
         echo,
         raw,
@@ -176,7 +178,6 @@ def points_round(
             seconds=options.seconds,
         ),
     ]
-    supervised_address, supervised_pids = supervised
     rows += [
         echo_own,
         load(
@@ -185,13 +186,18 @@ def points_round(
             empty,
         ),
         echo_two,
-        load(
-            "points.EarnForOrder (PostgreSQL), LOYALTY_WORKERS=2, a connection per client",
-            functools.partial(with_own_connections, earn_client),
-            supervised_address,
-            server_pids=supervised_pids,
-        ),
     ]
+    release_connections()
+    with supervised_points(sqlalchemy_url(workers_dsn), workers=2) as (supervised_address, supervised_pids):
+        set_program(supervised_address)
+        rows.append(
+            load(
+                "points.EarnForOrder (PostgreSQL), LOYALTY_WORKERS=2, a connection per client",
+                functools.partial(with_own_connections, earn_client),
+                supervised_address,
+                server_pids=supervised_pids,
+            )
+        )
     sold, left = sell_out(empty)
     rows.append(
         LoadResult(
@@ -218,16 +224,15 @@ def service_rounds(options: argparse.Namespace) -> list[Round]:
         bench_service(POINTS, sqlalchemy_url(empty_dsn)) as empty,
         bench_service(POINTS, sqlalchemy_url(filled_dsn)) as filled,
         bench_service(POINTS, f"sqlite:///{folder}/points.db") as embedded,
-        supervised_points(sqlalchemy_url(workers_dsn), workers=2) as supervised,
     ):
-        for address in (empty, filled, embedded, supervised[0]):
+        for address in (empty, filled, embedded):
             set_program(address)
         fill_ledger(empty_dsn, prefix="s", members=MEMBERS, orders=3)  # the spenders' points
         entries = fill_ledger(filled_dsn, prefix="c", members=options.ledger_members, orders=options.ledger_orders)
         print(f"history written: {entries:,} entries", flush=True)
         prepare_redeem(empty)
         fund_solo(embedded)
-        rounds = [points_round(options, empty, filled, embedded, supervised) for _ in range(options.service_rounds)]
+        rounds = [points_round(options, empty, filled, embedded, workers_dsn) for _ in range(options.service_rounds)]
         for dsn in (empty_dsn, filled_dsn):
             problems = reconcile_shops(Database(sqlalchemy_url(dsn)), [SHOP])[SHOP].mismatches
             if problems:

@@ -79,10 +79,33 @@ def bench_service(spec: ServiceSpec, database_url: str) -> Iterator[str]:
     )
     configure_logging(spec.name, settings.log_level)
     running = RunningService(spec, settings).start()
+    IN_PROCESS.append(running)
     try:
         yield running.address
     finally:
+        IN_PROCESS.remove(running)
         running.stop(grace=2)
+
+
+IN_PROCESS: list[RunningService] = []
+
+
+def release_connections() -> None:
+    """Closes the idle pooled connections of this process's services (they reopen on demand).
+
+    PostgreSQL allows 100 connections here; three in-process services and the
+    two supervised copies would hold more than that between them.
+    """
+    for running in IN_PROCESS:
+        running.db.engine.dispose()
+
+
+def warm_connections() -> None:
+    """Refills the pools `release_connections` emptied, so that no measured load pays for connecting."""
+    for running in IN_PROCESS:
+        held = [running.db.engine.connect() for _ in range(running.settings.db_pool_size)]
+        for connection in held:
+            connection.close()
 
 
 def free_port() -> int:
@@ -202,6 +225,11 @@ def earn_client(index: int, address: str) -> Callable[[int], None]:
 
 def spend_client(index: int, address: str) -> Callable[[int], None]:
     """SpendPoints at checkout: 1-100 points toward an order, by one of 10,000 members with earned points."""
+    rng = random.Random(index)
+    return _checkouts(index, address, lambda: f"s{rng.randint(1, MEMBERS)}", most_points=100)
+
+
+def _checkouts(index: int, address: str, member: Callable[[], str], *, most_points: int) -> Callable[[int], None]:
     stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
     rng = random.Random(index)
     run = uuid.uuid4().hex[:8]
@@ -211,10 +239,10 @@ def spend_client(index: int, address: str) -> Callable[[int], None]:
             points_pb2.SpendPointsRequest(
                 shop_id=SHOP,
                 request_id=f"{run}-{index}-{op}",
-                customer_id=f"s{rng.randint(1, MEMBERS)}",
+                customer_id=member(),
                 order_id=f"pay-{run}-{index}-{op}",
                 order_amount=common_pb2.Money(amount_minor=1_000_000, currency="CNY"),
-                points=rng.randint(1, 100),
+                points=rng.randint(1, most_points),
             ),
             metadata=METADATA,
             timeout=10,
@@ -243,25 +271,7 @@ def fund_solo(address: str) -> None:
 
 def solo_spend_client(index: int, address: str) -> Callable[[int], None]:
     """Many checkouts of one member at once: every request wants the same member lock."""
-    stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
-    rng = random.Random(index)
-    run = uuid.uuid4().hex[:8]
-
-    def once(op: int) -> None:
-        stub.SpendPoints(
-            points_pb2.SpendPointsRequest(
-                shop_id=SHOP,
-                request_id=f"{run}-{index}-{op}",
-                customer_id=SOLO,
-                order_id=f"solo-{run}-{index}-{op}",
-                order_amount=common_pb2.Money(amount_minor=1_000_000, currency="CNY"),
-                points=rng.randint(1, 10),
-            ),
-            metadata=METADATA,
-            timeout=10,
-        )
-
-    return once
+    return _checkouts(index, address, lambda: SOLO, most_points=10)
 
 
 HOT_MEMBERS = 100

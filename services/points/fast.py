@@ -70,6 +70,7 @@ from services.points.book import (
 )
 from services.points.domain import ACTIVE, PENDING, REFUNDED, Asset
 from services.points.mall import out_of_stock
+from services.points.store import EARNING_COLUMNS
 
 T = TypeVar("T")
 R = TypeVar("R", bound=Message)
@@ -171,23 +172,7 @@ class ReadShape:
 
 
 MEMBER = "shop_id = m.shop_id AND {holder} = m.customer_id"
-EARNING_FIELDS = (
-    "order_id",
-    "customer_id",
-    "fingerprint",
-    "paid_at",
-    "paid_minor",
-    "currency",
-    "earned_points",
-    "earned_growth",
-    "earned_rebate",
-    "breakdown",
-    "refunded_minor",
-    "state",
-    "activates_at",
-    "activated_at",
-    "created_at",
-)
+EARNING_FIELDS = EARNING_COLUMNS  # one list of an earning's columns for both paths
 LOT_FIELDS = ("id", "asset", "transfer_id", "amount", "remaining", "earned_at", "expires_at")
 
 
