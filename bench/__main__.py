@@ -39,13 +39,13 @@ from bench.services import (
     prepare_redeem,
     redeem_client,
     release_connections,
-    warm_connections,
     sell_out,
     set_program,
     solo_spend_client,
     spend_client,
     sqlalchemy_url,
     supervised_points,
+    warm_connections,
 )
 from services.common.db import Database
 from services.points.app import SPEC as POINTS
