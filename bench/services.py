@@ -103,6 +103,8 @@ def release_connections() -> None:
 def warm_connections() -> None:
     """Refills the pools `release_connections` emptied, so that no measured load pays for connecting."""
     for running in IN_PROCESS:
+        if not running.db.is_postgres:
+            continue
         held = [running.db.engine.connect() for _ in range(running.settings.db_pool_size)]
         for connection in held:
             connection.close()
