@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -207,6 +207,6 @@ def test_destinations_are_sent_side_by_side_and_each_in_claim_order(outbox_db: D
 
             return call
 
-    relay = OutboxRelay(outbox_db, Receiver, clock, batch_size=12)
+    relay = OutboxRelay(outbox_db, lambda destination: cast(grpc.Channel, Receiver(destination)), clock, batch_size=12)
     assert relay.relay_once() == 12
     assert received == {d: [f"{uid}-{d}-{i}" for i in range(6)] for d in ("metrics", "points")}
