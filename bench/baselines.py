@@ -92,7 +92,7 @@ def echo_processes(count: int) -> Iterator[tuple[str, list[int]]]:
     address = f"127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
-        while _echo_listeners(port) < count:
+        while listeners_on(port) < count:
             if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
                 raise RuntimeError("the echo processes did not start")
             time.sleep(0.1)
@@ -105,7 +105,7 @@ def echo_processes(count: int) -> Iterator[tuple[str, list[int]]]:
         holder.close()
 
 
-def _echo_listeners(port: int) -> int:
+def listeners_on(port: int) -> int:
     """Listening sockets on `port` (state 0A), IPv4 or the IPv6 sockets gRPC binds for 127.0.0.1."""
     count = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):

@@ -6,7 +6,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,13 +20,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from loyalty.common.v1 import common_pb2
 from loyalty.points.v1 import points_pb2, points_pb2_grpc
 
-from bench.baselines import client_channel
+from bench.baselines import client_channel, listeners_on
 from bench.ledger_fill import SHOP, TIERS
 from bench.load import with_children
 from services.common.auth import digest
 from services.common.logs import configure_logging
 from services.common.server import RunningService, ServiceSpec
 from services.common.settings import Settings
+from services.common.supervisor import hold_port
 from tools.supervise import wait_serving
 
 BENCH_TOKEN = "bench-token"
@@ -110,16 +110,10 @@ def warm_connections() -> None:
             connection.close()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @contextmanager
 def supervised_points(database_url: str, workers: int) -> Iterator[tuple[str, list[int]]]:
     """The points service as its container runs it, with LOYALTY_WORKERS; yields (address, pids)."""
-    port = free_port()
+    holder, port = hold_port("127.0.0.1", 0)  # the supervisor's copies join it with SO_REUSEPORT
     env = {
         **os.environ,
         "LOYALTY_WORKERS": str(workers),
@@ -137,13 +131,13 @@ def supervised_points(database_url: str, workers: int) -> Iterator[tuple[str, li
     try:
         wait_serving(supervisor, address, timeout=60, label="points supervisor")
         deadline = time.monotonic() + 60
-        while len(with_children(supervisor.pid)) < workers + 1 and time.monotonic() < deadline:
+        while listeners_on(port) < workers and time.monotonic() < deadline:  # every copy, not just the first
             time.sleep(0.1)
-        time.sleep(2.0)  # the second copy reports SERVING a moment after the first
         yield address, with_children(supervisor.pid)
     finally:
         supervisor.send_signal(signal.SIGTERM)
         supervisor.wait(30)
+        holder.close()
 
 
 def set_program(address: str) -> None:

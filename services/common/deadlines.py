@@ -22,17 +22,19 @@ _deadline: ContextVar[float | None] = ContextVar("caller_deadline", default=None
 # gives up this much early: a commit never lands after the client saw the timeout.
 MARGIN_SECONDS = 0.02
 # gRPC reports a call without a deadline as one centuries away; waits and
-# timeouts overflow on such values, so anything past this counts as none.
-NO_DEADLINE_SECONDS = 30 * 24 * 3600.0
+# timeouts overflow on such values, so anything past this counts as none. Kept
+# under PostgreSQL's largest statement_timeout (2**31 - 1 ms, about 24.8 days),
+# so a time left from here always fits one.
+NO_DEADLINE_SECONDS = 24 * 24 * 3600.0
 
 
 @contextmanager
 def caller_deadline(seconds_left: float | None) -> Iterator[None]:
     """Makes the caller's remaining time visible to the code run inside; None means no deadline."""
-    waits_for_ever = seconds_left is None or seconds_left >= NO_DEADLINE_SECONDS
-    token = _deadline.set(
-        None if seconds_left is None or waits_for_ever else time.monotonic() + seconds_left - MARGIN_SECONDS
-    )
+    if seconds_left is None or seconds_left >= NO_DEADLINE_SECONDS:
+        token = _deadline.set(None)
+    else:
+        token = _deadline.set(time.monotonic() + seconds_left - MARGIN_SECONDS)
     try:
         yield
     finally:

@@ -29,7 +29,7 @@ from services.common.migrations import upgrade
 from services.common.outbox import OutboxRelay, purge_delivered
 from services.common.settings import Settings
 from services.common.supervisor import Supervisor, exit_with_parent, unblock_stop_signals
-from services.common.telemetry import HEALTHY, serve_metrics, serve_multiprocess_metrics
+from services.common.telemetry import HEALTHY, serve_metrics
 from services.common.tls import peer_credentials, server_credentials
 
 log = structlog.get_logger("server")
@@ -254,9 +254,7 @@ def main(spec: ServiceSpec, argv: list[str] | None = None) -> int:
         print(f"usage: python -m services.{spec.name} [serve|migrate]", file=sys.stderr)
         return 2
     if settings.workers > 1 and settings.worker_index is None:
-        return Supervisor(
-            spec.name, settings, migrations=spec.migrations, serve_metrics=serve_multiprocess_metrics
-        ).run()
+        return Supervisor(spec.name, settings, migrations=spec.migrations).run()
     started_by_supervisor = settings.worker_index is not None
     if started_by_supervisor:
         exit_with_parent()

@@ -27,14 +27,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
+from prometheus_client import multiprocess
 
 from services.common.migrations import upgrade
 from services.common.settings import Settings
+from services.common.telemetry import serve_multiprocess_metrics
 
 log = structlog.get_logger("supervisor")
 
@@ -63,14 +64,11 @@ class Supervisor:
         settings: Settings,
         *,
         migrations: Path,
-        command: list[str] | None = None,
-        serve_metrics: Callable[[str, int, str], None] | None = None,
     ) -> None:
         self.service = service
         self.settings = settings
         self.migrations = migrations
-        self.command = command or [sys.executable, "-m", f"services.{service}", "serve"]
-        self.serve_metrics = serve_metrics
+        self.command = [sys.executable, "-m", f"services.{service}", "serve"]
         self.workers: dict[int, WorkerProcess] = {}
         self.metrics_dir = ""
         self._port_holder: socket.socket | None = None
@@ -83,8 +81,7 @@ class Supervisor:
         self._port_holder, self.port = hold_port(self.settings.grpc_host, self.settings.port)
         self.metrics_dir = tempfile.mkdtemp(prefix=f"loyalty-{self.service}-metrics-")
         try:
-            if self.serve_metrics is not None:
-                self.serve_metrics(self.settings.grpc_host, self.settings.metrics_port, self.metrics_dir)
+            serve_multiprocess_metrics(self.settings.grpc_host, self.settings.metrics_port, self.metrics_dir)
             for index in range(self.settings.workers):
                 self._start(index)
             log.info(
@@ -162,8 +159,6 @@ class Supervisor:
             self._mark_dead(process.pid)
 
     def _mark_dead(self, pid: int) -> None:
-        from prometheus_client import multiprocess
-
         multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
 
 

@@ -705,21 +705,10 @@ def _no_other_books(customer_id: str) -> MemberBook:
     raise CorePathNeeded(f"the use case needs the book of member {customer_id} too")
 
 
-MAX_TIMEOUT_MS = 2**31 - 1  # PostgreSQL's ceiling; gRPC reports "no deadline" as a far larger time left
-
-
-def _seconds_left() -> float | None:
-    """The caller's time left, as the write's own deadline check takes it; None when it waits for ever."""
-    left = seconds_left()
-    return None if left is None or left * 1000 >= MAX_TIMEOUT_MS else left
-
-
 def _timeout_ms() -> int | None:
     """The caller's time left as a statement timeout; None when it waits for ever."""
     left = seconds_left()
-    if left is None or left * 1000 >= MAX_TIMEOUT_MS:
-        return None
-    return max(1, int(left * 1000))
+    return None if left is None else max(1, int(left * 1000))
 
 
 class HotPath:
@@ -836,9 +825,7 @@ class HotPath:
         """Writes the book; the new stock of a redeemed item, if any. LostRace when the member changed."""
         statement = write_statement(WriteShape.of(book))
         params = write_params(book, version, record)
-        params["seconds_left"] = (
-            None if locked else _seconds_left()
-        )  # under the lock: statement_timeout, set with BEGIN
+        params["seconds_left"] = None if locked else seconds_left()  # under the lock: statement_timeout, set with BEGIN
         try:
             if not locked:
                 cursor = statement.run(conn, params)
