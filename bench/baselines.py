@@ -23,6 +23,7 @@ import psycopg
 
 from services.common.server import new_grpc_server
 from services.common.supervisor import hold_port
+from services.points.app import SPEC as POINTS
 
 ECHO_METHOD = "/bench.Echo/Echo"
 
@@ -42,8 +43,13 @@ def _echo_handler() -> grpc.GenericRpcHandler[Any, Any]:
     )
 
 
+# The echo servers run with the points service's own thread count: the baseline is
+# the same gRPC server with nothing behind it.
+ECHO_THREADS = POINTS.max_workers
+
+
 @contextmanager
-def echo_server(max_workers: int = 32) -> Iterator[str]:
+def echo_server(max_workers: int = ECHO_THREADS) -> Iterator[str]:
     server = new_grpc_server(max_workers, [])
     server.add_generic_rpc_handlers((_echo_handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -117,7 +123,7 @@ def listeners_on(port: int) -> int:
 
 
 def _serve_echo(port: int) -> None:
-    server = new_grpc_server(32, [], reuse_port=True)
+    server = new_grpc_server(ECHO_THREADS, [], reuse_port=True)
     server.add_generic_rpc_handlers((_echo_handler(),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -106,8 +107,10 @@ def _client_loop(
         started = time.perf_counter()
         try:
             call(op)
-        except Exception:
+        except Exception as exc:
             errors += 1
+            if errors <= 3:
+                print(f"client {index} op {op}: {exc!r}"[:400], file=sys.stderr, flush=True)
             continue
         latencies.append(time.perf_counter() - started)
     return latencies, errors

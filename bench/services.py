@@ -65,17 +65,28 @@ def sqlalchemy_url(dsn: str) -> str:
     return dsn.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
+def service_tuning() -> dict[str, int]:
+    """The services run with their own defaults; BENCH_WORKERS / BENCH_POOL try other thread and pool sizes."""
+    tuning = {}
+    if "BENCH_WORKERS" in os.environ:
+        tuning["max_workers"] = int(os.environ["BENCH_WORKERS"])
+    if "BENCH_POOL" in os.environ:
+        tuning["db_pool_size"] = int(os.environ["BENCH_POOL"])
+    return tuning
+
+
 @contextmanager
 def bench_service(spec: ServiceSpec, database_url: str) -> Iterator[str]:
     """One service in this process on `database_url`, accepting BENCH_TOKEN; yields its address."""
-    settings = Settings(
-        service=spec.name,
-        grpc_port=0,
-        database_url=database_url,
-        db_pool_size=int(os.environ.get("BENCH_POOL", "32")),
-        max_workers=int(os.environ.get("BENCH_WORKERS", "32")),
-        log_level="WARNING",
-        auth_tokens=json.dumps([{"sha256": digest(BENCH_TOKEN), "shops": ["*"], "scopes": ["admin"]}]),
+    settings = Settings.model_validate(
+        {
+            "service": spec.name,
+            "grpc_port": 0,
+            "database_url": database_url,
+            "log_level": "WARNING",
+            "auth_tokens": json.dumps([{"sha256": digest(BENCH_TOKEN), "shops": ["*"], "scopes": ["admin"]}]),
+            **service_tuning(),
+        }
     )
     configure_logging(spec.name, settings.log_level)
     running = RunningService(spec, settings).start()
@@ -120,8 +131,7 @@ def supervised_points(database_url: str, workers: int) -> Iterator[tuple[str, li
         "LOYALTY_GRPC_PORT": str(port),
         "LOYALTY_LOG_LEVEL": "WARNING",
         "DATABASE_URL": database_url,
-        "LOYALTY_DB_POOL_SIZE": os.environ.get("BENCH_POOL", "32"),
-        "LOYALTY_MAX_WORKERS": os.environ.get("BENCH_WORKERS", "32"),
+        **{f"LOYALTY_{name.upper()}": str(value) for name, value in service_tuning().items()},
         "LOYALTY_AUTH_TOKENS": json.dumps([{"sha256": digest(BENCH_TOKEN), "shops": ["*"], "scopes": ["admin"]}]),
     }
     supervisor = subprocess.Popen(

@@ -144,6 +144,13 @@ class ServiceSpec:
     register: Callable[[grpc.Server, ServiceContext], None]
     migrations: Path
     workers: Callable[[ServiceContext], list[Worker]] = lambda _ctx: []
+    # RPC threads per process unless LOYALTY_MAX_WORKERS says otherwise.
+    max_workers: int = 32
+
+
+def rpc_threads(spec: ServiceSpec, settings: Settings) -> int:
+    """LOYALTY_MAX_WORKERS when set, else the service's own default."""
+    return settings.max_workers or spec.max_workers
 
 
 class RunningService:
@@ -167,7 +174,9 @@ class RunningService:
         self.context = ServiceContext(settings=settings, db=self.db, peers=Peers(settings), clock=clock)
         self.relay = OutboxRelay(self.db, self.context.peers.channel, clock)
         registry = TokenRegistry(settings.token_grants())
-        self.server = new_grpc_server(settings.max_workers, [GuardInterceptor(registry, clock)], reuse_port=reuse_port)
+        self.server = new_grpc_server(
+            rpc_threads(spec, settings), [GuardInterceptor(registry, clock)], reuse_port=reuse_port
+        )
         spec.register(self.server, self.context)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -54,7 +54,9 @@ class Settings(BaseSettings):
     grpc_host: str = "127.0.0.1"
     grpc_port: int | None = None
     metrics_port: int = 0
-    max_workers: int = 32
+    # Threads serving RPCs in one process; None takes the service's own default
+    # (`ServiceSpec.max_workers`). Each RPC holds a thread until it answers.
+    max_workers: int | None = Field(default=None, ge=1, le=256)
     # Server processes per replica, sharing the gRPC port through SO_REUSEPORT
     # (services/common/supervisor.py). More than 1 needs PostgreSQL.
     workers: int = Field(default=1, ge=1, le=64)

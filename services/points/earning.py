@@ -18,6 +18,8 @@ from datetime import datetime
 from enum import Enum
 from fractions import Fraction
 
+ZERO, ONE = Fraction(0), Fraction(1)
+
 
 class Rounding(Enum):
     FLOOR = "floor"
@@ -109,22 +111,28 @@ def earn(rules: EarnRules, order_paid_minor: int, lines: Sequence[EarnLine], con
 
     def add(rule: str, amount: Fraction) -> None:
         if amount:
-            shares[rule] = shares.get(rule, Fraction(0)) + amount
+            shares[rule] = shares.get(rule, ZERO) + amount
 
-    tier = rules.tier_multipliers.get(context.tier, Fraction(1))
+    def add_multiplied(rule: str, base: Fraction, multiplier: Fraction) -> None:
+        """What a multiplier adds on top of the base (a multiplier of 1 adds nothing: no Fraction work)."""
+        if multiplier != 1:
+            add(rule, base * (multiplier - 1))
+
+    rate = rules.points_per_unit
+    tier = rules.tier_multipliers.get(context.tier, ONE)
     for part in parts:
-        base = Fraction(part.paid_minor) * rules.points_per_unit / rules.unit_minor
+        base = Fraction(part.paid_minor * rate.numerator, rate.denominator * rules.unit_minor)
         add("base", base)
-        add(f"category:{part.category}", base * (rules.category_multipliers.get(part.category, Fraction(1)) - 1))
+        add_multiplied(f"category:{part.category}", base, rules.category_multipliers.get(part.category, ONE))
         for promotion in rules.promotions:
             if promotion.applies(context.paid_at, part.category):
-                add(f"promotion:{promotion.name}", base * (promotion.multiplier - 1))
-        add(f"tier:{context.tier}", base * (tier - 1))
+                add_multiplied(f"promotion:{promotion.name}", base, promotion.multiplier)
+        add_multiplied(f"tier:{context.tier}", base, tier)
         if context.birthday_month:
-            add("birthday_month", base * (rules.birthday_month_multiplier - 1))
+            add_multiplied("birthday_month", base, rules.birthday_month_multiplier)
     if context.first_order:
         add("first_order", Fraction(rules.first_order_bonus))
-    rounded = rules.rounding.apply(sum(shares.values(), Fraction(0)))
+    rounded = rules.rounding.apply(sum(shares.values(), ZERO))
     items = _largest_remainder(shares, rounded)
     if rounded < 0:  # multipliers below 1 can take an order under zero; an order never costs points
         items.append(BreakdownItem("floor:zero", -rounded))

@@ -8,8 +8,11 @@ import pytest
 from pydantic import ValidationError
 
 from services.common.errors import Violations
+from services.common.server import rpc_threads
 from services.common.settings import DEV_TOKEN, DEV_TOKEN_SHA256, Settings
 from services.common.validation import check_time_zone
+from services.metrics.app import SPEC as METRICS
+from services.points.app import SPEC as POINTS
 
 
 def test_defaults_are_embedded_sqlite_per_service(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,3 +88,11 @@ def test_several_worker_processes_need_postgresql(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("LOYALTY_WORKERS", "0")
     with pytest.raises(ValidationError):
         Settings(service="points")
+
+
+def test_rpc_threads_are_the_services_own_unless_set() -> None:
+    assert rpc_threads(POINTS, Settings()) == 8  # the hot path's threads (see services/points/app.py)
+    assert rpc_threads(METRICS, Settings()) == 32
+    assert rpc_threads(POINTS, Settings(max_workers=24)) == 24
+    with pytest.raises(ValidationError):
+        Settings(max_workers=0)
