@@ -17,9 +17,9 @@ SPEC = ServiceSpec(
     migrations=Path(__file__).parent / "migrations",
     workers=points_workers,
     # Every hot call is a short burst of Python between two database round trips:
-    # eight threads keep two cores and PostgreSQL busy, while 32 spend their time
-    # handing the GIL around (bench: +15 % EarnForOrder, PostgreSQL CPU per earn
-    # 0.9 -> 0.6 ms on the 1 M-entry ledger). A long stream (GrantToSegment,
+    # eight threads keep two cores and PostgreSQL busy, while 32 queue for the GIL
+    # (make bench: EarnForOrder p99 160 -> 105 ms at the same or better
+    # throughput). A long stream (GrantToSegment,
     # StreamMemberStandings) holds one of them; raise LOYALTY_MAX_WORKERS if
     # several run at once.
     max_workers=8,
