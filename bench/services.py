@@ -25,7 +25,7 @@ from bench.ledger_fill import SHOP, TIERS
 from bench.load import with_children
 from services.common.auth import digest
 from services.common.logs import configure_logging
-from services.common.server import RunningService, ServiceSpec
+from services.common.server import RunningService, ServiceSpec, rpc_threads
 from services.common.settings import Settings
 from services.common.supervisor import hold_port
 from tools.supervise import wait_serving
@@ -108,15 +108,20 @@ def release_connections() -> None:
     two supervised copies would hold more than that between them.
     """
     for running in IN_PROCESS:
-        running.db.engine.dispose()
+        running.db.dispose()
 
 
 def warm_connections() -> None:
-    """Refills the pools `release_connections` emptied, so that no measured load pays for connecting."""
+    """Refills the pools `release_connections` emptied, so that no measured load pays for connecting.
+
+    The hot path's autocommit pool gets one connection per RPC thread; the
+    engine's pool, which serves the other calls and the workers, a few.
+    """
     for running in IN_PROCESS:
         if not running.db.is_postgres:
             continue
-        held = [running.db.engine.connect() for _ in range(running.settings.db_pool_size)]
+        running.db.autocommit_pool.warm(rpc_threads(running.spec, running.settings))
+        held = [running.db.engine.connect() for _ in range(4)]
         for connection in held:
             connection.close()
 

@@ -10,13 +10,17 @@ from loyalty.common.v1 import common_pb2
 from services.common.errors import Violations
 from services.common.validation import check_date
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def to_timestamp(value: datetime | None) -> Timestamp | None:
+    """Whole microseconds since the epoch, in integers (Timestamp.FromDatetime's tuple road costs more per stamp)."""
     if value is None:
         return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value.astimezone(UTC))
-    return stamp
+    if value.tzinfo is None:
+        value = value.astimezone(UTC)  # as FromDatetime took it: local time
+    since = value - EPOCH  # an aware datetime: exact across offsets; days may be negative, the rest never is
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1_000)
 
 
 def from_timestamp(v: Violations, stamp: Timestamp, field_path: str, *, present: bool) -> datetime | None:

@@ -717,30 +717,10 @@ class HotPath:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    @contextmanager
-    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """A pooled connection in autocommit mode (SQLAlchemy's sessions get it back as they left it)."""
-        pooled = self.db.engine.raw_connection()
-        conn: psycopg.Connection[Any] = pooled.driver_connection  # type: ignore[assignment]
-        try:
-            conn.autocommit = True
-            yield conn
-            conn.autocommit = False
-        except psycopg.OperationalError:
-            pooled.invalidate()
-            raise
-        except BaseException:
-            if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                conn.rollback()
-            conn.autocommit = False
-            raise
-        finally:
-            pooled.close()
-
     def read(self, query: MemberQuery) -> MemberFacts:
         shape = ReadShape.of(query, request=False)
         statement = read_statement(shape)
-        with _database_errors(), self._connection() as conn:
+        with _database_errors(), self.db.autocommit_pool.connection() as conn:
             row = statement.row(statement.run(conn, read_params(query, request_id="", ids=0)))
             return snapshot_of(query, shape, row).facts
 
@@ -761,7 +741,7 @@ class HotPath:
             locked = attempt > 0
             ensure_caller_waiting()
             try:
-                with _database_errors(), self._connection() as conn:
+                with _database_errors(), self.db.autocommit_pool.connection() as conn:
                     snapshot = self._read(conn, read, params, query, shape, locked=locked)
                     if snapshot.replay is not None:
                         self._end(conn, commit=False)
