@@ -73,6 +73,8 @@ class ProgramRules:
 
     def earn_rules(self, unit_minor: int) -> EarnRules:
         """The earning rules for a currency whose unit has `unit_minor` minor units."""
+        if unit_minor == self.earn.unit_minor:
+            return self.earn  # the usual case (fen per yuan): no new rules object, no validation, on every earn
         return replace(self.earn, unit_minor=unit_minor)
 
 
