@@ -227,7 +227,7 @@ def service_rounds(options: argparse.Namespace) -> list[Round]:
     ):
         for address in (empty, filled, embedded):
             set_program(address)
-        fill_ledger(empty_dsn, prefix="s", members=MEMBERS, orders=3)  # the spenders' points
+        fill_ledger(empty_dsn, prefix="s", members=MEMBERS, orders=12)  # the spenders' points: 3 rounds never run dry
         entries = fill_ledger(filled_dsn, prefix="c", members=options.ledger_members, orders=options.ledger_orders)
         print(f"history written: {entries:,} entries", flush=True)
         prepare_redeem(empty)

@@ -128,6 +128,19 @@ def test_orders_to_segments_to_a_campaign_grant_once_per_member(shop: Shop) -> N
     assert c3.churn_reason
 
 
+def test_a_grant_to_the_latest_version_pages_through_a_large_segment(shop: Shop) -> None:
+    """More members than one page of the grant (500): every later page is read at the version the first found."""
+    customers = [f"m{n:04d}" for n in range(1_200)]
+    for batch in (customers[:600], customers[600:]):
+        shop.orders(*((customer, 3) for customer in batch))
+    shop.segment("buyers", "order_count >= 1")
+    assert shop.evaluate()[-1].members["buyers"] == 1_200
+    progress = shop.grant("welcome", "buyers", points=10)  # segment_version 0: the latest
+    assert [(p.members_seen, p.done) for p in progress] == [(500, False), (1_000, False), (1_200, True)]
+    assert (progress[-1].granted, progress[-1].segment_version) == (1_200, 1)
+    assert {shop.balance(c) for c in (customers[0], customers[777], customers[-1])} == {10}
+
+
 def test_export_streams_members_with_their_scores(shop: Shop) -> None:
     shop.orders(*[(f"m{i:03d}", i % 30) for i in range(12)])
     shop.segment("everyone", "order_count >= 1")
