@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import overload
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from loyalty.common.v1 import common_pb2
@@ -13,6 +14,12 @@ from services.common.validation import check_date
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+@overload
+def to_timestamp(value: datetime) -> Timestamp: ...
+@overload
+def to_timestamp(value: None) -> None: ...
+@overload
+def to_timestamp(value: datetime | None) -> Timestamp | None: ...
 def to_timestamp(value: datetime | None) -> Timestamp | None:
     """Whole microseconds since the epoch, in integers (Timestamp.FromDatetime's tuple road costs more per stamp)."""
     if value is None:

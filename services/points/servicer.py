@@ -65,7 +65,7 @@ def tier_status_proto(rules: ProgramRules, view: AccountView) -> points_pb2.Tier
         to_next=ahead.to_next,
     )
     if view.tier_since is not None and view.tier_code:
-        status.since.FromDatetime(view.tier_since)
+        status.since.CopyFrom(to_timestamp(view.tier_since))
     return status
 
 
@@ -84,7 +84,7 @@ def account_proto(rules: ProgramRules, book: MemberBook) -> points_pb2.Account:
     )
     if view.expiring_at is not None:
         account.expiring_soonest.points = view.expiring_points
-        account.expiring_soonest.expires_at.FromDatetime(view.expiring_at)
+        account.expiring_soonest.expires_at.CopyFrom(to_timestamp(view.expiring_at))
     return account
 
 

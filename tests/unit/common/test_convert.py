@@ -20,7 +20,7 @@ def test_to_timestamp_is_protobufs_conversion(moment: datetime, offset_minutes: 
     expected = Timestamp()
     expected.FromDatetime(aware.astimezone(UTC))
     assert to_timestamp(aware) == expected
-    assert to_timestamp(aware).ToDatetime(tzinfo=UTC) == aware  # type: ignore[union-attr]
+    assert to_timestamp(aware).ToDatetime(tzinfo=UTC) == aware
 
 
 def test_to_timestamp_of_nothing_is_nothing() -> None:
