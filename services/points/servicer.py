@@ -17,8 +17,9 @@ from loyalty.points.v1 import points_pb2, points_pb2_grpc
 from loyalty.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 from sqlalchemy.orm import Session
 
+from services.common.channels import rpc_code
 from services.common.convert import from_timestamp, to_date, to_money, to_timestamp
-from services.common.errors import Violations
+from services.common.errors import NotFound, Violations
 from services.common.idempotency import run_idempotent
 from services.common.orders import parse_order
 from services.common.paging import Cursor, decode_token, encode_token, page_size, position_int
@@ -805,16 +806,21 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         segments = segmentation_pb2_grpc.SegmentationServiceStub(self.ctx.peers.channel("segmentation"))
 
         def members_page(version: int, token: str) -> segmentation_pb2.ListSegmentMembersResponse:
-            page: segmentation_pb2.ListSegmentMembersResponse = segments.ListSegmentMembers(
-                segmentation_pb2.ListSegmentMembersRequest(
-                    shop_id=shop_id,
-                    segment_id=request.segment_id,
-                    version=version,
-                    page_size=CAMPAIGN_PAGE,
-                    page_token=token,
-                ),
-                timeout=PEER_TIMEOUT_SECONDS,
-            )
+            try:
+                page: segmentation_pb2.ListSegmentMembersResponse = segments.ListSegmentMembers(
+                    segmentation_pb2.ListSegmentMembersRequest(
+                        shop_id=shop_id,
+                        segment_id=request.segment_id,
+                        version=version,
+                        page_size=CAMPAIGN_PAGE,
+                        page_token=token,
+                    ),
+                    timeout=PEER_TIMEOUT_SECONDS,
+                )
+            except grpc.RpcError as exc:
+                if rpc_code(exc) == grpc.StatusCode.NOT_FOUND:  # no such segment, version, or no evaluation yet
+                    raise NotFound(f"segmentation: {exc.details()}", reason="SEGMENT_NOT_FOUND") from exc
+                raise
             return page
 
         page = members_page(request.segment_version, "")

@@ -343,6 +343,8 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         position = decode_token(request.page_token, query=query)
 
         def page(session: Session) -> tuple[int, list[str]]:
+            if not position:
+                store.check_segment(session, shop_id=request.shop_id, segment_id=request.segment_id)
             version = (
                 position_int(position, "version")
                 if position
@@ -374,6 +376,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         v.raise_if_any()
 
         def diff(session: Session) -> segmentation_pb2.GetSegmentDiffResponse:
+            store.check_segment(session, shop_id=request.shop_id, segment_id=request.segment_id)
             earlier = store.check_version(session, shop_id=request.shop_id, version=request.from_version)
             later = store.check_version(session, shop_id=request.shop_id, version=request.to_version)
             entered, left = store.segment_diff(
@@ -414,7 +417,12 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         check_id(v, request.segment_id, "segment_id")
         v.check(request.version >= 0, "version", "must not be negative")
         v.raise_if_any()
-        version = self.ctx.db.run(lambda s: store.check_version(s, shop_id=request.shop_id, version=request.version))
+
+        def export_version(session: Session) -> int:
+            store.check_segment(session, shop_id=request.shop_id, segment_id=request.segment_id)
+            return store.check_version(session, shop_id=request.shop_id, version=request.version)
+
+        version = self.ctx.db.run(export_version)
 
         def batch_after(session: Session, start: str) -> list[tuple[str, CustomerScoreRecord | None]]:
             return store.export_rows(

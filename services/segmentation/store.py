@@ -175,6 +175,16 @@ def check_version(session: Session, *, shop_id: str, version: int) -> int:
     return version
 
 
+def check_segment(session: Session, *, shop_id: str, segment_id: str) -> None:
+    """NOT_FOUND for a segment the shop never defined (an empty answer would read as "no members")."""
+    if session.get(SegmentRecord, (shop_id, segment_id)) is None:
+        raise NotFound(
+            f"segment {segment_id!r} does not exist for this shop; ListSegments shows the defined ones",
+            reason="SEGMENT_NOT_FOUND",
+            metadata={"segment_id": segment_id},
+        )
+
+
 def _in_version(shop_id: str, segment_id: str, version: int) -> tuple[ColumnElement[bool], ...]:
     """Memberships of one segment in one evaluation version."""
     return (Membership.shop_id == shop_id, Membership.segment_id == segment_id, Membership.version == version)

@@ -141,6 +141,28 @@ def test_a_grant_to_the_latest_version_pages_through_a_large_segment(shop: Shop)
     assert {shop.balance(c) for c in (customers[0], customers[777], customers[-1])} == {10}
 
 
+def test_a_segment_the_shop_never_defined_is_not_found_wherever_it_is_named(shop: Shop) -> None:
+    shop.orders(("c1", 3))
+    shop.segment("buyers", "order_count >= 1")
+    shop.evaluate()
+    calls = {
+        "ListSegmentMembers": lambda: shop.members("nosuch"),
+        "GetSegmentDiff": lambda: shop.segments.GetSegmentDiff(
+            sg.GetSegmentDiffRequest(shop_id=shop.id, segment_id="nosuch", from_version=1), metadata=A
+        ),
+        "ExportSegment": lambda: list(
+            shop.segments.ExportSegment(sg.ExportSegmentRequest(shop_id=shop.id, segment_id="nosuch"), metadata=A)
+        ),
+        "GrantToSegment": lambda: shop.grant("nosuch-campaign", "nosuch", points=10),
+    }
+    for name, call in calls.items():
+        with pytest.raises(grpc.RpcError) as caught:
+            call()
+        assert (name, caught.value.code()) == (name, grpc.StatusCode.NOT_FOUND)
+        assert "'nosuch' does not exist" in details(caught.value)
+    assert list(shop.members("buyers").customer_ids) == ["c1"]
+
+
 def test_export_streams_members_with_their_scores(shop: Shop) -> None:
     shop.orders(*[(f"m{i:03d}", i % 30) for i in range(12)])
     shop.segment("everyone", "order_count >= 1")

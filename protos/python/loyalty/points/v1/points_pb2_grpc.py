@@ -374,6 +374,7 @@ class PointsServiceServicer:
         crash, or to reach members who joined since) grants only to those who
         have nothing yet. The campaign's terms are fixed by its first run; other
         terms under the same campaign_id are ALREADY_EXISTS. Streams progress.
+        An unknown segment or version (or a shop never evaluated) is NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

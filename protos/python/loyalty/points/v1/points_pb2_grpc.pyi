@@ -134,6 +134,7 @@ class PointsServiceStub:
     crash, or to reach members who joined since) grants only to those who
     have nothing yet. The campaign's terms are fixed by its first run; other
     terms under the same campaign_id are ALREADY_EXISTS. Streams progress.
+    An unknown segment or version (or a shop never evaluated) is NOT_FOUND.
     """
     GetPointsSummary: _grpc.UnaryUnaryMultiCallable[_points_pb2.GetPointsSummaryRequest, _points_pb2.GetPointsSummaryResponse]
     """Points issued, redeemed, expired and clawed back per calendar month (in
@@ -251,6 +252,7 @@ class PointsServiceAsyncStub(PointsServiceStub):
     crash, or to reach members who joined since) grants only to those who
     have nothing yet. The campaign's terms are fixed by its first run; other
     terms under the same campaign_id are ALREADY_EXISTS. Streams progress.
+    An unknown segment or version (or a shop never evaluated) is NOT_FOUND.
     """
     GetPointsSummary: _aio.UnaryUnaryMultiCallable[_points_pb2.GetPointsSummaryRequest, _points_pb2.GetPointsSummaryResponse]  # type: ignore[assignment]
     """Points issued, redeemed, expired and clawed back per calendar month (in
@@ -509,6 +511,7 @@ class PointsServiceServicer(metaclass=_abc_1.ABCMeta):
         crash, or to reach members who joined since) grants only to those who
         have nothing yet. The campaign's terms are fixed by its first run; other
         terms under the same campaign_id are ALREADY_EXISTS. Streams progress.
+        An unknown segment or version (or a shop never evaluated) is NOT_FOUND.
         """
 
     @_abc_1.abstractmethod

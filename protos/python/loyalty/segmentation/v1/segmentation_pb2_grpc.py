@@ -202,6 +202,8 @@ class SegmentationServiceServicer:
     def ListSegmentMembers(self, request, context):
         """Members of a segment in one version (default: the latest), by customer id.
         The points service's campaign grant pages through this: keep it stable.
+        A segment the shop never defined is NOT_FOUND (here, in GetSegmentDiff and
+        in ExportSegment), as is a version that does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

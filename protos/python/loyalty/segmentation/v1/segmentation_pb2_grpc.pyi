@@ -80,6 +80,8 @@ class SegmentationServiceStub:
     ListSegmentMembers: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.ListSegmentMembersRequest, _segmentation_pb2.ListSegmentMembersResponse]
     """Members of a segment in one version (default: the latest), by customer id.
     The points service's campaign grant pages through this: keep it stable.
+    A segment the shop never defined is NOT_FOUND (here, in GetSegmentDiff and
+    in ExportSegment), as is a version that does not exist.
     """
     GetSegmentDiff: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.GetSegmentDiffRequest, _segmentation_pb2.GetSegmentDiffResponse]
     """Who entered and who left a segment between two versions (the outreach
@@ -147,6 +149,8 @@ class SegmentationServiceAsyncStub(SegmentationServiceStub):
     ListSegmentMembers: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.ListSegmentMembersRequest, _segmentation_pb2.ListSegmentMembersResponse]  # type: ignore[assignment]
     """Members of a segment in one version (default: the latest), by customer id.
     The points service's campaign grant pages through this: keep it stable.
+    A segment the shop never defined is NOT_FOUND (here, in GetSegmentDiff and
+    in ExportSegment), as is a version that does not exist.
     """
     GetSegmentDiff: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.GetSegmentDiffRequest, _segmentation_pb2.GetSegmentDiffResponse]  # type: ignore[assignment]
     """Who entered and who left a segment between two versions (the outreach
@@ -277,6 +281,8 @@ class SegmentationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_segmentation_pb2.ListSegmentMembersResponse, _abc.Awaitable[_segmentation_pb2.ListSegmentMembersResponse]]:
         """Members of a segment in one version (default: the latest), by customer id.
         The points service's campaign grant pages through this: keep it stable.
+        A segment the shop never defined is NOT_FOUND (here, in GetSegmentDiff and
+        in ExportSegment), as is a version that does not exist.
         """
 
     @_abc_1.abstractmethod
