@@ -2,9 +2,13 @@
 
 Pure numerics on per-customer summaries (frequency x, recency t_x, age T,
 monetary value m) in one time unit. Parameters are fitted by maximum
-likelihood on log-parameters (so they stay positive); a fit that does not
-converge says so in `Fit.converged` and `Fit.message` instead of pretending.
-Formulas follow the papers and the `lifetimes` package.
+likelihood on log-parameters (so they stay positive). A fit counts as
+converged only when it is an interior maximum: the optimiser stopped on its
+tolerances, every parameter is finite and within SCALE_LIMIT of its starting
+scale, the log-likelihood is not positive, no nearby point beats it and the
+gradient there is near zero. Anything else (a degenerate shop drives the
+parameters to infinity and the likelihood above 1) says why in `Fit.reason`
+instead of pretending. Formulas follow the papers and the `lifetimes` package.
 """
 
 from __future__ import annotations
@@ -19,6 +23,16 @@ from scipy import optimize, special
 Array = NDArray[np.float64]
 
 
+# The least data a fit is tried on: four BG/NBD parameters need customers whose
+# histories differ, and both models learn rates and spend from repeat buyers.
+MIN_CUSTOMERS = 10
+MIN_REPEAT_BUYERS = 3
+SCALE_LIMIT = 1e6  # a parameter a million times above or below its starting scale has run to a boundary
+_STEP = 1e-4  # log-parameter step of the maximum check
+_NELDER_MEAD = {"maxiter": 4000, "xatol": 1e-7, "fatol": 1e-7}
+_RESTARTS = 3
+
+
 @dataclass(frozen=True)
 class Fit:
     params: dict[str, float]
@@ -26,6 +40,13 @@ class Fit:
     converged: bool
     message: str
     customers: int
+    # "" when converged, else NO_CUSTOMERS, TOO_FEW_CUSTOMERS, TOO_FEW_REPEAT_BUYERS,
+    # DID_NOT_CONVERGE, BOUNDARY_SOLUTION, POSITIVE_LOG_LIKELIHOOD or NOT_A_MAXIMUM.
+    reason: str = ""
+
+
+def _refused(reason: str, message: str, customers: int) -> Fit:
+    return Fit({}, float("nan"), False, message, customers, reason)
 
 
 @dataclass(frozen=True)
@@ -98,24 +119,65 @@ class GammaGamma:
 
 
 def _fit(negative_ll: Callable[[Array], float], names: Sequence[str], start: Array, customers: int) -> Fit:
-    result = optimize.minimize(
-        negative_ll, np.log(start), method="Nelder-Mead", options={"maxiter": 4000, "xatol": 1e-7, "fatol": 1e-7}
-    )
+    result = optimize.minimize(negative_ll, np.log(start), method="Nelder-Mead", options=_NELDER_MEAD)
+    for _ in range(_RESTARTS):  # a fresh simplex from where the last stopped: Nelder-Mead stalls on long ridges
+        if result.success:
+            break
+        result = optimize.minimize(negative_ll, result.x, method="Nelder-Mead", options=_NELDER_MEAD)
     params = {n: float(v) for n, v in zip(names, np.exp(result.x), strict=True)}
-    finite = bool(np.isfinite(result.fun))
+    reason, message = _judge(negative_ll, result, names, start)
     return Fit(
         params=params,
         log_likelihood=float(-result.fun),
-        converged=bool(result.success) and finite,
-        message=str(result.message),
+        converged=not reason,
+        message=message,
         customers=customers,
+        reason=reason,
     )
+
+
+def _judge(
+    negative_ll: Callable[[Array], float], result: optimize.OptimizeResult, names: Sequence[str], start: Array
+) -> tuple[str, str]:
+    """(reason, message) of a fit: ("", the optimiser's message) for an interior maximum."""
+    best = float(result.fun)
+    if not result.success or not np.isfinite(best) or best >= 1e299:  # 1e300: the objective's "undefined here"
+        return "DID_NOT_CONVERGE", f"the optimiser stopped without converging: {result.message}"
+    for name, log_value, log_start in zip(names, result.x, np.log(start), strict=True):
+        if not np.isfinite(log_value) or abs(log_value - log_start) > np.log(SCALE_LIMIT):
+            return "BOUNDARY_SOLUTION", (
+                f"{name} = {float(np.exp(log_value)):.3g} ran to a boundary (more than {SCALE_LIMIT:.0e} times "
+                f"its starting scale {float(np.exp(log_start)):.3g}): the data cannot pin the model down"
+            )
+    if best < 0:
+        return "POSITIVE_LOG_LIKELIHOOD", (
+            f"log-likelihood {-best:.3g} > 0: the histories are too alike to fit (degenerate data)"
+        )
+    tolerance = 1e-6 * max(1.0, abs(best))
+    for i, name in enumerate(names):
+        step = np.zeros(len(names))
+        step[i] = _STEP
+        up, down = negative_ll(result.x + step), negative_ll(result.x - step)
+        if min(up, down) < best - tolerance:
+            return "NOT_A_MAXIMUM", f"a nearby {name} fits better: the optimiser stopped short of the maximum"
+        if abs(up - down) / (2 * _STEP) > 1e-3 * max(1.0, abs(best)):
+            return "NOT_A_MAXIMUM", f"the likelihood still slopes along {name} at the fit"
+    return "", str(result.message)
 
 
 def fit_bg_nbd(x: Array, t_x: Array, t: Array) -> Fit:
     """Maximum-likelihood (r, alpha, a, b) for customers' (frequency, recency, T)."""
+    repeat = int(np.sum(x > 0))
     if len(x) == 0:
-        return Fit({}, float("nan"), False, "no customers to fit", 0)
+        return _refused("NO_CUSTOMERS", "no customers to fit", 0)
+    if len(x) < MIN_CUSTOMERS:
+        return _refused("TOO_FEW_CUSTOMERS", f"only {len(x)} customers; the fit needs at least {MIN_CUSTOMERS}", len(x))
+    if repeat < MIN_REPEAT_BUYERS:
+        return _refused(
+            "TOO_FEW_REPEAT_BUYERS",
+            f"only {repeat} repeat buyers; the fit needs at least {MIN_REPEAT_BUYERS}",
+            len(x),
+        )
 
     def negative(log_params: Array) -> float:
         model = BgNbd(*np.exp(log_params))
@@ -131,7 +193,13 @@ def fit_gamma_gamma(x: Array, m: Array) -> Fit:
     keep = (x > 0) & (m > 0)
     x, m = x[keep], m[keep]
     if len(x) == 0:
-        return Fit({}, float("nan"), False, "no repeat buyers with spend to fit", 0)
+        return _refused("TOO_FEW_REPEAT_BUYERS", "no repeat buyers with spend to fit", 0)
+    if len(x) < MIN_REPEAT_BUYERS:
+        return _refused(
+            "TOO_FEW_REPEAT_BUYERS",
+            f"only {len(x)} repeat buyers with spend; the fit needs at least {MIN_REPEAT_BUYERS}",
+            len(x),
+        )
 
     def negative(log_params: Array) -> float:
         total = float(np.sum(GammaGamma(*np.exp(log_params)).log_likelihood(x, m)))

@@ -248,6 +248,27 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         usable_fit = record is not None and record.bg_nbd_converged and record.gamma_gamma_converged
         return record if usable_fit else None
 
+    def _usable_model(self, shop_id: str) -> ClvModelRecord:
+        """The shop's current model if it converged; FAILED_PRECONDITION saying why not."""
+        record = self.ctx.db.run(lambda s: store.current_clv_model(s, shop_id=shop_id))
+        if record is None:
+            raise FailedPrecondition("the shop has no CLV model: call FitClvModel first", reason="NO_CLV_MODEL")
+        if not (record.bg_nbd_converged and record.gamma_gamma_converged):
+            why = "; ".join(
+                f"{name}: {reason or 'not converged'}"
+                for name, converged, reason in (
+                    ("bg/nbd", record.bg_nbd_converged, record.bg_nbd_reason),
+                    ("gamma-gamma", record.gamma_gamma_converged, record.gamma_gamma_reason),
+                )
+                if not converged
+            )
+            raise FailedPrecondition(
+                f"the shop's current CLV model (as of {record.as_of}) did not converge ({why}); "
+                "call FitClvModel again once the shop has more repeat buyers",
+                reason="CLV_MODEL_NOT_CONVERGED",
+            )
+        return record
+
     def PredictCustomerValue(
         self, request: metrics_pb2.PredictCustomerValueRequest, context: grpc.ServicerContext
     ) -> metrics_pb2.PredictCustomerValueResponse:
@@ -257,11 +278,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         v.check(0 <= request.months <= 120, "months", "must be 0..120")
         v.check(0 <= request.monthly_discount_rate < 1, "monthly_discount_rate", "must be at least 0 and below 1")
         v.raise_if_any()
-        record = self._converged_model(request.shop_id)
-        if record is None:
-            raise FailedPrecondition(
-                "the shop has no converged CLV model: call FitClvModel first", reason="NO_CLV_MODEL"
-            )
+        record = self._usable_model(request.shop_id)
         today = self._today(request.shop_id)
         orders = self.ctx.db.run(
             lambda s: store.load_purchases(s, shop_id=request.shop_id, until=today, customer_id=request.customer_id)
@@ -281,11 +298,19 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
             months=request.months or 12,
             monthly_discount_rate=request.monthly_discount_rate,
         )
+        alive = float(transactions.probability_alive(x, t_x, t)[0])
+        expected = float(transactions.expected_purchases(request.horizon_days or 90, x, t_x, t)[0])
+        average = float(spend.expected_average_value(x, m)[0])
+        if not all(math.isfinite(number) for number in (alive, expected, average, float(value[0]))):
+            raise FailedPrecondition(  # a model stored before fits were judged strictly can still be degenerate
+                "the shop's current CLV model gives no finite prediction for this customer; call FitClvModel again",
+                reason="CLV_MODEL_NOT_CONVERGED",
+            )
         currency = self.ctx.db.run(lambda s: store.shop_currency(s, shop_id=request.shop_id))
         return metrics_pb2.PredictCustomerValueResponse(
-            probability_alive=float(transactions.probability_alive(x, t_x, t)[0]),
-            expected_purchases=float(transactions.expected_purchases(request.horizon_days or 90, x, t_x, t)[0]),
-            expected_average_value_minor=float(spend.expected_average_value(x, m)[0]),
+            probability_alive=alive,
+            expected_purchases=expected,
+            expected_average_value_minor=average,
             lifetime_value=to_money(round(float(value[0])), currency),
             model=model_proto(record),
         )
@@ -475,11 +500,13 @@ def model_proto(record: ClvModelRecord) -> metrics_pb2.ClvModel:
         b=n(record.b),
         bg_nbd_log_likelihood=n(record.bg_nbd_log_likelihood),
         bg_nbd_converged=record.bg_nbd_converged,
+        bg_nbd_reason=record.bg_nbd_reason,
         p=n(record.p),
         q=n(record.q),
         v=n(record.v),
         gamma_gamma_log_likelihood=n(record.gamma_gamma_log_likelihood),
         gamma_gamma_converged=record.gamma_gamma_converged,
+        gamma_gamma_reason=record.gamma_gamma_reason,
         customers=record.customers,
         repeat_customers=record.repeat_customers,
         message=record.message,
@@ -501,11 +528,13 @@ def fit_record(shop_id: str, as_of: date, features: list[CustomerFeatures], now:
         b=transactions.params.get("b", nan),
         bg_nbd_log_likelihood=transactions.log_likelihood,
         bg_nbd_converged=transactions.converged,
+        bg_nbd_reason=transactions.reason,
         p=spend.params.get("p", nan),
         q=spend.params.get("q", nan),
         v=spend.params.get("v", nan),
         gamma_gamma_log_likelihood=spend.log_likelihood,
         gamma_gamma_converged=spend.converged,
+        gamma_gamma_reason=spend.reason,
         customers=transactions.customers,
         repeat_customers=spend.customers,
         message=f"bg/nbd: {transactions.message}; gamma-gamma: {spend.message}"[:500],

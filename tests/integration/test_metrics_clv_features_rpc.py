@@ -33,14 +33,17 @@ def simulated_orders(seed: int, customers: int) -> list[common_pb2.Order]:
     orders = []
     for c in range(customers):
         day = date(2025, 1, 1) + timedelta(days=rng.randint(0, 500))
-        rate = rng.choice([0.005, 0.02, 0.05])
+        # BG/NBD's own story: gamma-distributed purchase rates, beta-distributed dropout
+        # (the same dropout for everyone would put the fit on a boundary, a and b → ∞).
+        rate = rng.gammavariate(1.5, 0.02)
+        dropout = rng.betavariate(1.5, 6.0)
+        basket = rng.gammavariate(4.0, 2_500.0)  # each customer's own usual spend, as Gamma-Gamma assumes
         n = 0
         while day <= AS_OF and n < 40:
-            orders.append(
-                order(f"c{c}-{n}", f"cust{c:04d}", datetime.combine(day, time(4), UTC), rng.randint(1000, 20000))
-            )
+            paid = max(100, round(rng.gammavariate(6.0, basket / 6.0)))
+            orders.append(order(f"c{c}-{n}", f"cust{c:04d}", datetime.combine(day, time(4), UTC), paid))
             n += 1
-            if rng.random() < 0.15:
+            if rng.random() < dropout:
                 break
             day += timedelta(days=max(1, int(rng.expovariate(rate))))
     return orders
@@ -162,3 +165,20 @@ def test_resume_token_of_another_day_is_refused(stack: Stack, shop: str) -> None
             )
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_degenerate_shop_gets_reasons_not_a_converged_model(stack: Stack, uid: str) -> None:
+    """One customer, two orders: once reported converged with r = 8.5e16, and predictions then answered INTERNAL."""
+    shop = f"tiny-{uid}"
+    load(
+        stack,
+        shop,
+        [order(f"t{i}", "only", datetime(2026, 1, 1 + 20 * i, 4, tzinfo=UTC), 10_000) for i in range(2)],
+    )
+    model = fit(stack, shop)
+    assert (model.bg_nbd_converged, model.bg_nbd_reason) == (False, "TOO_FEW_CUSTOMERS")
+    assert (model.gamma_gamma_converged, model.gamma_gamma_reason) == (False, "TOO_FEW_REPEAT_BUYERS")
+    with pytest.raises(grpc.RpcError) as caught:
+        metrics(stack).PredictCustomerValue(m.PredictCustomerValueRequest(shop_id=shop, customer_id="only"), metadata=A)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "did not converge (bg/nbd: TOO_FEW_CUSTOMERS; gamma-gamma: TOO_FEW_REPEAT_BUYERS)" in details(caught.value)

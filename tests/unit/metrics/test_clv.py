@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.metrics.clv import BgNbd, GammaGamma, customer_lifetime_value, fit_bg_nbd, fit_gamma_gamma
 
@@ -101,3 +103,51 @@ def test_clv_discounting_and_horizon() -> None:
     assert year[0] < undiscounted[0]
     expected = TRUE.expected_purchases(12 * 30 / 7, x, t_x, t) * spend.expected_average_value(x, m)
     assert undiscounted[0] == pytest.approx(expected[0])
+
+
+def test_a_degenerate_shop_is_never_reported_as_converged() -> None:
+    """One customer with two orders drove the parameters to 1e56 and the log-likelihood to +1024, 'converged'."""
+    one = fit_bg_nbd(np.array([1.0]), np.array([30.0]), np.array([60.0]))
+    assert (one.converged, one.reason) == (False, "TOO_FEW_CUSTOMERS")
+    one_timers = fit_bg_nbd(np.zeros(50), np.zeros(50), np.full(50, 90.0))
+    assert (one_timers.converged, one_timers.reason) == (False, "TOO_FEW_REPEAT_BUYERS")
+    # Enough customers, but every history identical: the data cannot separate the parameters.
+    same = fit_bg_nbd(np.full(40, 2.0), np.full(40, 20.0), np.full(40, 30.0))
+    assert not same.converged
+    assert same.reason in {"BOUNDARY_SOLUTION", "POSITIVE_LOG_LIKELIHOOD", "NOT_A_MAXIMUM", "DID_NOT_CONVERGE"}
+    spend = fit_gamma_gamma(np.full(20, 2.0), np.full(20, 5_000.0))  # every repeat buyer spends the same
+    assert (spend.converged, bool(spend.reason)) == (False, True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 6), st.integers(1, 400), st.integers(0, 400)),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_a_fit_reported_converged_is_an_interior_maximum(histories: list[tuple[int, int, int]]) -> None:
+    """Small and degenerate shops: whatever is reported converged is finite, bounded, and predicts sanely."""
+    x = np.array([float(h[0]) for h in histories])
+    t = np.array([float(h[1]) for h in histories])
+    t_x = np.array([0.0 if h[0] == 0 else float(min(h[2], h[1])) for h in histories])
+    fit = fit_bg_nbd(x, t_x, t)
+    assert fit.converged == (fit.reason == "")
+    if fit.converged:
+        assert fit.log_likelihood <= 0
+        assert all(np.isfinite(v) and 1e-12 < v < 1e12 for v in fit.params.values())
+        model = BgNbd(**fit.params)
+        alive = model.probability_alive(x, t_x, t)
+        expected = model.expected_purchases(90, x, t_x, t)
+        assert np.all((alive >= 0) & (alive <= 1))
+        assert np.all(np.isfinite(expected))
+        assert np.all(expected >= 0)
+    m = np.where(x > 0, 1_000.0 + 37.0 * np.arange(len(x)) % 500, 0.0)
+    spend = fit_gamma_gamma(x, m)
+    assert spend.converged == (spend.reason == "")
+    if spend.converged:
+        assert spend.log_likelihood <= 0
+        assert all(np.isfinite(v) and 1e-12 < v < 1e12 for v in spend.params.values())
+        population = GammaGamma(**spend.params).expected_average_value(x[x > 0], m[x > 0])
+        assert np.all(np.isfinite(population))

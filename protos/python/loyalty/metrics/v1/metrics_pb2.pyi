@@ -898,6 +898,8 @@ class ClvModel(_message.Message):
     CUSTOMERS_FIELD_NUMBER: _builtins.int
     REPEAT_CUSTOMERS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    BG_NBD_REASON_FIELD_NUMBER: _builtins.int
+    GAMMA_GAMMA_REASON_FIELD_NUMBER: _builtins.int
     r: _builtins.float
     """BG/NBD shape of the purchase-rate gamma."""
     alpha: _builtins.float
@@ -909,23 +911,38 @@ class ClvModel(_message.Message):
     bg_nbd_log_likelihood: _builtins.float
     """Total BG/NBD log-likelihood at the fit."""
     bg_nbd_converged: _builtins.bool
-    """Whether the BG/NBD optimiser converged."""
+    """Whether the BG/NBD fit is an interior maximum of the likelihood: the
+    optimiser converged, every parameter is finite and within a million times
+    its starting scale, the log-likelihood is ≤ 0, no nearby point fits better
+    and the gradient is near zero. Only then are predictions made.
+    """
     p: _builtins.float
     """Gamma-Gamma shape of spend per purchase."""
     q: _builtins.float
     """Gamma-Gamma shape of the spend-scale gamma."""
     v: _builtins.float
-    """Gamma-Gamma scale of the spend-scale gamma."""
+    """Gamma-Gamma scale of the spend-scale gamma, in the currency's minor units
+    (fen): the population's mean spend per order is p·v/(q−1) minor units.
+    """
     gamma_gamma_log_likelihood: _builtins.float
     """Total Gamma-Gamma log-likelihood at the fit."""
     gamma_gamma_converged: _builtins.bool
-    """Whether the Gamma-Gamma optimiser converged."""
+    """Whether the Gamma-Gamma fit is an interior maximum (as bg_nbd_converged)."""
     customers: _builtins.int
     """Customers in the BG/NBD fit."""
     repeat_customers: _builtins.int
     """Repeat customers in the Gamma-Gamma fit."""
     message: _builtins.str
     """The optimisers' messages, for a fit that did not converge."""
+    bg_nbd_reason: _builtins.str
+    """Why the BG/NBD fit is not converged ("" when it is): NO_CUSTOMERS,
+    TOO_FEW_CUSTOMERS (under 10), TOO_FEW_REPEAT_BUYERS (under 3),
+    DID_NOT_CONVERGE, BOUNDARY_SOLUTION, POSITIVE_LOG_LIKELIHOOD or NOT_A_MAXIMUM.
+    """
+    gamma_gamma_reason: _builtins.str
+    """Why the Gamma-Gamma fit is not converged ("" when it is); it needs at least
+    3 repeat buyers with spend.
+    """
     @_builtins.property
     def as_of(self) -> _common_pb2.Date:
         """Day the customer summaries were taken on."""
@@ -953,10 +970,12 @@ class ClvModel(_message.Message):
         customers: _builtins.int = ...,
         repeat_customers: _builtins.int = ...,
         message: _builtins.str = ...,
+        bg_nbd_reason: _builtins.str = ...,
+        gamma_gamma_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "fitted_at", b"fitted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "alpha", b"alpha", "as_of", b"as_of", "b", b"b", "bg_nbd_converged", b"bg_nbd_converged", "bg_nbd_log_likelihood", b"bg_nbd_log_likelihood", "customers", b"customers", "fitted_at", b"fitted_at", "gamma_gamma_converged", b"gamma_gamma_converged", "gamma_gamma_log_likelihood", b"gamma_gamma_log_likelihood", "message", b"message", "p", b"p", "q", b"q", "r", b"r", "repeat_customers", b"repeat_customers", "v", b"v"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "alpha", b"alpha", "as_of", b"as_of", "b", b"b", "bg_nbd_converged", b"bg_nbd_converged", "bg_nbd_log_likelihood", b"bg_nbd_log_likelihood", "bg_nbd_reason", b"bg_nbd_reason", "customers", b"customers", "fitted_at", b"fitted_at", "gamma_gamma_converged", b"gamma_gamma_converged", "gamma_gamma_log_likelihood", b"gamma_gamma_log_likelihood", "gamma_gamma_reason", b"gamma_gamma_reason", "message", b"message", "p", b"p", "q", b"q", "r", b"r", "repeat_customers", b"repeat_customers", "v", b"v"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -204,7 +204,8 @@ class MetricsServiceServicer:
 
     def PredictCustomerValue(self, request, context):
         """One customer's P(alive), expected purchases and discounted CLV from the
-        shop's current model. FAILED_PRECONDITION when there is no converged model.
+        shop's current model. FAILED_PRECONDITION when there is no model, or the
+        current one did not converge (the message names ClvModel's reason).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -87,7 +87,8 @@ class MetricsServiceStub:
     """
     PredictCustomerValue: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.PredictCustomerValueRequest, _metrics_pb2.PredictCustomerValueResponse]
     """One customer's P(alive), expected purchases and discounted CLV from the
-    shop's current model. FAILED_PRECONDITION when there is no converged model.
+    shop's current model. FAILED_PRECONDITION when there is no model, or the
+    current one did not converge (the message names ClvModel's reason).
     """
     StreamCustomerFeatures: _grpc.UnaryStreamMultiCallable[_metrics_pb2.StreamCustomerFeaturesRequest, _metrics_pb2.StreamCustomerFeaturesResponse]
     """One row per customer (sorted by customer id) with the features
@@ -172,7 +173,8 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
     """
     PredictCustomerValue: _aio.UnaryUnaryMultiCallable[_metrics_pb2.PredictCustomerValueRequest, _metrics_pb2.PredictCustomerValueResponse]  # type: ignore[assignment]
     """One customer's P(alive), expected purchases and discounted CLV from the
-    shop's current model. FAILED_PRECONDITION when there is no converged model.
+    shop's current model. FAILED_PRECONDITION when there is no model, or the
+    current one did not converge (the message names ClvModel's reason).
     """
     StreamCustomerFeatures: _aio.UnaryStreamMultiCallable[_metrics_pb2.StreamCustomerFeaturesRequest, _metrics_pb2.StreamCustomerFeaturesResponse]  # type: ignore[assignment]
     """One row per customer (sorted by customer id) with the features
@@ -308,7 +310,8 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_metrics_pb2.PredictCustomerValueResponse, _abc.Awaitable[_metrics_pb2.PredictCustomerValueResponse]]:
         """One customer's P(alive), expected purchases and discounted CLV from the
-        shop's current model. FAILED_PRECONDITION when there is no converged model.
+        shop's current model. FAILED_PRECONDITION when there is no model, or the
+        current one did not converge (the message names ClvModel's reason).
         """
 
     @_abc_1.abstractmethod
