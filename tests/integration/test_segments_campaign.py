@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -145,7 +146,7 @@ def test_a_segment_the_shop_never_defined_is_not_found_wherever_it_is_named(shop
     shop.orders(("c1", 3))
     shop.segment("buyers", "order_count >= 1")
     shop.evaluate()
-    calls = {
+    calls: dict[str, Callable[[], object]] = {
         "ListSegmentMembers": lambda: shop.members("nosuch"),
         "GetSegmentDiff": lambda: shop.segments.GetSegmentDiff(
             sg.GetSegmentDiffRequest(shop_id=shop.id, segment_id="nosuch", from_version=1), metadata=A
