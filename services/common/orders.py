@@ -25,6 +25,9 @@ from services.common.validation import (
 )
 
 MAX_ITEMS = 200
+# How far after the server's clock a payment time may be (clocks disagree, zones get
+# mixed up): beyond it the order is refused, or it would count in today's numbers.
+MAX_PAID_AHEAD = timedelta(hours=24)
 
 
 class OrderLine(NamedTuple):
@@ -54,7 +57,12 @@ EARLIEST_SECONDS = int(EARLIEST_INSTANT.timestamp())
 LATEST_SECONDS = int(LATEST_INSTANT.timestamp())
 
 
-def plainly_valid_order(order: common_pb2.Order) -> PaidOrder | None:
+def paid_by(now: datetime) -> int:
+    """The latest payment time (epoch seconds) an order received at `now` may carry."""
+    return int((now + MAX_PAID_AHEAD).timestamp())
+
+
+def plainly_valid_order(order: common_pb2.Order, not_after: int = LATEST_SECONDS) -> PaidOrder | None:
     """The parsed order when every check of `checked_order` passes, decided without building one field path.
 
     The bulk-load fast path: a million-order stream is almost all valid, and the
@@ -62,13 +70,14 @@ def plainly_valid_order(order: common_pb2.Order) -> PaidOrder | None:
     field is read once (a protobuf attribute read costs more than the check).
     None means "run the detailed checks", never "invalid"; a property test holds
     that an order returned here is exactly what the detailed checks return.
+    `not_after` is `paid_by(now)` in epoch seconds (the default: no clock, no limit).
     """
     order_id = order.order_id
     customer_id = order.customer_id
     paid = order.paid
     amount_minor = paid.amount_minor
     currency = paid.currency
-    stamp = order.paid_at  # unset reads as 1970-01-01: out of range, so the detailed checks name it
+    stamp = order.paid_at  # unset reads as 1970-01-01, a valid instant: HasField tells them apart
     seconds = stamp.seconds
     nanos = stamp.nanos
     channel = order.channel
@@ -76,6 +85,8 @@ def plainly_valid_order(order: common_pb2.Order) -> PaidOrder | None:
     items = order.items
     if not (
         EARLIEST_SECONDS <= seconds < LATEST_SECONDS
+        and seconds <= not_after
+        and (seconds or nanos or order.HasField("paid_at"))
         and 0 <= nanos < 1_000_000_000
         and 0 <= amount_minor <= MAX_AMOUNT_MINOR
         and currency in CURRENCY_EXPONENTS
@@ -115,12 +126,15 @@ def plainly_valid_order(order: common_pb2.Order) -> PaidOrder | None:
     )
 
 
-def parse_order(v: Violations, order: common_pb2.Order, path: str) -> PaidOrder | None:
-    """A validated order, or None with every problem recorded in `v`."""
-    return plainly_valid_order(order) or checked_order(v, order, path)
+def parse_order(v: Violations, order: common_pb2.Order, path: str, *, now: datetime) -> PaidOrder | None:
+    """A validated order received at `now`, or None with every problem recorded in `v`."""
+    latest = paid_by(now)
+    return plainly_valid_order(order, latest) or checked_order(v, order, path, not_after=latest)
 
 
-def checked_order(v: Violations, order: common_pb2.Order, path: str) -> PaidOrder | None:
+def checked_order(
+    v: Violations, order: common_pb2.Order, path: str, *, not_after: int = LATEST_SECONDS
+) -> PaidOrder | None:
     """The detailed checks: every problem recorded in `v` with the field it concerns."""
     before = len(v.found)
     check_id(v, order.order_id, f"{path}.order_id")
@@ -128,6 +142,12 @@ def checked_order(v: Violations, order: common_pb2.Order, path: str) -> PaidOrde
     paid_at = from_timestamp(v, order.paid_at, f"{path}.paid_at", present=order.HasField("paid_at"))
     if paid_at is not None:
         check_instant(v, paid_at, f"{path}.paid_at")
+        if order.paid_at.seconds > not_after:  # in whole seconds, as the fast check judges it
+            v.add(
+                f"{path}.paid_at",
+                f"is more than {MAX_PAID_AHEAD.total_seconds() / 3600:g} h after the server's clock; "
+                "record an order once it is paid",
+            )
     check_amount(v, order.paid.amount_minor, f"{path}.paid.amount_minor")
     check_currency(v, order.paid.currency, f"{path}.paid.currency")
     check_text(v, order.channel, f"{path}.channel", max_length=32)

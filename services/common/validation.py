@@ -27,7 +27,7 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 }
 MAX_AMOUNT_MINOR = 10**15
 # Instants outside this range are data-entry errors, not orders.
-EARLIEST_INSTANT = datetime(2000, 1, 1, tzinfo=UTC)
+EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)  # public order histories (CDNOW) start in 1997
 LATEST_INSTANT = datetime(2100, 1, 1, tzinfo=UTC)
 
 
@@ -55,7 +55,7 @@ def check_instant(v: Violations, value: datetime | None, field_path: str) -> Non
     if value is None:
         v.add(field_path, "is required")
     elif not (EARLIEST_INSTANT <= value < LATEST_INSTANT):
-        v.add(field_path, "must be between 2000-01-01 and 2100-01-01 UTC")
+        v.add(field_path, "must be between 1970-01-01 and 2100-01-01 UTC")
 
 
 def check_text(v: Violations, value: str, field_path: str, *, max_length: int) -> None:

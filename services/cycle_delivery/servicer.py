@@ -91,7 +91,7 @@ class CycleDeliveryServicer(cycle_delivery_pb2_grpc.CycleDeliveryServiceServicer
         self, request: cycle_delivery_pb2.CreateSubscriptionRequest, context: grpc.ServicerContext
     ) -> cycle_delivery_pb2.CreateSubscriptionResponse:
         v = Violations()
-        order = parse_order(v, request.order, "order")
+        order = parse_order(v, request.order, "order", now=self.ctx.clock())
         check_id(v, request.plan_id, "plan_id")
         v.check(1 <= request.quantity <= MAX_QUANTITY, "quantity", f"must be 1..{MAX_QUANTITY}")
         check_text(v, request.address, "address", max_length=300)

@@ -21,7 +21,7 @@ from services.common.convert import from_date, from_timestamp, to_date, to_money
 from services.common.db import Database
 from services.common.errors import DomainError, FailedPrecondition, NotFound, Violations
 from services.common.idempotency import any_seen, record_responses, run_idempotent, valid_request_id
-from services.common.orders import PaidOrder, checked_order, plainly_valid_order
+from services.common.orders import PaidOrder, checked_order, paid_by, plainly_valid_order
 from services.common.paging import Cursor, decode_token, encode_token
 from services.common.server import ServiceContext
 from services.common.validation import check_amount, check_currency, check_id, check_instant, check_text
@@ -55,7 +55,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
     def RecordOrders(
         self, request: metrics_pb2.RecordOrdersRequest, context: grpc.ServicerContext
     ) -> metrics_pb2.RecordOrdersResponse:
-        parsed = parse_orders(request.orders)
+        parsed = parse_orders(request.orders, now=self.ctx.clock())
         return run_idempotent(
             self.ctx.db,
             request,
@@ -622,7 +622,7 @@ def record_chunk(
     try:
         counts = record_streaming(session, shop_id, orders, chunk=received, default_zone=default_zone)
     except store.NeedsGeneralPath:
-        parsed = parse_orders(orders)
+        parsed = parse_orders(orders, now=received.received_at)
         counts = store.record_orders(
             session, shop_id=shop_id, orders=parsed, default_zone=default_zone, defer_summaries_for=received
         )
@@ -643,7 +643,7 @@ def record_streaming(
         session,
         shop_id=shop_id,
         currency=orders[0].paid.currency,
-        orders=map(plainly_valid_order, sorted(orders, key=by_order_id)),
+        orders=map(partial(plainly_valid_order, not_after=paid_by(chunk.received_at)), sorted(orders, key=by_order_id)),
         default_zone=default_zone,
         chunk=chunk,
         all_new=all_new,
@@ -667,20 +667,21 @@ def by_order_id(order: common_pb2.Order) -> str:
     return order.order_id
 
 
-def parse_orders(orders: Sequence[common_pb2.Order]) -> list[PaidOrder]:
-    """1..MAX_BATCH valid orders, or INVALID_ARGUMENT naming every bad field.
+def parse_orders(orders: Sequence[common_pb2.Order], *, now: datetime) -> list[PaidOrder]:
+    """1..MAX_BATCH valid orders received at `now`, or INVALID_ARGUMENT naming every bad field.
 
     The fast checks run over the whole batch first; field paths are built only
     for a batch holding an order they refuse.
     """
     check_batch_size(orders)
     v = Violations()
-    fast = [plainly_valid_order(order) for order in orders]
+    latest = paid_by(now)
+    fast = [plainly_valid_order(order, latest) for order in orders]
     parsed = [p for p in fast if p is not None]
     if len(parsed) < len(fast):
         parsed = []
         for i, order in enumerate(orders):
-            result = fast[i] or checked_order(v, order, f"orders[{i}]")
+            result = fast[i] or checked_order(v, order, f"orders[{i}]", not_after=latest)
             if result is not None:
                 parsed.append(result)
     v.raise_if_any()

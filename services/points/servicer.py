@@ -364,7 +364,7 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         self, request: points_pb2.EarnForOrderRequest, context: grpc.ServicerContext
     ) -> points_pb2.EarnForOrderResponse:
         v = Violations()
-        order = parse_order(v, request.order, "order")
+        order = parse_order(v, request.order, "order", now=self.ctx.clock())
         v.check(0 <= request.birthday_month <= 12, "birthday_month", "must be 1..12, or 0 when unknown")
         v.raise_if_any()
         assert order is not None
@@ -385,7 +385,7 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
         self, request: points_pb2.PreviewEarnRequest, context: grpc.ServicerContext
     ) -> points_pb2.PreviewEarnResponse:
         v = Violations()
-        order = parse_order(v, request.order, "order")
+        order = parse_order(v, request.order, "order", now=self.ctx.clock())
         v.check(0 <= request.birthday_month <= 12, "birthday_month", "must be 1..12, or 0 when unknown")
         v.raise_if_any()
         assert order is not None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
@@ -126,6 +126,7 @@ def test_other_currency_than_the_shops_is_failed_precondition_and_nothing_writte
         (lambda o: o.paid_at.FromDatetime(datetime(1, 1, 1, tzinfo=UTC)), "orders[0].paid_at"),
         (lambda o: o.paid_at.FromDatetime(datetime(9999, 12, 31, tzinfo=UTC)), "orders[0].paid_at"),
         (lambda o: o.ClearField("paid_at"), "orders[0].paid_at"),
+        (lambda o: o.paid_at.FromDatetime(datetime.now(UTC) + timedelta(days=30)), "orders[0].paid_at"),
         (lambda o: o.items.add(sku="a", quantity=0, paid=common_pb2.Money(amount_minor=1)), "orders[0].items[0]"),
         (lambda o: o.items.add(sku="a", quantity=1, paid=common_pb2.Money(amount_minor=10**6)), "orders[0].items"),
     ],
@@ -142,6 +143,19 @@ def test_bad_orders_are_invalid_argument_and_nothing_is_written(
     assert field.replace("orders[0]", "orders[1]", 1) in details(caught.value)
     with pytest.raises(grpc.RpcError):
         summary(stack, uid)
+
+
+def test_history_from_1997_is_accepted_and_a_future_chunk_is_refused_in_a_stream(stack: Stack, uid: str) -> None:
+    assert record(stack, uid, order(f"{uid}-cdnow", uid, datetime(1997, 1, 1, tzinfo=UTC), 100)).inserted == 1
+    assert summary(stack, uid).order_count == 1
+    stub = stack.stub("metrics", metrics_pb2_grpc.MetricsServiceStub)
+    ahead = order(f"{uid}-ahead", uid, datetime.now(UTC) + timedelta(days=30), 100)
+    chunk = metrics_pb2.StreamOrdersRequest(shop_id="shop-a", request_id=f"{uid}-s", orders=[ahead])
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.StreamOrders(iter([chunk]), metadata=W)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "orders[0].paid_at: is more than 24 h after the server's clock" in details(caught.value)
+    assert summary(stack, uid).order_count == 1
 
 
 def test_empty_and_oversized_batches_are_invalid(stack: Stack, uid: str) -> None:

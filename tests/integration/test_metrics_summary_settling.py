@@ -94,7 +94,7 @@ def together(db: Database, shop: str, request_id: str, *chunks: list[object]) ->
 def inline(db: Database, shop: str, request_id: str, *orders: object) -> m.RecordOrdersResponse:
     """RecordOrders: summaries refreshed in the same transaction."""
     request = m.RecordOrdersRequest(shop_id=shop, request_id=request_id, orders=list(orders))  # type: ignore[arg-type]
-    parsed = parse_orders(request.orders)
+    parsed = parse_orders(request.orders, now=START)
 
     def apply(session: Session) -> m.RecordOrdersResponse:
         store.record_orders(session, shop_id=shop, orders=parsed, default_zone=ZONE)

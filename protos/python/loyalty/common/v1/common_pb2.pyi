@@ -196,7 +196,10 @@ class Order(_message.Message):
     """Where the order came from."""
     @_builtins.property
     def paid_at(self) -> _timestamp_pb2.Timestamp:
-        """When the order was paid (UTC instant)."""
+        """When the order was paid (UTC instant), from 1970-01-01 (imported history)
+        to at most 24 hours after the receiving server's clock; later is
+        INVALID_ARGUMENT naming paid_at (a future order would count in today's numbers).
+        """
 
     @_builtins.property
     def paid(self) -> Global___Money:
