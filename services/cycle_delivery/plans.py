@@ -24,12 +24,11 @@ def parse_rule(v: Violations, rule: cycle_delivery_pb2.ScheduleRule, path: str =
     if int(rule.cadence) not in {c.value for c in Cadence}:
         v.add(f"{path}.cadence", "must be one of CADENCE_DAILY, CADENCE_EVERY_N_DAYS, CADENCE_WEEKLY, CADENCE_MONTHLY")
         return None
-    v.check(len(rule.weekdays) <= 7 and len(rule.month_days) <= 31, path, "too many weekdays or month days")
-    parsed = Rule(
+    parsed = Rule(  # the lists are sets: a repeated day is the same day (their values are checked below)
         cadence=Cadence(rule.cadence),
         interval_days=rule.interval_days,
-        weekdays=frozenset(int(d) for d in rule.weekdays[:7]),
-        month_days=frozenset(rule.month_days[:31]),
+        weekdays=frozenset(int(d) for d in rule.weekdays),
+        month_days=frozenset(rule.month_days),
     )
     for problem in parsed.problems():
         v.add(problem.field.replace("rule", path, 1), problem.description)

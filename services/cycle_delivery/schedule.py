@@ -17,8 +17,8 @@ from zoneinfo import ZoneInfo
 from services.common.errors import FieldViolation, InvalidArgument
 
 MAX_DELIVERIES = 1000
-# An end date further than this from the start is a data-entry error.
-MAX_SPAN_DAYS = 5 * 366
+# An end date further than this from the start is a data-entry error (ten years: a 6-year monthly plan is real).
+MAX_SPAN_DAYS = 10 * 366
 
 
 class Cadence(IntEnum):

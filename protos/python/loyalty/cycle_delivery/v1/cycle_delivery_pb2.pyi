@@ -267,12 +267,14 @@ class ScheduleRule(_message.Message):
     """For CADENCE_EVERY_N_DAYS: 2..366."""
     @_builtins.property
     def weekdays(self) -> _containers.RepeatedScalarFieldContainer[Global___Weekday.ValueType]:
-        """For CADENCE_WEEKLY: the weekdays (Youzan `customDeliveryMode`, weekday mode)."""
+        """For CADENCE_WEEKLY: the weekdays (Youzan `customDeliveryMode`, weekday
+        mode). A set: a weekday named twice is the same weekday.
+        """
 
     @_builtins.property
     def month_days(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """For CADENCE_MONTHLY: days of month 1..31 (Youzan `customDeliveryMode`,
-        month-day mode).
+        month-day mode); 29..31 fall on a shorter month's last day. A set, as weekdays.
         """
 
     def __init__(
@@ -319,7 +321,10 @@ class PreviewScheduleRequest(_message.Message):
 
     @_builtins.property
     def end_date(self) -> _common_pb2.Date:
-        """Last date a delivery may fall on (Youzan `deliveryCycleCustomEndDate`)."""
+        """Last date a delivery may fall on (Youzan `deliveryCycleCustomEndDate`): on
+        or after start_date, at most 3,660 days (ten years) after it, and yielding
+        at most 1000 deliveries.
+        """
 
     @_builtins.property
     def blackout_dates(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Date]:
