@@ -47,7 +47,7 @@ CHURN_ORDER = ("none", "watch", "at_risk", "churned")
 VALUE_CLASS_ORDER = ("重要价值", "重要发展", "重要保持", "重要挽留", "一般价值", "一般发展", "一般保持", "一般挽留")
 DELIVERY_DAYS_BACK, DELIVERY_DAYS_AHEAD = 30, 30
 POINT_FLOWS = ("issued", "redeemed", "expired", "clawed_back")
-DELIVERY_STATES = ("delivered", "shipped", "created", "planned", "skipped")  # bottom to top of the stacked bars
+DELIVERY_STATES = ("delivered", "shipped", "created", "planned", "paused", "skipped")  # stacked bottom to top
 
 
 class ReportError(Exception):
@@ -129,6 +129,7 @@ TEXT: dict[str, dict[str, str]] = {
     },
     "deliveries": {"zh": "配送数", "en": "Deliveries"},
     "planned": {"zh": "待生成", "en": "Planned"},
+    "paused": {"zh": "暂停中", "en": "Paused"},
     "created": {"zh": "已生成订单", "en": "Order created"},
     "shipped": {"zh": "已发货", "en": "Shipped"},
     "delivered": {"zh": "已送达", "en": "Delivered"},
@@ -354,6 +355,7 @@ COLORS = {
     "expired": "#b0413e",
     "clawed_back": "#8c8c8c",
     "planned": "#9fc5e8",
+    "paused": "#e8d8a8",
     "created": "#2f6fb0",
     "shipped": "#e0a030",
     "delivered": "#3a8f5c",

@@ -273,6 +273,7 @@ class CalendarDay:
 
     day: date
     planned: int = 0
+    paused: int = 0  # open deliveries of paused subscriptions: not sent unless resumed (then re-laid)
     created: int = 0
     shipped: int = 0
     delivered: int = 0
@@ -292,14 +293,19 @@ _COLUMN_OF_STATE = {
 }
 
 
-def calendar_days(counts: Sequence[tuple[date, int, int, int]], first: date, last: date) -> list[CalendarDay]:
-    """Every day from `first` to `last` (zeros included) from (day, state, deliveries, quantity) group counts."""
+def calendar_days(counts: Sequence[tuple[date, int, bool, int, int]], first: date, last: date) -> list[CalendarDay]:
+    """Every day from `first` to `last` (zeros included) from (day, state, paused, deliveries, quantity) counts.
+
+    The worker creates deliveries of active subscriptions only, so a paused
+    subscription's open deliveries are neither planned nor units to send.
+    """
     tallies: dict[date, dict[str, int]] = {}
-    for day, state, deliveries, quantity in counts:
+    for day, state, paused, deliveries, quantity in counts:
         tally = tallies.setdefault(day, {})
-        column = _COLUMN_OF_STATE[DeliveryState(state)]
+        on_hold = paused and state in OPEN
+        column = "paused" if on_hold else _COLUMN_OF_STATE[DeliveryState(state)]
         tally[column] = tally.get(column, 0) + deliveries
-        if state in UNITS_TO_SEND:
+        if state in UNITS_TO_SEND and not on_hold:
             tally["units"] = tally.get("units", 0) + quantity
     return [
         CalendarDay(day=first + timedelta(days=n), **tallies.get(first + timedelta(days=n), {}))

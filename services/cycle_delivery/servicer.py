@@ -156,6 +156,7 @@ class CycleDeliveryServicer(cycle_delivery_pb2_grpc.CycleDeliveryServiceServicer
                 cycle_delivery_pb2.DeliveryDay(
                     day=to_date(d.day),
                     planned=d.planned,
+                    paused=d.paused,
                     created=d.created,
                     shipped=d.shipped,
                     delivered=d.delivered,
@@ -377,7 +378,7 @@ def subscription_proto(loaded: store.Loaded) -> cycle_delivery_pb2.Subscription:
             cycle_delivery_pb2.Delivery(
                 index=d.index,
                 date=to_date(d.day),
-                state=int(d.state),  # type: ignore[arg-type]
+                state=shown_state(d.state, paused=loaded.record.state == store.PAUSED),
                 quantity=d.quantity,
                 delivery_order_id=loaded.order_ids.get(d.index, ""),
                 change_deadline=to_timestamp(loaded.terms.deadline(d.day)),
@@ -385,6 +386,13 @@ def subscription_proto(loaded: store.Loaded) -> cycle_delivery_pb2.Subscription:
             for d in loaded.calendar
         ],
     )
+
+
+def shown_state(state: deliveries.DeliveryState, *, paused: bool) -> cycle_delivery_pb2.DeliveryState.ValueType:
+    """An open delivery of a paused subscription is shown as paused: it will not be created while paused."""
+    if paused and state in deliveries.OPEN:
+        return cycle_delivery_pb2.DELIVERY_STATE_PAUSED
+    return cycle_delivery_pb2.DeliveryState.ValueType(int(state))
 
 
 def register(server: grpc.Server, ctx: ServiceContext) -> None:

@@ -407,11 +407,19 @@ def erase_customer(session: Session, *, shop_id: str, customer_id: str) -> tuple
     return anonymous, len(subscriptions) + int(getattr(cleared, "rowcount", 0) or 0)
 
 
-def delivery_counts(session: Session, *, shop_id: str, first: date, last: date) -> list[tuple[date, int, int, int]]:
-    """(day, state, deliveries, quantity) for the shop's deliveries dated first..last (uses ix_deliveries_day)."""
+def delivery_counts(
+    session: Session, *, shop_id: str, first: date, last: date
+) -> list[tuple[date, int, bool, int, int]]:
+    """(day, state, subscription paused, deliveries, quantity) for deliveries dated first..last (ix_deliveries_day)."""
+    paused = SubscriptionRecord.state == PAUSED
     rows = session.execute(
-        select(DeliveryRecord.day, DeliveryRecord.state, func.count(), func.sum(DeliveryRecord.quantity))
+        select(DeliveryRecord.day, DeliveryRecord.state, paused, func.count(), func.sum(DeliveryRecord.quantity))
+        .join(
+            SubscriptionRecord,
+            (SubscriptionRecord.shop_id == DeliveryRecord.shop_id)
+            & (SubscriptionRecord.subscription_id == DeliveryRecord.subscription_id),
+        )
         .where(DeliveryRecord.shop_id == shop_id, DeliveryRecord.day >= first, DeliveryRecord.day <= last)
-        .group_by(DeliveryRecord.day, DeliveryRecord.state)
+        .group_by(DeliveryRecord.day, DeliveryRecord.state, paused)
     ).all()
-    return [(day, int(state), int(n), int(quantity or 0)) for day, state, n, quantity in rows]
+    return [(day, int(state), bool(on_hold), int(n), int(quantity or 0)) for day, state, on_hold, n, quantity in rows]

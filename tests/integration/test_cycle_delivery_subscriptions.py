@@ -201,8 +201,12 @@ def test_pause_creates_nothing_and_resume_never_delivers_late(shop: Shop, clock:
     clock.now = datetime(2026, 3, 4, 2, tzinfo=UTC)  # Wednesday 10:00
     workers.create_due_deliveries(shop.stack.services["cycle_delivery"].context)
     paused = shop.call("GetSubscription", subscription_id="o1").subscription
-    assert all(x.state == cd.DELIVERY_STATE_SCHEDULED for x in paused.deliveries)
+    assert {x.state for x in paused.deliveries} == {cd.DELIVERY_STATE_PAUSED}  # none will be created while paused
+    calendar = shop.call("GetDeliveryCalendar", from_date=d(date(2026, 3, 1)), to_date=d(date(2026, 3, 31))).days
+    assert (sum(x.planned for x in calendar), sum(x.units for x in calendar)) == (0, 0)
+    assert sum(x.paused for x in calendar) == len(paused.deliveries)
     resumed = shop.call("ResumeSubscription", subscription_id="o1").subscription
+    assert cd.DELIVERY_STATE_PAUSED not in {x.state for x in resumed.deliveries}
     assert open_days(resumed) == [date(2026, 3, d) for d in (5, 6, 9, 10, 11)]
     assert resumed.state == cd.SUBSCRIPTION_STATE_ACTIVE
 

@@ -178,17 +178,20 @@ def test_a_missed_created_delivery_moves_one_cycle_and_keeps_its_order() -> None
 def test_calendar_days_fill_every_day_and_count_units_still_to_send() -> None:
     first = date(2026, 3, 1)
     counts = [
-        (date(2026, 3, 2), int(DeliveryState.SCHEDULED), 2, 3),
-        (date(2026, 3, 2), int(DeliveryState.POSTPONED), 1, 1),
-        (date(2026, 3, 2), int(DeliveryState.SKIPPED), 4, 9),
-        (date(2026, 3, 3), int(DeliveryState.DELIVERED), 5, 5),
-        (date(2026, 3, 3), int(DeliveryState.SHIPPED), 1, 2),
-        (date(2026, 3, 3), int(DeliveryState.CANCELLED), 1, 7),
-        (date(2026, 3, 3), int(DeliveryState.CREATED), 2, 2),
+        (date(2026, 3, 2), int(DeliveryState.SCHEDULED), False, 2, 3),
+        (date(2026, 3, 2), int(DeliveryState.POSTPONED), False, 1, 1),
+        (date(2026, 3, 2), int(DeliveryState.SKIPPED), False, 4, 9),
+        (date(2026, 3, 2), int(DeliveryState.SCHEDULED), True, 6, 6),  # a paused subscription's: not sent
+        (date(2026, 3, 2), int(DeliveryState.POSTPONED), True, 1, 2),
+        (date(2026, 3, 3), int(DeliveryState.DELIVERED), False, 5, 5),
+        (date(2026, 3, 3), int(DeliveryState.SHIPPED), False, 1, 2),
+        (date(2026, 3, 3), int(DeliveryState.CANCELLED), False, 1, 7),
+        (date(2026, 3, 3), int(DeliveryState.CREATED), False, 2, 2),
+        (date(2026, 3, 3), int(DeliveryState.CREATED), True, 1, 1),  # created before the pause: still sent
     ]
     days = calendar_days(counts, first, date(2026, 3, 4))
     assert [d.day for d in days] == [date(2026, 3, n) for n in (1, 2, 3, 4)]
     assert days[0] == CalendarDay(date(2026, 3, 1))
-    assert (days[1].planned, days[1].skipped, days[1].units) == (3, 4, 4)
-    assert (days[2].delivered, days[2].shipped, days[2].cancelled, days[2].created, days[2].units) == (5, 1, 1, 2, 4)
+    assert (days[1].planned, days[1].paused, days[1].skipped, days[1].units) == (3, 7, 4, 4)
+    assert (days[2].delivered, days[2].shipped, days[2].cancelled, days[2].created, days[2].units) == (5, 1, 1, 3, 5)
     assert days[3] == CalendarDay(date(2026, 3, 4))

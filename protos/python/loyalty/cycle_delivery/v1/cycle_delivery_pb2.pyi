@@ -144,6 +144,10 @@ class _DeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Deliver
     """Will not happen (dropped or cancelled); refunded."""
     DELIVERY_STATE_DELIVERED: _DeliveryState.ValueType  # 7
     """Delivered."""
+    DELIVERY_STATE_PAUSED: _DeliveryState.ValueType  # 8
+    """On the calendar of a paused subscription: not created while it is paused
+    (shown so in GetSubscription; stored as scheduled or postponed).
+    """
 
 class DeliveryState(_DeliveryState, metaclass=_DeliveryStateEnumTypeWrapper):
     """DeliveryState is where one delivery is."""
@@ -163,6 +167,10 @@ DELIVERY_STATE_CANCELLED: DeliveryState.ValueType  # 6
 """Will not happen (dropped or cancelled); refunded."""
 DELIVERY_STATE_DELIVERED: DeliveryState.ValueType  # 7
 """Delivered."""
+DELIVERY_STATE_PAUSED: DeliveryState.ValueType  # 8
+"""On the calendar of a paused subscription: not created while it is paused
+(shown so in GetSubscription; stored as scheduled or postponed).
+"""
 Global___DeliveryState: _TypeAlias = DeliveryState  # noqa: Y015
 
 class _SubscriptionState:
@@ -862,8 +870,9 @@ class DeliveryDay(_message.Message):
     SKIPPED_FIELD_NUMBER: _builtins.int
     CANCELLED_FIELD_NUMBER: _builtins.int
     UNITS_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
     planned: _builtins.int
-    """Still to be created: scheduled or postponed to this day."""
+    """Still to be created: scheduled or postponed to this day, of active subscriptions."""
     created: _builtins.int
     """Delivery order created, not yet shipped."""
     shipped: _builtins.int
@@ -876,6 +885,10 @@ class DeliveryDay(_message.Message):
     """Cancelled or dropped."""
     units: _builtins.int
     """Units to send (quantity of the planned, created and shipped deliveries)."""
+    paused: _builtins.int
+    """Scheduled or postponed to this day, of paused subscriptions: not sent while
+    paused, and not in units; resuming lays them out again as the plan says.
+    """
     @_builtins.property
     def day(self) -> _common_pb2.Date:
         """The day."""
@@ -891,10 +904,11 @@ class DeliveryDay(_message.Message):
         skipped: _builtins.int = ...,
         cancelled: _builtins.int = ...,
         units: _builtins.int = ...,
+        paused: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["day", b"day"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "created", b"created", "day", b"day", "delivered", b"delivered", "planned", b"planned", "shipped", b"shipped", "skipped", b"skipped", "units", b"units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "created", b"created", "day", b"day", "delivered", b"delivered", "paused", b"paused", "planned", b"planned", "shipped", b"shipped", "skipped", b"skipped", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
