@@ -277,9 +277,10 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         v.check(0 <= request.horizon_days <= 3650, "horizon_days", "must be 0..3650")
         v.check(0 <= request.months <= 120, "months", "must be 0..120")
         v.check(0 <= request.monthly_discount_rate < 1, "monthly_discount_rate", "must be at least 0 and below 1")
+        as_of = from_date(v, request.as_of, "as_of") if request.HasField("as_of") else None
         v.raise_if_any()
         record = self._usable_model(request.shop_id)
-        today = self._today(request.shop_id)
+        today = as_of or self._today(request.shop_id)
         orders = self.ctx.db.run(
             lambda s: store.load_purchases(s, shop_id=request.shop_id, until=today, customer_id=request.customer_id)
         )

@@ -116,6 +116,40 @@ def test_prediction_matches_the_model(stack: Stack, shop: str) -> None:
     assert response.probability_alive == pytest.approx(expected, rel=1e-6)
 
 
+def test_a_backtest_predicts_as_of_the_calibration_end(stack: Stack, shop: str) -> None:
+    """Fit as of a past day and predict as of that day: the pure model on that day's features, later orders unseen."""
+    calibration_end = AS_OF - timedelta(days=120)
+    model = (
+        metrics(stack)
+        .FitClvModel(m.FitClvModelRequest(shop_id=shop, request_id="calibration", as_of=d(calibration_end)), metadata=A)
+        .model
+    )
+    assert (model.bg_nbd_converged, model.as_of) == (True, d(calibration_end))
+    features = {
+        r.features.customer_id: r.features
+        for r in metrics(stack).StreamCustomerFeatures(
+            m.StreamCustomerFeaturesRequest(shop_id=shop, as_of=d(calibration_end)), metadata=A
+        )
+    }
+    repeaters = sorted(c for c, f in features.items() if f.frequency > 0)
+    for customer in (repeaters[0], repeaters[-1]):
+        f = features[customer]
+        response = metrics(stack).PredictCustomerValue(
+            m.PredictCustomerValueRequest(
+                shop_id=shop, customer_id=customer, horizon_days=120, as_of=d(calibration_end)
+            ),
+            metadata=A,
+        )
+        arrays = [np.array([float(v)]) for v in (f.frequency, f.recency_days, f.age_days)]
+        pure = BgNbd(model.r, model.alpha, model.a, model.b)
+        assert response.probability_alive == pytest.approx(pure.probability_alive(*arrays)[0], rel=1e-9)
+        assert response.expected_purchases == pytest.approx(pure.expected_purchases(120, *arrays)[0], rel=1e-9)
+    today = metrics(stack).PredictCustomerValue(
+        m.PredictCustomerValueRequest(shop_id=shop, customer_id=repeaters[-1], horizon_days=120), metadata=A
+    )
+    assert today.probability_alive != response.probability_alive  # judged on another day, with later orders
+
+
 def test_only_one_time_buyers_cannot_fit_spend(stack: Stack, uid: str) -> None:
     shop = f"once-{uid}"
     load(stack, shop, [order(f"o{i}", f"c{i}", datetime(2026, 1, 1 + i % 28, tzinfo=UTC), 100) for i in range(30)])

@@ -1016,6 +1016,7 @@ class PredictCustomerValueRequest(_message.Message):
     HORIZON_DAYS_FIELD_NUMBER: _builtins.int
     MONTHS_FIELD_NUMBER: _builtins.int
     MONTHLY_DISCOUNT_RATE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
     shop_id: _builtins.str
     """Tenant."""
     customer_id: _builtins.str
@@ -1026,6 +1027,13 @@ class PredictCustomerValueRequest(_message.Message):
     """Months of value in the CLV, 1..120; 0 = 12."""
     monthly_discount_rate: _builtins.float
     """Monthly discount rate for the CLV, 0 <= rate < 1."""
+    @_builtins.property
+    def as_of(self) -> _common_pb2.Date:
+        """Day the customer is judged on (a backtest: the end of the period the
+        model was fitted on); orders after it are ignored. Default: today in the
+        shop's time zone.
+        """
+
     def __init__(
         self,
         *,
@@ -1034,10 +1042,11 @@ class PredictCustomerValueRequest(_message.Message):
         horizon_days: _builtins.int = ...,
         months: _builtins.int = ...,
         monthly_discount_rate: _builtins.float = ...,
+        as_of: _common_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["customer_id", b"customer_id", "horizon_days", b"horizon_days", "monthly_discount_rate", b"monthly_discount_rate", "months", b"months", "shop_id", b"shop_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "customer_id", b"customer_id", "horizon_days", b"horizon_days", "monthly_discount_rate", b"monthly_discount_rate", "months", b"months", "shop_id", b"shop_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
