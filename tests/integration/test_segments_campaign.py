@@ -226,6 +226,11 @@ def test_bad_rules_and_missing_evaluations_are_clear(shop: Shop) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         shop.members("nothing")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "'nothing' does not exist" in details(caught.value)
+    shop.segment("repeat", "order_count >= 2")
+    with pytest.raises(grpc.RpcError) as caught:
+        shop.members("repeat")  # defined, never evaluated
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert "EvaluateSegments" in details(caught.value)
     with pytest.raises(grpc.RpcError) as caught:
         shop.grant("c", "nothing", points=0)
