@@ -224,18 +224,26 @@ class AutocommitPool:
             conn, opened = self._take()
             try:
                 yield conn
-            except psycopg.OperationalError:
-                conn.close()
-                self.close()
-                raise
             except BaseException:
-                if not conn.closed and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    conn.rollback()
-                self._give_back(conn, opened)
+                self._after_failure(conn, opened)
                 raise
             self._give_back(conn, opened)
         finally:
             self._slots.release()
+
+    def _after_failure(self, conn: psycopg.Connection[Any], opened: float) -> None:
+        """A failed use: kept, rolled back, unless the connection broke (a lost race or timeout does not break it)."""
+        if not conn.broken and not conn.closed:
+            try:
+                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    conn.rollback()
+            except psycopg.OperationalError:
+                pass  # it broke now: dropped below
+            else:
+                self._give_back(conn, opened)
+                return
+        conn.close()
+        self.close()  # a lost server leaves every idle connection dead too
 
     def _take(self) -> tuple[psycopg.Connection[Any], float]:
         with self._lock:

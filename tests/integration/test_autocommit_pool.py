@@ -117,3 +117,21 @@ def test_a_connection_past_its_lifetime_is_closed_when_given_back(pg_url: str) -
     with pool.connection() as conn:
         assert backend_pid(conn) != first
     pool.close()
+
+
+def test_a_timeout_or_lost_race_keeps_the_connections(pool: AutocommitPool) -> None:
+    """QueryCanceled and deadlocks are OperationalErrors too, but leave the connection whole: no reconnect storm."""
+    pool.warm(2)
+    pids: list[int] = []
+
+    def time_out() -> None:
+        with pool.connection() as conn:
+            pids.append(backend_pid(conn))
+            conn.execute("SET statement_timeout = 10")
+            conn.execute("SELECT pg_sleep(1)")
+
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        time_out()
+    with pool.connection() as first, pool.connection() as second:
+        assert {backend_pid(first), backend_pid(second)} >= {pids[0]}
+        assert len({backend_pid(first), backend_pid(second)}) == 2
