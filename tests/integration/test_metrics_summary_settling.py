@@ -28,6 +28,7 @@ from tests.support import Stack
 
 ZONE = "Asia/Shanghai"
 START = datetime(2026, 3, 1, 1, tzinfo=UTC)
+RECEIVED = START + timedelta(days=30)  # chunks arrive after their orders were paid (later is refused)
 Row = tuple[str, int, int, int, datetime, datetime]
 
 
@@ -72,7 +73,7 @@ def rebuilt(db: Database, shop: str) -> list[Row]:
 
 
 def deferred(
-    db: Database, shop: str, request_id: str, *orders: object, received_at: datetime = START
+    db: Database, shop: str, request_id: str, *orders: object, received_at: datetime = RECEIVED
 ) -> m.RecordOrdersResponse:
     """A stream chunk as StreamOrders applies it: idempotent by request id, summaries deferred."""
     request = m.RecordOrdersRequest(shop_id=shop, request_id=request_id, orders=list(orders))  # type: ignore[arg-type]
@@ -87,14 +88,14 @@ def together(db: Database, shop: str, request_id: str, *chunks: list[object]) ->
         m.StreamOrdersRequest(shop_id=shop, request_id=f"{request_id}-{i}", orders=orders)  # type: ignore[arg-type]
         for i, orders in enumerate(chunks)
     ]
-    done = record_chunks_together(db, requests, received_at=START, default_zone=ZONE, clock=lambda: START)
+    done = record_chunks_together(db, requests, received_at=RECEIVED, default_zone=ZONE, clock=lambda: RECEIVED)
     return done or [deferred(db, shop, r.request_id, *r.orders) for r in requests]
 
 
 def inline(db: Database, shop: str, request_id: str, *orders: object) -> m.RecordOrdersResponse:
     """RecordOrders: summaries refreshed in the same transaction."""
     request = m.RecordOrdersRequest(shop_id=shop, request_id=request_id, orders=list(orders))  # type: ignore[arg-type]
-    parsed = parse_orders(request.orders, now=START)
+    parsed = parse_orders(request.orders, now=RECEIVED)
 
     def apply(session: Session) -> m.RecordOrdersResponse:
         store.record_orders(session, shop_id=shop, orders=parsed, default_zone=ZONE)
