@@ -11,7 +11,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from services.common.auth import digest, new_token
@@ -21,6 +22,35 @@ from tools.supervise import terminate, wait_serving
 ROOT = Path(__file__).resolve().parent.parent
 VAR = ROOT / "var"
 METRICS_PORT_BASE = 9100
+
+
+class StopSignals:
+    """SIGINT and SIGTERM, noted by a handler that takes no lock.
+
+    `make run` once hung on SIGTERM for good: its handler called
+    `threading.Event.set()`, which takes the Event's lock, while the main loop
+    sat in `Event.wait` holding it; a handler runs in the main thread between
+    two bytecodes, so it waited on itself. Here the handler only appends to a
+    list (atomic under the GIL) and the loop polls it.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def install(self) -> None:
+        for signo in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signo, self._note)
+
+    def _note(self, signo: int, _frame: object) -> None:
+        self.received.append(signo)
+
+    def wait(self, *, still_running: Callable[[], bool], interval: float = 0.5) -> bool:
+        """Polls until a stop signal arrives (True) or `still_running` says otherwise (False)."""
+        while not self.received:
+            if not still_running():
+                return False
+            time.sleep(interval)  # the handler runs inside the sleep; the loop sees its note at most `interval` later
+        return True
 
 
 def dev_token() -> str:
@@ -72,9 +102,8 @@ def main() -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop = StopSignals()
+    stop.install()
     try:
         for name, process in processes.items():
             wait_serving(process, f"127.0.0.1:{DEFAULT_PORTS[name]}", timeout=60, label=name)
@@ -88,12 +117,11 @@ def main() -> int:
         print("         127.0.0.1:50051 loyalty.points.v1.PointsService/GetAccount")
         offer_demo_seed(token)
         print("\nCtrl-C stops everything.")
-        while not stop.wait(0.5):
-            dead = [n for n, p in processes.items() if p.poll() is not None]
-            if dead:
-                print(f"stopped unexpectedly: {', '.join(dead)} (see var/<name>.log)", file=sys.stderr)
-                return 1
-        return 0
+        if stop.wait(still_running=lambda: all(p.poll() is None for p in processes.values())):
+            return 0
+        dead = [n for n, p in processes.items() if p.poll() is not None]
+        print(f"stopped unexpectedly: {', '.join(dead)} (see var/<name>.log)", file=sys.stderr)
+        return 1
     finally:
         codes = terminate(list(processes.values()), grace=15)
         print(f"stopped ({', '.join(f'{n}={c}' for n, c in zip(processes, codes, strict=True))})")
