@@ -1,7 +1,8 @@
 """loyaltyctl: the operator's command line for the four services, through their generated stubs.
 
 Same settings as the services (LOYALTY_POINTS_TARGET, LOYALTY_METRICS_TARGET,
-...); the token comes from LOYALTY_TOKEN (or --token), the shop from
+...); the token from LOYALTY_TOKEN (or --token), LOYALTY_TOKEN_FILE, `make run`'s
+var/dev-token, or the compose dev token (`resolve_token`), the shop from
 LOYALTY_SHOP (or --shop). Tables by default, `--json` for scripts. A failed
 call prints one line (`error: NOT_FOUND: ...`) and exits 1; bad arguments exit 2.
 """
@@ -37,6 +38,7 @@ from rich.table import Table
 from services.cli import report as report_module
 from services.cli import seed as seed_module
 from services.common.channels import peer_channel
+from services.common.settings import DEV_TOKEN
 
 T = TypeVar("T")
 DEFAULT_TARGETS = {
@@ -59,6 +61,7 @@ class Cli:
     shop: str
     token: str
     as_json: bool
+    token_source: str = "LOYALTY_TOKEN (or --token)"  # noqa: S105 - where the token came from, not a token
     targets: dict[str, str] = field(default_factory=dict)
     out: Console = field(default_factory=Console)
     err: Console = field(default_factory=lambda: Console(stderr=True))
@@ -104,12 +107,27 @@ def configure(
     targets = {
         name: os.environ.get(f"LOYALTY_{name.upper()}_TARGET", target) for name, target in DEFAULT_TARGETS.items()
     }
-    ctx.obj = Cli(
-        shop=shop,
-        token=token or os.environ.get("LOYALTY_DEV_TOKEN", "loyalty-dev-token"),
-        as_json=as_json,
-        targets=targets,
-    )
+    token, source = resolve_token(token)
+    ctx.obj = Cli(shop=shop, token=token, token_source=source, as_json=as_json, targets=targets)
+
+
+CHECKOUT_DEV_TOKEN = Path(__file__).resolve().parents[2] / "var" / "dev-token"  # what `make run` writes
+
+
+def resolve_token(given: str) -> tuple[str, str]:
+    """(token, where it came from): --token / LOYALTY_TOKEN, LOYALTY_TOKEN_FILE, `make run`'s var/dev-token,
+    then the compose stack's documented dev token."""
+    if given:
+        return given, "LOYALTY_TOKEN (or --token)"
+    named = os.environ.get("LOYALTY_TOKEN_FILE")
+    for path, source in ((named, f"LOYALTY_TOKEN_FILE={named}"), (str(CHECKOUT_DEV_TOKEN), str(CHECKOUT_DEV_TOKEN))):
+        if path:
+            try:
+                return Path(path).read_text().strip(), source
+            except OSError:
+                if path == named:  # a file asked for by name must exist
+                    return "", f"LOYALTY_TOKEN_FILE={named} (unreadable)"
+    return DEV_TOKEN, "the compose stack's documented dev token (set LOYALTY_TOKEN or run `make run`)"
 
 
 def cli(ctx: typer.Context) -> Cli:
@@ -127,6 +145,8 @@ def calling(state: Cli, service: str) -> Iterator[None]:
         name = code.name if isinstance(code, grpc.StatusCode) else "ERROR"
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             fail(state, f"{name}: cannot reach the {service} service at {state.targets[service]}")
+        if code is grpc.StatusCode.UNAUTHENTICATED:
+            fail(state, f"{name}: {exc.details()} (the token came from {state.token_source})")
         fail(state, f"{name}: {exc.details()}")
 
 

@@ -6,6 +6,7 @@ import json
 import re
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from loyalty.common.v1 import common_pb2
@@ -14,6 +15,7 @@ from loyalty.segmentation.v1 import segmentation_pb2 as sg
 from loyalty.segmentation.v1 import segmentation_pb2_grpc
 from typer.testing import CliRunner
 
+from services.cli import loyaltyctl
 from services.cli.demo import demo_shop
 from services.cli.loyaltyctl import app
 from tests.integration.test_metrics_rpc import order
@@ -154,9 +156,26 @@ def test_bad_token_and_unreachable_service_are_one_line_errors(run: CliRunnerCal
     code, _out, err = run("points", "account", "c1", env={"LOYALTY_TOKEN": "not-a-token"})
     assert (code, err.strip().count("\n")) == (1, 0)
     assert "error: UNAUTHENTICATED" in err
+    assert "(the token came from LOYALTY_TOKEN (or --token))" in err
     target = f"127.0.0.1:{free_port()}"
     code, _out, err = run("points", "account", "c1", env={"LOYALTY_POINTS_TARGET": target})
     assert (code, err.strip()) == (1, f"error: UNAVAILABLE: cannot reach the points service at {target}")
+
+
+def test_the_token_comes_from_the_environment_then_a_file_then_make_runs_dev_token(
+    run: CliRunnerCall, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKENS["admin"][0] + "\n")
+    assert run("points", "account", "c1", env={"LOYALTY_TOKEN": "", "LOYALTY_TOKEN_FILE": str(token_file)})[0] == 0
+    missing = tmp_path / "missing"
+    code, _out, err = run("points", "account", "c1", env={"LOYALTY_TOKEN": "", "LOYALTY_TOKEN_FILE": str(missing)})
+    assert (code, f"LOYALTY_TOKEN_FILE={missing} (unreadable)" in err) == (1, True)
+    dev_token = tmp_path / "dev-token"  # what `make run` writes in the checkout
+    dev_token.write_text("a-token-this-stack-does-not-know")
+    monkeypatch.setattr(loyaltyctl, "CHECKOUT_DEV_TOKEN", dev_token)
+    code, _out, err = run("points", "account", "c1", env={"LOYALTY_TOKEN": ""})
+    assert (code, f"(the token came from {dev_token})" in err) == (1, True)
 
 
 def test_demo_seed_loads_a_shop_through_the_rpcs_and_is_safe_to_rerun(stack: Stack, run: CliRunnerCall) -> None:
