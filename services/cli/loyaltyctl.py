@@ -79,7 +79,8 @@ class Cli:
 
     def show(self, message: Message, table: Callable[[], Table]) -> None:
         if self.as_json:
-            self.out.print_json(json.dumps(MessageToDict(message, preserving_proto_field_name=True)))
+            fields = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+            self.out.print_json(json.dumps(fields))  # zeros included: a script should not have to know the defaults
         else:
             self.out.print(table())
 
@@ -214,7 +215,9 @@ def points_account(ctx: typer.Context, customer: str) -> None:
     state.show(account, table)
 
 
-@points_app.command("grant")
+@points_app.command(
+    "grant", context_settings={"ignore_unknown_options": True}
+)  # `grant c1 -50`: a number, not an option
 def points_grant(
     ctx: typer.Context,
     customer: str,

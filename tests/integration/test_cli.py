@@ -57,7 +57,12 @@ def test_grant_then_account_as_table_and_json(run: CliRunnerCall) -> None:
     assert "points" in out
     code, out, _ = run("--json", "points", "account", "c1")
     assert code == 0
-    assert json.loads(out)["points_balance"] == "120"
+    account = json.loads(out)
+    assert account["points_balance"] == "120"
+    assert (account["growth_balance"], account["stored_principal"]) == ("0", "0")  # zeros are printed, not dropped
+    code, out, _ = run("points", "grant", "c1", "-50", "--reason", "correction")  # a negative number, not an option
+    assert code == 0
+    assert json.loads(run("--json", "points", "account", "c1")[1])["points_balance"] == "70"
 
 
 def test_same_request_id_applies_once(run: CliRunnerCall) -> None:
