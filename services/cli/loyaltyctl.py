@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -34,6 +35,8 @@ from loyalty.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer._click.exceptions import ClickException  # typer vendors click; its usage errors are these
+from typer.core import TyperGroup
 
 from services.cli import report as report_module
 from services.cli import seed as seed_module
@@ -85,7 +88,35 @@ class Cli:
             self.out.print(table())
 
 
-app = typer.Typer(help="Operate the loyalty suite: points, metrics, segments, cycle delivery.", no_args_is_help=True)
+class OneLineErrors(TyperGroup):
+    """Bad arguments and usage errors as one line on stderr (`error: ...`), exit code 2: no usage box."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except ClickException as exc:
+            print(f"error: {exc.format_message()} (see --help)", file=sys.stderr)
+            code = exc.exit_code
+        except typer.Abort:
+            print("error: aborted", file=sys.stderr)
+            code = 1
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    help="Operate the loyalty suite: points, metrics, segments, cycle delivery.",
+    no_args_is_help=True,
+)
 points_app = typer.Typer(help="Points ledger and member accounts.", no_args_is_help=True)
 metrics_app = typer.Typer(help="Repurchase, cohort and other numbers.", no_args_is_help=True)
 segments_app = typer.Typer(help="Segments: evaluation and members.", no_args_is_help=True)
@@ -145,10 +176,20 @@ def calling(state: Cli, service: str) -> Iterator[None]:
         code = exc.code() if callable(getattr(exc, "code", None)) else None
         name = code.name if isinstance(code, grpc.StatusCode) else "ERROR"
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            fail(state, f"{name}: cannot reach the {service} service at {state.targets[service]}")
+            fail(state, f"{name}: cannot reach {unreachable(state, service, exc)}")
         if code is grpc.StatusCode.UNAUTHENTICATED:
             fail(state, f"{name}: {exc.details()} (the token came from {state.token_source})")
         fail(state, f"{name}: {exc.details()}")
+
+
+def unreachable(state: Cli, service: str, exc: grpc.RpcError) -> str:
+    """Which service a failed call could not reach; for a command that calls several, the one the error names."""
+    if service in state.targets:
+        return f"the {service} service at {state.targets[service]}"
+    debug = getattr(exc, "debug_error_string", lambda: "")()
+    named = [f"the {name} service at {target}" for name, target in state.targets.items() if target in str(debug)]
+    every = ", ".join(f"{name} {target}" for name, target in state.targets.items())
+    return named[0] if len(named) == 1 else f"one of the services ({every}); is the suite running?"
 
 
 def fail(state: Cli, message: str) -> NoReturn:
@@ -514,7 +555,7 @@ def demo_seed(
     state = cli(ctx)
     day = parse_iso_day(today, "--today") if today else seed_module.today_utc()
     stubs = state.all_stubs()
-    with calling(state, "services"), Progress(console=state.err, transient=not state.err.is_terminal) as progress:
+    with calling(state, "services"), Progress(console=state.err, disable=not state.err.is_terminal) as progress:
 
         def step(description: str, total: int) -> Callable[[int], None]:
             task = progress.add_task(description, total=total)
@@ -562,7 +603,7 @@ def report(
     day = parse_iso_day(today, "--today") if today else seed_module.today_utc()
     stubs = state.all_stubs()
     total = report_module.report_calls(months) + len(report_module.DRAWINGS)
-    with calling(state, "services"), Progress(console=state.err, transient=not state.err.is_terminal) as progress:
+    with calling(state, "services"), Progress(console=state.err, disable=not state.err.is_terminal) as progress:
         task = progress.add_task("report", total=total)
         advance = partial(progress.advance, task)
         data = report_module.collect_report(stubs, state.shop, today=day, months=months, advance=advance)

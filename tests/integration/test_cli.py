@@ -225,3 +225,47 @@ def test_demo_seed_loads_a_shop_through_the_rpcs_and_is_safe_to_rerun(stack: Sta
     assert len(json.loads(out)["customer_ids"]) == overview.numerator
     code, out, _ = run("points", "reconcile")
     assert code == 0
+
+
+# Every command with good arguments, and a bad variant of them (refused by the CLI or by the service).
+COMMANDS: list[tuple[list[str], list[str]]] = [
+    (["points", "account", "c1"], ["points", "account", "not an id"]),
+    (["points", "grant", "c1", "10"], ["points", "grant", "c1", "ten"]),
+    (["points", "reconcile"], ["points", "reconcile", "--bogus"]),
+    (
+        ["metrics", "repurchase", "--start", "2026-01-01", "--end", "2026-02-01"],
+        ["metrics", "repurchase", "--start", "2026-13-01", "--end", "2026-02-01"],
+    ),
+    (["metrics", "cohort"], ["metrics", "cohort", "--grain", "decade"]),
+    (["segments", "eval"], ["segments", "eval", "extra"]),
+    (["segments", "members", "buyers"], ["segments", "members", "buyers", "--version", "-1"]),
+    (
+        ["cycle", "preview", "--start", "2026-12-01"],
+        ["cycle", "preview", "--start", "2026-12-01", "--cadence", "hourly"],
+    ),
+    (["cycle", "subscription", "s1"], ["cycle", "subscription", "not an id"]),
+    (["demo", "seed", "--customers", "5"], ["demo", "seed", "--customers", "0"]),
+    (["report", "--months", "2"], ["report", "--months", "1"]),
+]
+
+
+@pytest.mark.parametrize(("good", "bad"), COMMANDS, ids=[" ".join(good[:2]) for good, _ in COMMANDS])
+def test_every_command_fails_in_one_line_with_a_service_down_a_bad_token_or_a_bad_argument(
+    run: CliRunnerCall, tmp_path: Path, good: list[str], bad: list[str]
+) -> None:
+    down = {name: f"127.0.0.1:{free_port()}" for name in ("points", "metrics", "segmentation", "cycle_delivery")}
+    cases = {
+        "service down": (good, {f"LOYALTY_{name.upper()}_TARGET": target for name, target in down.items()}),
+        "bad token": (good, {"LOYALTY_TOKEN": "not-a-token"}),
+        "bad argument": (bad, {}),
+    }
+    for case, (args, env) in cases.items():
+        if args[0] == "report":
+            args = [*args, "--out", str(tmp_path / "report")]
+        if args[0] == "cycle" and args[1] == "preview" and case == "bad token":
+            continue  # PreviewSchedule is a pure calculation any token may ask for
+        code, _out, err = run(*args, env=env)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code != 0, (case, args)
+        assert len(lines) == 1, (case, args, err)
+        assert "Traceback" not in err, (case, args)
