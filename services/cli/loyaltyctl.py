@@ -541,6 +541,64 @@ def cycle_subscription(ctx: typer.Context, subscription_id: str) -> None:
     state.show(sub, table)
 
 
+OPEN_DELIVERY_STATES = frozenset({cd.DELIVERY_STATE_SCHEDULED, cd.DELIVERY_STATE_POSTPONED, cd.DELIVERY_STATE_PAUSED})
+SUBSCRIPTION_STATES = {
+    cd.SubscriptionState.Name(v).removeprefix("SUBSCRIPTION_STATE_").lower(): v
+    for v in cd.SubscriptionState.values()
+    if v
+}
+
+
+@cycle_app.command("subscriptions")
+def cycle_subscriptions(
+    ctx: typer.Context,
+    customer: Annotated[str, typer.Option(help="A buyer's subscriptions.")] = "",
+    due: Annotated[str, typer.Option(help="Subscriptions with a delivery open on this day, e.g. 2026-12-01.")] = "",
+    state_name: Annotated[
+        str, typer.Option("--state", help=f"Only this state: {', '.join(SUBSCRIPTION_STATES)}.")
+    ] = "",
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many.")] = 100,
+) -> None:
+    """Subscriptions of a buyer (--customer) or due on a day (--due), paged through for you."""
+    state = cli(ctx)
+    if bool(customer) == bool(due):
+        fail(state, "give exactly one of --customer and --due")
+    if state_name and state_name not in SUBSCRIPTION_STATES:
+        fail(state, f"--state must be one of {', '.join(SUBSCRIPTION_STATES)}")
+    request = cd.ListSubscriptionsRequest(shop_id=state.shop, customer_id=customer, page_size=min(limit, 500))
+    if due:
+        request.due_date.CopyFrom(parse_day(due, "--due"))
+    found = cd.ListSubscriptionsResponse()
+    with calling(state, "cycle_delivery"):
+        while len(found.subscriptions) < limit:
+            page = state.stub("cycle_delivery").ListSubscriptions(request, timeout=CALL_TIMEOUT_SECONDS)
+            found.subscriptions.extend(
+                s for s in page.subscriptions if not state_name or s.state == SUBSCRIPTION_STATES[state_name]
+            )
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+    del found.subscriptions[limit:]
+
+    def table() -> Table:
+        t = Table(title=f"Subscriptions · {customer or 'due ' + due}")
+        for column in ("subscription", "customer", "plan", "state", "to come", "next delivery"):
+            t.add_column(column)
+        for sub in found.subscriptions:
+            upcoming = [d for d in sub.deliveries if d.state in OPEN_DELIVERY_STATES]
+            t.add_row(
+                sub.subscription_id,
+                sub.customer_id,
+                sub.plan_id,
+                cd.SubscriptionState.Name(sub.state).removeprefix("SUBSCRIPTION_STATE_").lower(),
+                str(sub.remaining),
+                day_text(upcoming[0].date) if upcoming else "–",
+            )
+        return t
+
+    state.show(found, table)
+
+
 # ---------------------------------------------------------------- demo
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from loyalty.common.v1 import common_pb2
+from loyalty.cycle_delivery.v1 import cycle_delivery_pb2 as cd
+from loyalty.cycle_delivery.v1 import cycle_delivery_pb2_grpc
 from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from loyalty.segmentation.v1 import segmentation_pb2 as sg
 from loyalty.segmentation.v1 import segmentation_pb2_grpc
@@ -25,6 +27,9 @@ from tests.support import TOKENS, Stack, bearer, free_port
 @pytest.fixture
 def run(stack: Stack, uid: str) -> CliRunnerCall:
     return CliRunnerCall(stack, f"cli-{uid}")
+
+
+ADMIN = bearer("admin")
 
 
 class CliRunnerCall:
@@ -244,6 +249,7 @@ COMMANDS: list[tuple[list[str], list[str]]] = [
         ["cycle", "preview", "--start", "2026-12-01", "--cadence", "hourly"],
     ),
     (["cycle", "subscription", "s1"], ["cycle", "subscription", "not an id"]),
+    (["cycle", "subscriptions", "--customer", "c1"], ["cycle", "subscriptions", "--customer", "c1", "--state", "x"]),
     (["demo", "seed", "--customers", "5"], ["demo", "seed", "--customers", "0"]),
     (["report", "--months", "2"], ["report", "--months", "1"]),
 ]
@@ -269,3 +275,46 @@ def test_every_command_fails_in_one_line_with_a_service_down_a_bad_token_or_a_ba
         assert code != 0, (case, args)
         assert len(lines) == 1, (case, args, err)
         assert "Traceback" not in err, (case, args)
+
+
+def test_cycle_subscriptions_lists_a_buyers_subscriptions_by_state(stack: Stack, run: CliRunnerCall) -> None:
+    cycle = cycle_delivery_pb2_grpc.CycleDeliveryServiceStub(stack.channel("cycle_delivery"))
+    plan = cd.Plan(
+        plan_id="milk",
+        sku="milk-1l",
+        name="milk",
+        rule=cd.ScheduleRule(cadence=cd.CADENCE_DAILY),
+        delivery_count=3,
+        delivery_modes=[cd.DELIVERY_MODE_SAME_CITY],
+        price_per_delivery=common_pb2.Money(amount_minor=1_000, currency="CNY"),
+    )
+    cycle.UpsertPlan(cd.UpsertPlanRequest(shop_id=run.shop, request_id="plan", plan=plan), metadata=ADMIN)
+    start = datetime.now(UTC).date() + timedelta(days=10)
+    for n in range(3):
+        order = common_pb2.Order(
+            order_id=f"o{n}", customer_id="buyer", paid=common_pb2.Money(amount_minor=3_000, currency="CNY")
+        )
+        order.paid_at.GetCurrentTime()
+        cycle.CreateSubscription(
+            cd.CreateSubscriptionRequest(
+                shop_id=run.shop,
+                request_id=f"sub{n}",
+                order=order,
+                plan_id="milk",
+                quantity=1,
+                address="上海市徐汇区",
+                delivery_mode=cd.DELIVERY_MODE_SAME_CITY,
+                start_date=common_pb2.Date(year=start.year, month=start.month, day=start.day),
+            ),
+            metadata=ADMIN,
+        )
+    cycle.PauseSubscription(
+        cd.PauseSubscriptionRequest(shop_id=run.shop, request_id="pause", subscription_id="o1"), metadata=ADMIN
+    )
+    code, out, _ = run("--json", "cycle", "subscriptions", "--customer", "buyer", "--limit", "2")
+    assert code == 0
+    assert [s["subscription_id"] for s in json.loads(out)["subscriptions"]] == ["o0", "o1"]
+    code, out, _ = run("cycle", "subscriptions", "--customer", "buyer", "--state", "paused")
+    assert (code, "o1" in out, "o0" in out, start.isoformat() in out) == (0, True, False, True)
+    code, _out, err = run("cycle", "subscriptions")
+    assert (code, err.strip()) == (1, "error: give exactly one of --customer and --due")
