@@ -429,35 +429,49 @@ def segments_members(
     ctx: typer.Context,
     segment: str,
     version: Annotated[int, typer.Option(help="Membership version; 0 = latest.")] = 0,
-    limit: Annotated[int, typer.Option(help="At most this many members.")] = 100,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many members.")] = 100,
 ) -> None:
-    """Members of a segment, by customer id."""
+    """Members of a segment with their scores (R/F/M, value class, activity, churn risk and why)."""
     state = cli(ctx)
-    members: list[str] = []
-    token = ""
-    listed = segmentation_pb2.ListSegmentMembersResponse()
+    rows: list[segmentation_pb2.ExportSegmentResponse] = []
     with calling(state, "segmentation"):
-        while len(members) < limit:
-            listed = state.stub("segmentation").ListSegmentMembers(
-                segmentation_pb2.ListSegmentMembersRequest(
-                    shop_id=state.shop, segment_id=segment, version=version, page_size=min(500, limit), page_token=token
-                ),
-                timeout=CALL_TIMEOUT_SECONDS,
-            )
-            members += listed.customer_ids
-            token = listed.next_page_token
-            if not token:
+        request = segmentation_pb2.ExportSegmentRequest(shop_id=state.shop, segment_id=segment, version=version)
+        stream = state.stub("segmentation").ExportSegment(request, timeout=CALL_TIMEOUT_SECONDS)
+        for row in stream:
+            rows.append(row)
+            if len(rows) == limit:
+                stream.cancel()
                 break
-    result = segmentation_pb2.ListSegmentMembersResponse(customer_ids=members[:limit], version=listed.version)
+    result = segmentation_pb2.ListSegmentMembersResponse(
+        customer_ids=[r.customer_id for r in rows], version=rows[0].version if rows else version
+    )
 
     def table() -> Table:
-        t = Table(title=f"{segment}, version {result.version}")
-        t.add_column("customer")
-        for customer in result.customer_ids:
-            t.add_row(customer)
+        t = Table(title=f"{segment}, version {result.version} · {len(rows)} shown")
+        for column in ("customer", "R", "F", "M", "RFM segment", "value class", "activity", "churn risk", "why"):
+            t.add_column(column)
+        for r in rows:
+            scored = r.HasField("rfm")
+            t.add_row(
+                r.customer_id,
+                *((str(r.rfm.r), str(r.rfm.f), str(r.rfm.m)) if scored else ("–", "–", "–")),
+                r.rfm_segment or "–",
+                r.value_class or "–",
+                r.activity_layer or "–",
+                r.churn_risk or "–",
+                r.churn_reason or "",
+            )
         return t
 
-    state.show(result, table)
+    if state.as_json:  # the ids (as ListSegmentMembers gives them) and every member's scores
+        members = [
+            MessageToDict(r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True) for r in rows
+        ]
+        state.out.print_json(
+            json.dumps({"version": str(result.version), "customer_ids": list(result.customer_ids), "members": members})
+        )
+    else:
+        state.show(result, table)
 
 
 # ---------------------------------------------------------------- cycle delivery

@@ -443,6 +443,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
                     row.rfm.CopyFrom(segmentation_pb2.RfmScore(r=score.r, f=score.f, m=score.m))
                     row.rfm_segment, row.value_class = score.rfm_segment, score.value_class
                     row.activity_layer, row.churn_risk = score.activity_layer, score.churn_risk
+                    row.churn_reason = score.churn_reason
                 yield row
             if len(batch) < EXPORT_BATCH:
                 return

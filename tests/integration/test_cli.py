@@ -114,7 +114,13 @@ def test_segments_eval_and_members(stack: Stack, run: CliRunnerCall) -> None:
     code, out, _ = run("segments", "eval")
     assert (code, "buyers" in out) == (0, True)
     code, out, _ = run("--json", "segments", "members", "buyers")
-    assert (code, json.loads(out)["customer_ids"]) == (0, ["z1"])
+    listed = json.loads(out)
+    assert (code, listed["customer_ids"]) == (0, ["z1"])
+    assert {"value_class", "churn_risk", "churn_reason", "rfm"} <= set(listed["members"][0])
+    code, out, _ = run("segments", "members", "buyers")
+    assert (code, "z1" in out, "value" in out, "churn" in out) == (0, True, True, True)  # headers wrap at 80 columns
+    code, _out, err = run("segments", "members", "nosuch")
+    assert (code, err.startswith("error: NOT_FOUND: segment 'nosuch' does not exist")) == (1, True)
 
 
 def test_cycle_preview_lists_dates(run: CliRunnerCall) -> None:

@@ -1118,6 +1118,7 @@ class ExportSegmentResponse(_message.Message):
     ACTIVITY_LAYER_FIELD_NUMBER: _builtins.int
     CHURN_RISK_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    CHURN_REASON_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """The member."""
     rfm_segment: _builtins.str
@@ -1130,6 +1131,8 @@ class ExportSegmentResponse(_message.Message):
     """Churn risk level."""
     version: _builtins.int
     """The version exported."""
+    churn_reason: _builtins.str
+    """Why the churn risk is what it is (latest version only)."""
     @_builtins.property
     def rfm(self) -> Global___RfmScore:
         """RFM quintiles (unset for older versions)."""
@@ -1144,10 +1147,11 @@ class ExportSegmentResponse(_message.Message):
         activity_layer: _builtins.str = ...,
         churn_risk: _builtins.str = ...,
         version: _builtins.int = ...,
+        churn_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["rfm", b"rfm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_layer", b"activity_layer", "churn_risk", b"churn_risk", "customer_id", b"customer_id", "rfm", b"rfm", "rfm_segment", b"rfm_segment", "value_class", b"value_class", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_layer", b"activity_layer", "churn_reason", b"churn_reason", "churn_risk", b"churn_risk", "customer_id", b"customer_id", "rfm", b"rfm", "rfm_segment", b"rfm_segment", "value_class", b"value_class", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
