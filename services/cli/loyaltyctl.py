@@ -16,16 +16,18 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
+from zoneinfo import ZoneInfo
 
 import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 from loyalty.common.v1 import common_pb2
 from loyalty.cycle_delivery.v1 import cycle_delivery_pb2 as cd
 from loyalty.cycle_delivery.v1 import cycle_delivery_pb2_grpc
@@ -214,6 +216,25 @@ def day_text(value: common_pb2.Date) -> str:
     return f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
 
 
+def local_time(stamp: Timestamp, zone: str) -> str:
+    """An instant in the shop's zone, the zone named (operators read shop time, not UTC); UTC when unknown."""
+    zone = zone or "UTC"
+    return f"{stamp.ToDatetime(tzinfo=UTC).astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M} {zone}"
+
+
+def plan_zone(state: Cli, plan_id: str) -> str:
+    """The zone a plan's cut-offs are in ("" when the plan leaves it to the service default, or is gone)."""
+    try:
+        plan = state.stub("cycle_delivery").GetPlan(
+            cd.GetPlanRequest(shop_id=state.shop, plan_id=plan_id), timeout=CALL_TIMEOUT_SECONDS
+        )
+    except grpc.RpcError as exc:
+        if exc.code() is grpc.StatusCode.NOT_FOUND:
+            return ""
+        raise
+    return str(plan.plan.time_zone)
+
+
 def new_request_id() -> str:
     return f"cli-{uuid.uuid4().hex[:16]}"
 
@@ -233,6 +254,11 @@ def points_account(ctx: typer.Context, customer: str) -> None:
             )
             .account
         )
+        zone = (
+            state.stub("points")
+            .GetProgram(points_pb2.GetProgramRequest(shop_id=state.shop), timeout=CALL_TIMEOUT_SECONDS)
+            .program.time_zone
+        )
 
     def table() -> Table:
         t = Table(title=f"Member {customer} · {state.shop}")
@@ -250,7 +276,7 @@ def points_account(ctx: typer.Context, customer: str) -> None:
         )
         if account.HasField("expiring_soonest"):
             expiry = account.expiring_soonest
-            t.add_row("expiring soonest", f"{expiry.points} at {expiry.expires_at.ToDatetime():%Y-%m-%d %H:%M} UTC")
+            t.add_row("expiring soonest", f"{expiry.points} at {local_time(expiry.expires_at, zone)}")
         return t
 
     state.show(account, table)
@@ -534,13 +560,14 @@ def cycle_subscription(ctx: typer.Context, subscription_id: str) -> None:
             )
             .subscription
         )
+        zone = plan_zone(state, sub.plan_id)
 
     def table() -> Table:
         state_name = cd.SubscriptionState.Name(sub.state).removeprefix("SUBSCRIPTION_STATE_").lower()
         t = Table(
             title=f"Subscription {sub.subscription_id} · {sub.customer_id} · {state_name} · {sub.remaining} to come"
         )
-        for column in ("#", "date", "state", "qty", "change until (UTC)"):
+        for column in ("#", "date", "state", "qty", "change until"):
             t.add_column(column)
         for d in sub.deliveries:
             t.add_row(
@@ -548,7 +575,7 @@ def cycle_subscription(ctx: typer.Context, subscription_id: str) -> None:
                 day_text(d.date),
                 cd.DeliveryState.Name(d.state).removeprefix("DELIVERY_STATE_").lower(),
                 str(d.quantity),
-                f"{d.change_deadline.ToDatetime():%Y-%m-%d %H:%M}",
+                local_time(d.change_deadline, zone),
             )
         return t
 

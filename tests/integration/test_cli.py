@@ -293,6 +293,7 @@ def test_cycle_subscriptions_lists_a_buyers_subscriptions_by_state(stack: Stack,
         delivery_count=3,
         delivery_modes=[cd.DELIVERY_MODE_SAME_CITY],
         price_per_delivery=common_pb2.Money(amount_minor=1_000, currency="CNY"),
+        time_zone="America/New_York",
     )
     cycle.UpsertPlan(cd.UpsertPlanRequest(shop_id=run.shop, request_id="plan", plan=plan), metadata=ADMIN)
     start = datetime.now(UTC).date() + timedelta(days=10)
@@ -324,3 +325,5 @@ def test_cycle_subscriptions_lists_a_buyers_subscriptions_by_state(stack: Stack,
     assert (code, "o1" in out, "o0" in out, start.isoformat() in out) == (0, True, False, True)
     code, _out, err = run("cycle", "subscriptions")
     assert (code, err.strip()) == (1, "error: give exactly one of --customer and --due")
+    code, out, _ = run("cycle", "subscription", "o0")
+    assert (code, out.count("America/New_York")) == (0, 3)  # each change deadline in the plan's own zone, named
