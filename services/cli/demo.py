@@ -91,10 +91,8 @@ def demo_shop(customers: int, seed: int, today: date) -> DemoShop:
         first = _weighted_day(rng, days, weights)
         visits = [first]
         if kind == "occasional":
-            visits += [
-                min(today - timedelta(days=1), first + timedelta(days=rng.randint(20, 150)))
-                for _ in range(rng.randint(1, 3))
-            ]
+            later = [first + timedelta(days=rng.randint(20, 150)) for _ in range(rng.randint(1, 3))]
+            visits += [day for day in later if day < today]  # a return still to come is not in the data yet
         elif kind == "loyal":
             gap = rng.randint(10, 35)
             day = first
