@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import typer
+from google.protobuf import json_format
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -40,6 +41,7 @@ from rich.table import Table
 from typer._click.exceptions import ClickException  # typer vendors click; its usage errors are these
 from typer.core import TyperGroup
 
+from services.cli import reflection
 from services.cli import report as report_module
 from services.cli import seed as seed_module
 from services.common.channels import peer_channel
@@ -638,6 +640,52 @@ def cycle_subscriptions(
         return t
 
     state.show(found, table)
+
+
+# ---------------------------------------------------------------- any RPC, through reflection
+
+
+@app.command("rpc")
+def rpc(
+    ctx: typer.Context,
+    what: Annotated[str, typer.Argument(help="list, describe, or SERVICE/METHOD to call.")],
+    name: Annotated[str, typer.Argument(help="For describe: SERVICE or SERVICE/METHOD.")] = "",
+    data: Annotated[str, typer.Option(help="The request as proto3 JSON (a JSON array for a client stream).")] = "",
+) -> None:
+    """Any RPC of the suite, through server reflection: `rpc list`, `rpc describe S[/M]`, `rpc S/M --data JSON`."""
+    state = cli(ctx)
+    with calling(state, "services"):
+        try:
+            if what == "list":
+                for service_name, target in state.targets.items():
+                    for full_name in reflection.reflect(service_name, target).services:
+                        state.out.print(f"{full_name}  [dim]({service_name} {target})[/dim]", soft_wrap=True)
+                return
+            if what == "describe":
+                service_name, _, method_name = name.partition("/")
+                if not service_name:
+                    fail(state, "describe what? give SERVICE or SERVICE/METHOD (see `loyaltyctl rpc list`)")
+                _reflected, service = reflection.find_service(state.targets, service_name)
+                methods = [reflection.find_method(service, method_name)] if method_name else list(service.methods)
+                for method in methods:
+                    state.out.print(reflection.signature(method), markup=False, soft_wrap=True)
+                    if method_name:
+                        state.out.print(f"message {method.input_type.full_name} {{", markup=False)
+                        for line in reflection.describe_message(method.input_type):
+                            state.out.print(line, markup=False, soft_wrap=True)
+                        state.out.print("}", markup=False)
+                return
+            service_name, _, method_name = what.partition("/")
+            if not method_name:
+                fail(state, f"{what!r}: expected list, describe, or SERVICE/METHOD")
+            reflected, service = reflection.find_service(state.targets, service_name)
+            method = reflection.find_method(service, method_name)
+            for answer in reflection.call(reflected.target, state.token, method, data, CALL_TIMEOUT_SECONDS):
+                state.out.print(answer, markup=False, soft_wrap=True, highlight=False)
+        except reflection.UnknownName as exc:
+            fail(state, str(exc))
+        except (json.JSONDecodeError, json_format.ParseError) as exc:
+            fail(state, f"--data is not a valid request: {exc}")
 
 
 # ---------------------------------------------------------------- demo

@@ -258,6 +258,7 @@ COMMANDS: list[tuple[list[str], list[str]]] = [
     (["cycle", "subscriptions", "--customer", "c1"], ["cycle", "subscriptions", "--customer", "c1", "--state", "x"]),
     (["demo", "seed", "--customers", "5"], ["demo", "seed", "--customers", "0"]),
     (["report", "--months", "2"], ["report", "--months", "1"]),
+    (["rpc", "loyalty.points.v1.PointsService/GetAccount", "--data", '{"customer_id": "c1"}'], ["rpc", "frobnicate"]),
 ]
 
 
@@ -327,3 +328,30 @@ def test_cycle_subscriptions_lists_a_buyers_subscriptions_by_state(stack: Stack,
     assert (code, err.strip()) == (1, "error: give exactly one of --customer and --due")
     code, out, _ = run("cycle", "subscription", "o0")
     assert (code, out.count("America/New_York")) == (0, 3)  # each change deadline in the plan's own zone, named
+
+
+def test_rpc_lists_describes_and_calls_any_method_through_reflection(run: CliRunnerCall) -> None:
+    code, out, _ = run("rpc", "list")
+    assert code == 0
+    assert {"loyalty.points.v1.PointsService", "loyalty.metrics.v1.MetricsService"} <= {
+        line.split()[0] for line in out.splitlines() if line.strip()
+    }
+    code, out, _ = run("rpc", "describe", "loyalty.points.v1.PointsService/GetAccount")
+    assert code == 0
+    assert "GetAccount(loyalty.points.v1.GetAccountRequest) returns (loyalty.points.v1.GetAccountResponse)" in out
+    assert "string customer_id = 2;" in out
+    assert run("points", "grant", "c7", "30")[0] == 0
+    data = json.dumps({"shop_id": run.shop, "customer_id": "c7"})
+    code, out, _ = run("rpc", "loyalty.points.v1.PointsService/GetAccount", "--data", data)
+    assert code == 0
+    account = json.loads(out)["account"]
+    assert (account["points_balance"], account["rebate_balance"]) == ("30", "0")  # proto3 JSON, zeros kept
+    cases = [
+        (["rpc", "loyalty.points.v1.NoSuch/GetAccount"], "no service 'loyalty.points.v1.NoSuch'"),
+        (["rpc", "loyalty.points.v1.PointsService/NoSuch"], "has no method 'NoSuch'"),
+        (["rpc", "loyalty.points.v1.PointsService/GetAccount", "--data", "{nope"], "--data is not a valid request"),
+        (["rpc", "loyalty.points.v1.PointsService/GetAccount", "--data", '{"customer_id": "c 7"}'], "INVALID_ARGUMENT"),
+    ]
+    for args, message in cases:
+        code, _out, err = run(*args)
+        assert (code, message in err, err.count("\n")) == (1, True, 1), (args, err)
