@@ -245,23 +245,14 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
 
     def _converged_model(self, shop_id: str) -> ClvModelRecord | None:
         record = self.ctx.db.run(lambda s: store.current_clv_model(s, shop_id=shop_id))
-        usable_fit = record is not None and record.bg_nbd_converged and record.gamma_gamma_converged
-        return record if usable_fit else None
+        return record if record is not None and not unconverged(record) else None
 
     def _usable_model(self, shop_id: str) -> ClvModelRecord:
         """The shop's current model if it converged; FAILED_PRECONDITION saying why not."""
         record = self.ctx.db.run(lambda s: store.current_clv_model(s, shop_id=shop_id))
         if record is None:
             raise FailedPrecondition("the shop has no CLV model: call FitClvModel first", reason="NO_CLV_MODEL")
-        if not (record.bg_nbd_converged and record.gamma_gamma_converged):
-            why = "; ".join(
-                f"{name}: {reason or 'not converged'}"
-                for name, converged, reason in (
-                    ("bg/nbd", record.bg_nbd_converged, record.bg_nbd_reason),
-                    ("gamma-gamma", record.gamma_gamma_converged, record.gamma_gamma_reason),
-                )
-                if not converged
-            )
+        if why := unconverged(record):
             raise FailedPrecondition(
                 f"the shop's current CLV model (as of {record.as_of}) did not converge ({why}); "
                 "call FitClvModel again once the shop has more repeat buyers",
@@ -539,6 +530,18 @@ def fit_record(shop_id: str, as_of: date, features: list[CustomerFeatures], now:
         customers=transactions.customers,
         repeat_customers=spend.customers,
         message=f"bg/nbd: {transactions.message}; gamma-gamma: {spend.message}"[:500],
+    )
+
+
+def unconverged(record: ClvModelRecord) -> str:
+    """Why a stored model may not predict ("" when both fits converged)."""
+    return "; ".join(
+        f"{name}: {reason or 'not converged'}"
+        for name, converged, reason in (
+            ("bg/nbd", record.bg_nbd_converged, record.bg_nbd_reason),
+            ("gamma-gamma", record.gamma_gamma_converged, record.gamma_gamma_reason),
+        )
+        if not converged
     )
 
 
