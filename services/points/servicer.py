@@ -836,9 +836,7 @@ class PointsServicer(points_pb2_grpc.PointsServiceServicer):
                 now=self.ctx.clock(),
             )
         )
-        if campaign.segment_version != request.segment_version:
-            # The pinned version's own pages: a rerun grants the version its first run pinned, and
-            # version 0 ("the latest") pages carry tokens of that query, not of the version it found.
+        if campaign.segment_version != page.version:  # a rerun grants the version its first run pinned
             page = members_page(campaign.segment_version, "")
         seen = granted = already = 0
         while True:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from services.common.channels import rpc_code
 from services.common.clock import local_date
 from services.common.convert import from_date, to_date
-from services.common.errors import FailedPrecondition, Violations
+from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, Violations
 from services.common.idempotency import run_idempotent
 from services.common.paging import Cursor, decode_token, encode_token, page_size, position_int
 from services.common.server import ServiceContext
@@ -339,27 +339,30 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         v.check(request.version >= 0, "version", "must not be negative")
         v.raise_if_any()
         size = page_size(request.page_size)
-        query = f"members:{request.shop_id}:{request.segment_id}:{request.version}"
+        # A token pins the version its first page read: it serves both a caller that keeps asking
+        # for "the latest" (0) and one that asks for that version by number, never another version.
+        query = f"members:{request.shop_id}:{request.segment_id}"
         position = decode_token(request.page_token, query=query)
+        pinned = position_int(position, "version") if position else None
+        if pinned is not None and request.version not in (0, pinned):
+            raise InvalidArgument([FieldViolation("page_token", f"belongs to version {pinned}, not {request.version}")])
 
         def page(session: Session) -> tuple[int, list[str]]:
-            if not position:
-                store.check_segment(session, shop_id=request.shop_id, segment_id=request.segment_id)
-            version = (
-                position_int(position, "version")
-                if position
-                else store.check_version(session, shop_id=request.shop_id, version=request.version)
-            )
-            after = str(position.get("after", "")) if position else ""
-            ids = store.segment_members(
+            if pinned is not None:
+                return pinned, members_after(session, pinned)
+            store.check_segment(session, shop_id=request.shop_id, segment_id=request.segment_id)
+            version = store.check_version(session, shop_id=request.shop_id, version=request.version)
+            return version, members_after(session, version)
+
+        def members_after(session: Session, version: int) -> list[str]:
+            return store.segment_members(
                 session,
                 shop_id=request.shop_id,
                 segment_id=request.segment_id,
                 version=version,
-                after=after,
+                after=str(position.get("after", "")) if position else "",
                 limit=size + 1,
             )
-            return version, ids
 
         version, ids = self.ctx.db.run(page)
         shown, more = ids[:size], len(ids) > size

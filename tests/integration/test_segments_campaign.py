@@ -91,10 +91,18 @@ def test_orders_to_segments_to_a_campaign_grant_once_per_member(shop: Shop) -> N
     first = shop.members("repeat", page_size=1)
     second = shop.members("repeat", page_size=1, page_token=first.next_page_token)
     assert ([*first.customer_ids, *second.customer_ids], second.next_page_token) == (["c1", "c3"], "")
+    pinned = shop.members("repeat", page_size=1, version=first.version, page_token=first.next_page_token)
+    assert list(pinned.customer_ids) == ["c3"]  # a "latest" token also serves the version it pinned, by number
     assert list(shop.members("lapsed").customer_ids) == ["c2", "c3"]
 
     shop.orders(("c2", 1))
     assert shop.evaluate()[-1].version == 2
+    with pytest.raises(grpc.RpcError) as caught:  # but never another version
+        shop.members("repeat", page_size=1, version=2, page_token=first.next_page_token)
+    assert (caught.value.code(), "belongs to version 1, not 2" in details(caught.value)) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        True,
+    )
     diff = shop.segments.GetSegmentDiff(
         sg.GetSegmentDiffRequest(shop_id=shop.id, segment_id="repeat", from_version=1), metadata=A
     )
