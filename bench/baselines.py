@@ -97,11 +97,7 @@ def echo_processes(count: int) -> Iterator[tuple[str, list[int]]]:
     processes = [subprocess.Popen([sys.executable, "-m", "bench.baselines", "echo", str(port)]) for _ in range(count)]
     address = f"127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while listeners_on(port) < count:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
-                raise RuntimeError("the echo processes did not start")
-            time.sleep(0.1)
+        wait_for_listeners(port, count, processes, label="the echo processes")
         yield address, [p.pid for p in processes]
     finally:
         for process in processes:
@@ -109,6 +105,17 @@ def echo_processes(count: int) -> Iterator[tuple[str, list[int]]]:
         for process in processes:
             process.wait(10)
         holder.close()
+
+
+def wait_for_listeners(
+    port: int, count: int, processes: list[subprocess.Popen[bytes]], *, label: str, timeout: float = 60.0
+) -> None:
+    """Until `count` sockets listen on `port`; RuntimeError when a process dies or time runs out first."""
+    deadline = time.monotonic() + timeout
+    while listeners_on(port) < count:
+        if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+            raise RuntimeError(f"{label} did not all start listening on port {port}")
+        time.sleep(0.1)
 
 
 def listeners_on(port: int) -> int:

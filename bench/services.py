@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from loyalty.common.v1 import common_pb2
 from loyalty.points.v1 import points_pb2, points_pb2_grpc
 
-from bench.baselines import client_channel, listeners_on
+from bench.baselines import client_channel, wait_for_listeners
 from bench.ledger_fill import SHOP, TIERS
 from bench.load import with_children
 from services.common.auth import digest
@@ -32,6 +31,7 @@ from tools.supervise import wait_serving
 
 BENCH_TOKEN = "bench-token"
 METADATA = (("authorization", f"Bearer {BENCH_TOKEN}"),)
+BENCH_GRANTS = json.dumps([{"sha256": digest(BENCH_TOKEN), "shops": ["*"], "scopes": ["admin"]}])  # the services' side
 MEMBERS = 10_000
 # The storefront's program: tier multipliers, a first-order bonus, a daily cap, expiring points,
 # points as payment; orders activate at once (the harder case: every earn writes entries and a lot).
@@ -84,7 +84,7 @@ def bench_service(spec: ServiceSpec, database_url: str) -> Iterator[str]:
             "grpc_port": 0,
             "database_url": database_url,
             "log_level": "WARNING",
-            "auth_tokens": json.dumps([{"sha256": digest(BENCH_TOKEN), "shops": ["*"], "scopes": ["admin"]}]),
+            "auth_tokens": BENCH_GRANTS,
             **service_tuning(),
         }
     )
@@ -137,7 +137,7 @@ def supervised_points(database_url: str, workers: int) -> Iterator[tuple[str, li
         "LOYALTY_LOG_LEVEL": "WARNING",
         "DATABASE_URL": database_url,
         **{f"LOYALTY_{name.upper()}": str(value) for name, value in service_tuning().items()},
-        "LOYALTY_AUTH_TOKENS": json.dumps([{"sha256": digest(BENCH_TOKEN), "shops": ["*"], "scopes": ["admin"]}]),
+        "LOYALTY_AUTH_TOKENS": BENCH_GRANTS,
     }
     supervisor = subprocess.Popen(
         [sys.executable, "-m", "services.points", "serve"], env=env, stdout=subprocess.DEVNULL
@@ -145,9 +145,7 @@ def supervised_points(database_url: str, workers: int) -> Iterator[tuple[str, li
     address = f"127.0.0.1:{port}"
     try:
         wait_serving(supervisor, address, timeout=60, label="points supervisor")
-        deadline = time.monotonic() + 60
-        while listeners_on(port) < workers and time.monotonic() < deadline:  # every copy, not just the first
-            time.sleep(0.1)
+        wait_for_listeners(port, workers, [supervisor], label="the points supervisor's copies")  # every copy
         yield address, with_children(supervisor.pid)
     finally:
         supervisor.send_signal(signal.SIGTERM)
@@ -165,7 +163,7 @@ def set_program(address: str) -> None:
 
 def adjust_client(index: int, address: str) -> Callable[[int], None]:
     stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
-    metadata = (("authorization", f"Bearer {BENCH_TOKEN}"),)
+    metadata = METADATA
     rng = random.Random(index)
     run = uuid.uuid4().hex[:8]
 
@@ -187,7 +185,7 @@ def adjust_client(index: int, address: str) -> Callable[[int], None]:
 
 def get_account_client(index: int, address: str) -> Callable[[int], None]:
     stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
-    metadata: Any = (("authorization", f"Bearer {BENCH_TOKEN}"),)
+    metadata: Any = METADATA
     rng = random.Random(index)
 
     def once(_op: int) -> None:
@@ -203,7 +201,7 @@ def get_account_client(index: int, address: str) -> Callable[[int], None]:
 def earn_client(index: int, address: str) -> Callable[[int], None]:
     """EarnForOrder of a two-line order for one of 10,000 members (the storefront's hot path)."""
     stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
-    metadata = (("authorization", f"Bearer {BENCH_TOKEN}"),)
+    metadata = METADATA
     rng = random.Random(index)
     run = uuid.uuid4().hex[:8]
     paid_at = Timestamp()
@@ -291,7 +289,7 @@ HOT_MEMBERS = 100
 def prepare_redeem(address: str) -> None:
     """A bench program, a mall item with ample stock, and 100 funded members."""
     stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
-    metadata = (("authorization", f"Bearer {BENCH_TOKEN}"),)
+    metadata = METADATA
     run = uuid.uuid4().hex[:8]
     item = points_pb2.MallItem(item_id="bench-mug", name="mug", cost_points=1, stock=10**9)
     stub.UpsertMallItem(
@@ -313,7 +311,7 @@ def prepare_redeem(address: str) -> None:
 def redeem_client(index: int, address: str) -> Callable[[int], None]:
     """Redeem of one mall item by 100 hot members: contention on the item row and on members."""
     stub = points_pb2_grpc.PointsServiceStub(client_channel(address))
-    metadata = (("authorization", f"Bearer {BENCH_TOKEN}"),)
+    metadata = METADATA
     rng = random.Random(index)
     run = uuid.uuid4().hex[:8]
 
