@@ -26,7 +26,6 @@ from zoneinfo import ZoneInfo
 import grpc
 import typer
 from google.protobuf import json_format
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from loyalty.common.v1 import common_pb2
@@ -86,8 +85,7 @@ class Cli:
 
     def show(self, message: Message, table: Callable[[], Table]) -> None:
         if self.as_json:
-            fields = MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-            self.out.print_json(json.dumps(fields))  # zeros included: a script should not have to know the defaults
+            self.out.print_json(json.dumps(reflection.json_fields(message)))  # zeros kept: scripts need no defaults
         else:
             self.out.print(table())
 
@@ -492,9 +490,7 @@ def segments_members(
         return t
 
     if state.as_json:  # the ids (as ListSegmentMembers gives them) and every member's scores
-        members = [
-            MessageToDict(r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True) for r in rows
-        ]
+        members = [reflection.json_fields(r) for r in rows]
         state.out.print_json(
             json.dumps({"version": str(result.version), "customer_ids": list(result.customer_ids), "members": members})
         )

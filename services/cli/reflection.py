@@ -36,6 +36,13 @@ class Reflected:
     services: list[str]
 
 
+def json_fields(message: Message) -> dict[str, Any]:
+    """A message as loyaltyctl prints it: proto3 JSON with the proto's field names and zeros kept."""
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
 def reflect(name: str, target: str) -> Reflected:
     database = ProtoReflectionDescriptorDatabase(grpc.insecure_channel(target))
     services = sorted(database.get_services())
@@ -110,6 +117,4 @@ def call(target: str, token: str, method: MethodDescriptor, data: str, timeout: 
     else:
         answers = [channel.unary_unary(path, serialize, deserialize)(parse(loaded), timeout=timeout)]
     for answer in answers:
-        yield json_format.MessageToJson(
-            answer, preserving_proto_field_name=True, always_print_fields_with_no_presence=True, indent=2
-        )
+        yield json.dumps(json_fields(answer), indent=2, ensure_ascii=False)
