@@ -59,8 +59,11 @@ def stale_customers(db: Database, shop: str) -> set[str]:
     """Customers named by a chunk mark or an expanded mark."""
 
     def read(session: Session) -> set[str]:
+        # Chunk marks first: each statement has its own snapshot on PostgreSQL, and the settler moves a
+        # chunk mark to expanded marks in one commit. Read the other way round, a move committed between
+        # the two reads hid the marks from both (the worker test then saw "settled" too early).
+        batches = list(session.scalars(select(StaleSummaryBatch.customer_ids).where(StaleSummaryBatch.shop_id == shop)))
         queued = session.scalars(select(StaleSummary.customer_id).where(StaleSummary.shop_id == shop))
-        batches = session.scalars(select(StaleSummaryBatch.customer_ids).where(StaleSummaryBatch.shop_id == shop))
         return set(queued).union(*(ids.split(store.ID_SEPARATOR) for ids in batches))
 
     return db.run(read)
