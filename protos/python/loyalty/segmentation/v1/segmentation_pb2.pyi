@@ -949,7 +949,10 @@ class ListSegmentMembersRequest(_message.Message):
     page_size: _builtins.int
     """0 = default (50); above 500 is clamped; negative is invalid."""
     page_token: _builtins.str
-    """Opaque token from a previous response (it pins the version)."""
+    """Opaque token from a previous response. It pins the version its first page
+    read: the next page may ask for version 0 or for that version by number;
+    another version is INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
