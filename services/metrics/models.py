@@ -15,13 +15,18 @@ class Base(DeclarativeBase):
 
 
 class Shop(Base):
-    """A shop's fixed facts: its currency (first recorded) and time zone."""
+    """A shop's settings: its currency ("" until the first order or SetShopSettings fixes it) and time zone.
+
+    A row made by a first order takes the service's default zone;
+    `zone_set_at` stays NULL until the shop chooses its own (SetShopSettings).
+    """
 
     __tablename__ = "shops"
 
     shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     currency: Mapped[str] = mapped_column(String(3))
     time_zone: Mapped[str] = mapped_column(String(64))
+    zone_set_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 
 class Order(Base):
@@ -125,6 +130,7 @@ class ClvModelRecord(Base):
     gamma_gamma_log_likelihood: Mapped[float | None] = mapped_column(Float, nullable=True)
     gamma_gamma_converged: Mapped[bool] = mapped_column(Boolean)
     gamma_gamma_reason: Mapped[str] = mapped_column(String(40), default="", server_default="")
+    time_zone: Mapped[str] = mapped_column(String(64), default="", server_default="")
     customers: Mapped[int] = mapped_column(Integer)
     repeat_customers: Mapped[int] = mapped_column(Integer)
     message: Mapped[str] = mapped_column(String(500))

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta
 from functools import partial
+from zoneinfo import ZoneInfo
 
 import grpc
 import numpy as np
@@ -24,7 +25,14 @@ from services.common.idempotency import any_seen, record_responses, run_idempote
 from services.common.orders import PaidOrder, checked_order, paid_by, plainly_valid_order
 from services.common.paging import Cursor, decode_token, encode_token
 from services.common.server import ServiceContext
-from services.common.validation import check_amount, check_currency, check_id, check_instant, check_text
+from services.common.validation import (
+    check_amount,
+    check_currency,
+    check_id,
+    check_instant,
+    check_text,
+    check_time_zone,
+)
 from services.metrics import fast, store
 from services.metrics.clv import Array, BgNbd, GammaGamma, customer_lifetime_value, fit_bg_nbd, fit_gamma_gamma
 from services.metrics.definitions import (
@@ -178,10 +186,60 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         )
 
     def _today(self, shop_id: str) -> date:
-        zone = self.ctx.db.run(
-            lambda s: store.shop_zone(s, shop_id=shop_id, default_zone=self.ctx.settings.default_time_zone)
+        return local_date(self.ctx.clock(), ZoneInfo(self._zone_name(shop_id)))
+
+    def _settings(self, shop_id: str, session: Session | None = None) -> store.ShopSettings:
+        def read(s: Session) -> store.ShopSettings:
+            return store.shop_settings(s, shop_id=shop_id, default_zone=self.ctx.settings.default_time_zone)
+
+        return read(session) if session is not None else self.ctx.db.run(read)
+
+    def _zone_name(self, shop_id: str, session: Session | None = None) -> str:
+        return self._settings(shop_id, session).time_zone
+
+    def SetShopSettings(
+        self, request: metrics_pb2.SetShopSettingsRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.SetShopSettingsResponse:
+        wanted = request.settings
+        v = Violations()
+        if wanted.time_zone:
+            check_time_zone(v, wanted.time_zone, "settings.time_zone")
+        if wanted.currency:
+            check_currency(v, wanted.currency, "settings.currency")
+        v.check(bool(wanted.time_zone or wanted.currency), "settings", "set time_zone, currency or both")
+        v.raise_if_any()
+
+        def apply(session: Session) -> metrics_pb2.SetShopSettingsResponse:
+            settings, change = store.set_shop_settings(
+                session,
+                shop_id=request.shop_id,
+                time_zone=wanted.time_zone,
+                currency=wanted.currency,
+                default_zone=self.ctx.settings.default_time_zone,
+                now=self.ctx.clock(),
+                mark=request.request_id,
+            )
+            response = metrics_pb2.SetShopSettingsResponse(settings=settings_proto(settings))
+            if change is not None:
+                response.zone_changed = True
+                response.orders_redated, response.feedback_redated = change.orders_redated, change.feedback_redated
+                response.summaries_queued = change.summaries_queued
+            return response
+
+        response = run_idempotent(
+            self.ctx.db, request, metrics_pb2.SetShopSettingsResponse, apply, clock=self.ctx.clock
         )
-        return local_date(self.ctx.clock(), zone)
+        if response.summaries_queued:
+            self.ctx.wake(SUMMARY_SETTLER)
+        return response
+
+    def GetShopSettings(
+        self, request: metrics_pb2.GetShopSettingsRequest, context: grpc.ServicerContext
+    ) -> metrics_pb2.GetShopSettingsResponse:
+        settings = self._settings(request.shop_id)
+        return metrics_pb2.GetShopSettingsResponse(
+            settings=settings_proto(settings), default_zone=settings.default_zone
+        )
 
     def GetRepurchaseRate(
         self, request: metrics_pb2.GetRepurchaseRateRequest, context: grpc.ServicerContext
@@ -233,23 +291,34 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         v = Violations()
         as_of = from_date(v, request.as_of, "as_of") if request.HasField("as_of") else None
         v.raise_if_any()
-        as_of = as_of or self._today(request.shop_id)
+        zone = self._zone_name(request.shop_id)
+        as_of = as_of or local_date(self.ctx.clock(), ZoneInfo(zone))
         # Fitted before the write transaction, so the fit never holds a database lock.
         features = fast.customer_features(self._columns(request.shop_id, as_of), as_of)
         record = fit_record(request.shop_id, as_of, features, self.ctx.clock())
+        record.time_zone = zone
 
         def apply(session: Session) -> metrics_pb2.FitClvModelResponse:
+            if self._zone_name(request.shop_id, session) != zone:
+                raise FailedPrecondition(
+                    "the shop's time zone changed while the model was fitted; call FitClvModel again",
+                    reason="SHOP_ZONE_CHANGED",
+                )
             return metrics_pb2.FitClvModelResponse(model=model_proto(store.save_clv_model(session, record)))
 
         return run_idempotent(self.ctx.db, request, metrics_pb2.FitClvModelResponse, apply, clock=self.ctx.clock)
 
     def _converged_model(self, shop_id: str) -> ClvModelRecord | None:
-        record = self.ctx.db.run(lambda s: store.current_clv_model(s, shop_id=shop_id))
-        return record if record is not None and not unconverged(record) else None
+        try:
+            return self._usable_model(shop_id)
+        except FailedPrecondition:
+            return None
 
     def _usable_model(self, shop_id: str) -> ClvModelRecord:
-        """The shop's current model if it converged; FAILED_PRECONDITION saying why not."""
-        record = self.ctx.db.run(lambda s: store.current_clv_model(s, shop_id=shop_id))
+        """The shop's current model if it converged in the shop's current zone; FAILED_PRECONDITION saying why not."""
+        record, zone = self.ctx.db.run(
+            lambda s: (store.current_clv_model(s, shop_id=shop_id), self._zone_name(shop_id, s))
+        )
         if record is None:
             raise FailedPrecondition("the shop has no CLV model: call FitClvModel first", reason="NO_CLV_MODEL")
         if why := unconverged(record):
@@ -257,6 +326,12 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
                 f"the shop's current CLV model (as of {record.as_of}) did not converge ({why}); "
                 "call FitClvModel again once the shop has more repeat buyers",
                 reason="CLV_MODEL_NOT_CONVERGED",
+            )
+        if record.time_zone != zone:
+            raise FailedPrecondition(
+                f"the shop's current CLV model judged days in {record.time_zone or 'another zone'}, "
+                f"the shop now in {zone}; call FitClvModel again",
+                reason="CLV_MODEL_ZONE_CHANGED",
             )
         return record
 
@@ -502,7 +577,12 @@ def model_proto(record: ClvModelRecord) -> metrics_pb2.ClvModel:
         customers=record.customers,
         repeat_customers=record.repeat_customers,
         message=record.message,
+        time_zone=record.time_zone,
     )
+
+
+def settings_proto(settings: store.ShopSettings) -> common_pb2.ShopSettings:
+    return common_pb2.ShopSettings(time_zone=settings.time_zone, currency=settings.currency)
 
 
 def fit_record(shop_id: str, as_of: date, features: list[CustomerFeatures], now: datetime) -> ClvModelRecord:

@@ -9,9 +9,25 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
-from sqlalchemy import any_, case, delete, distinct, exists, func, insert, literal, or_, select, text, update
+from sqlalchemy import (
+    Date,
+    any_,
+    case,
+    cast,
+    delete,
+    distinct,
+    exists,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.sql.elements import ColumnElement, SQLColumnExpression
 
 from services.common.clock import local_date
 from services.common.db import bulk_insert, insert_ignoring_conflicts, lock_keys, on_postgres, one_of
@@ -54,17 +70,27 @@ class CurrencyMismatch(FailedPrecondition):
 
 
 def shop_facts(session: Session, *, shop_id: str, currency: str, default_zone: str) -> Shop:
-    """The shop's row; its first recorded order fixes its currency."""
-    shop = session.get(Shop, shop_id)
+    """The shop's row, share-locked: its zone cannot change until the orders dated with it commit.
+
+    The first order fixes a shop's currency, unless SetShopSettings did.
+    """
+    shop = locked_shop(session, shop_id, share=True)
     if shop is None:
         insert_ignoring_conflicts(
             session, Shop, [{"shop_id": shop_id, "currency": currency, "time_zone": default_zone}]
         )
-        shop = session.get(Shop, shop_id)
+        shop = locked_shop(session, shop_id, share=True)
         assert shop is not None
+    if not shop.currency:  # a shop that set its zone before its first order
+        shop.currency = currency
     if shop.currency != currency:
         raise currency_mismatch(shop, currency)
     return shop
+
+
+def locked_shop(session: Session, shop_id: str, *, share: bool) -> Shop | None:
+    """The shop's row, FOR SHARE (recording what its zone dates) or FOR UPDATE (changing its settings)."""
+    return session.get(Shop, shop_id, with_for_update={"read": share}, populate_existing=True)
 
 
 def currency_mismatch(shop: Shop, currency: str) -> CurrencyMismatch:
@@ -556,9 +582,117 @@ def get_summary(session: Session, *, shop_id: str, customer_id: str) -> tuple[Cu
     return summary, shop.currency if shop else ""
 
 
-def shop_zone(session: Session, *, shop_id: str, default_zone: str) -> ZoneInfo:
+@dataclass(frozen=True)
+class ShopSettings:
+    time_zone: str
+    currency: str  # "" until an order or SetShopSettings fixes it
+    default_zone: bool  # the shop never chose a zone: it is the service's default
+
+
+def shop_settings(session: Session, *, shop_id: str, default_zone: str) -> ShopSettings:
     shop = session.get(Shop, shop_id)
-    return ZoneInfo(shop.time_zone if shop else default_zone)
+    if shop is None:
+        return ShopSettings(default_zone, "", True)
+    return ShopSettings(shop.time_zone, shop.currency, shop.zone_set_at is None)
+
+
+@dataclass(frozen=True)
+class ZoneChange:
+    """What moving a shop to a new zone touched."""
+
+    orders_redated: int = 0
+    feedback_redated: int = 0
+    summaries_queued: int = 0
+
+
+def set_shop_settings(
+    session: Session,
+    *,
+    shop_id: str,
+    time_zone: str,
+    currency: str,
+    default_zone: str,
+    now: datetime,
+    mark: str,
+) -> tuple[ShopSettings, ZoneChange | None]:
+    """Sets the non-empty fields; a new zone re-dates the shop's orders and feedback and queues their summaries.
+
+    The row lock (FOR UPDATE) waits for orders being recorded under the old
+    zone (they hold it FOR SHARE) and holds new ones back until this commits,
+    so every order is dated in exactly one zone. Summaries are queued, not
+    recomputed here: the settler recomputes them under its own locks, and the
+    only reader of a summary settles it first (`get_summary`). `mark` is the
+    request id the queue rows carry.
+    """
+    shop = locked_shop(session, shop_id, share=False)
+    if shop is None:
+        row = {"shop_id": shop_id, "currency": currency, "time_zone": time_zone or default_zone}
+        insert_ignoring_conflicts(session, Shop, [row])
+        shop = locked_shop(session, shop_id, share=False)
+        assert shop is not None
+    if currency and shop.currency and shop.currency != currency:
+        raise CurrencyMismatch(
+            f"shop {shop_id} keeps its money in {shop.currency}; its currency cannot change to {currency}",
+            metadata={"shop_currency": shop.currency, "requested_currency": currency},
+        )
+    shop.currency = shop.currency or currency
+    change = None
+    if time_zone:
+        if time_zone != shop.time_zone:
+            change = redate_shop(session, shop_id=shop_id, zone=ZoneInfo(time_zone), mark=mark)
+        shop.time_zone = time_zone
+        shop.zone_set_at = now
+    session.flush()
+    return ShopSettings(shop.time_zone, shop.currency, shop.zone_set_at is None), change
+
+
+# The SQL twin of `services.common.clock.local_date`: a UTC instant's calendar day in a zone.
+def local_day_in(column: SQLColumnExpression[datetime], zone: str) -> ColumnElement[date]:
+    return cast(func.timezone(zone, column), Date)
+
+
+def redate_shop(session: Session, *, shop_id: str, zone: ZoneInfo, mark: str) -> ZoneChange:
+    """Moves every order and feedback answer of the shop to its local day in `zone`; queues the summaries that
+    counted a moved order's day (a summary's purchase days are distinct local days)."""
+    moved_customers: set[str] = set()
+    counts = []
+    dated = ((Order, Order.order_id, Order.paid_at), (FeedbackRecord, FeedbackRecord.feedback_id, FeedbackRecord.given_at))
+    for model, key, instant in dated:
+        if on_postgres(session):
+            new_day = local_day_in(instant, zone.key)
+            moved: Iterable[str] = session.execute(
+                update(model)
+                .where(model.shop_id == shop_id, model.local_date != new_day)
+                .values(local_date=new_day)
+                .returning(model.customer_id)
+                .execution_options(synchronize_session=False)
+            ).scalars()
+        else:  # SQLite knows no zones: the Python rule, row by row
+            moved = redate_in_python(session, model, key, instant, shop_id=shop_id, zone=zone)
+        customers = list(moved)
+        counts.append(len(customers))
+        if model is Order:
+            moved_customers.update(customers)
+    marks = [{"shop_id": shop_id, "customer_id": c, "request_id": mark} for c in sorted(moved_customers)]
+    insert_ignoring_conflicts(session, StaleSummary, marks)
+    return ZoneChange(orders_redated=counts[0], feedback_redated=counts[1], summaries_queued=len(marks))
+
+
+def redate_in_python(
+    session: Session,
+    model: type[Order] | type[FeedbackRecord],
+    key: InstrumentedAttribute[str],
+    instant: InstrumentedAttribute[datetime],
+    *,
+    shop_id: str,
+    zone: ZoneInfo,
+) -> list[str]:
+    """`redate_shop`'s path where the database has no zone rules; returns the customers of the moved rows."""
+    rows = session.execute(select(key, model.customer_id, instant, model.local_date).where(model.shop_id == shop_id))
+    moved = [(k, customer, local_date(at, zone)) for k, customer, at, day in rows if local_date(at, zone) != day]
+    for k, _customer, day in moved:
+        session.execute(update(model).where(model.shop_id == shop_id, key == k).values(local_date=day))
+    return [customer for _k, customer, _day in moved]
 
 
 def load_purchases(session: Session, *, shop_id: str, until: date, customer_id: str | None = None) -> list[Purchase]:
@@ -686,7 +820,8 @@ class FeedbackFact:
 
 
 def record_feedback(session: Session, *, shop_id: str, answers: list[FeedbackFact], default_zone: str) -> Counter[str]:
-    zone = shop_zone(session, shop_id=shop_id, default_zone=default_zone)
+    shop = locked_shop(session, shop_id, share=True)  # dated in one zone: see `set_shop_settings`
+    zone = ZoneInfo(shop.time_zone if shop else default_zone)
     known = {
         f.feedback_id: f
         for f in session.scalars(

@@ -14,6 +14,16 @@ class Base(DeclarativeBase):
     pass
 
 
+class ShopSettingsRecord(Base):
+    """The zone a shop chose for its days; a shop without a row uses the service's default zone."""
+
+    __tablename__ = "shop_settings"
+
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    time_zone: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 class CustomerTag(Base):
     __tablename__ = "customer_tags"
 
@@ -44,6 +54,8 @@ class Evaluation(Base):
     as_of: Mapped[date] = mapped_column(Date)
     customers: Mapped[int] = mapped_column(BigInteger)
     finished_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    time_zone: Mapped[str] = mapped_column(String(64), default="", server_default="")  # "" before zones were kept
+    window_days: Mapped[int] = mapped_column(Integer, default=180, server_default="180")
 
 
 class Membership(Base):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from dataclasses import replace
-from datetime import UTC
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC, date
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 import grpc
+from loyalty.common.v1 import common_pb2
 from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from loyalty.points.v1 import points_pb2, points_pb2_grpc
 from loyalty.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
@@ -21,10 +23,10 @@ from services.common.errors import FailedPrecondition, FieldViolation, InvalidAr
 from services.common.idempotency import run_idempotent
 from services.common.paging import Cursor, decode_token, encode_token, page_size, position_int
 from services.common.server import ServiceContext
-from services.common.validation import check_id, check_text
+from services.common.validation import check_id, check_text, check_time_zone
 from services.segmentation import evaluation, store
 from services.segmentation.domain import CHANNEL_PATTERN, TAG_PATTERN, days_since
-from services.segmentation.evaluation import Attributes, FeatureRow
+from services.segmentation.evaluation import Attributes, CustomerScore, FeatureRow
 from services.segmentation.layering import DEFAULT_LAYERING, Layering, from_proto, to_proto
 from services.segmentation.models import CustomerScoreRecord
 from services.segmentation.rules import parse_rule
@@ -37,10 +39,99 @@ MAX_DIFF = 100_000
 DEFAULT_WINDOW_DAYS = 180
 EXPORT_BATCH = 5_000
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """An evaluation computed and not yet written: the day, window and zone it counted in, and its results."""
+
+    day: date
+    window_days: int
+    zone: str
+    scores: list[CustomerScore]
+    members: dict[str, list[str]]
+    auto_tags: dict[str, str]
+
+
+def last_value(steps: Generator[object, None, T]) -> T:
+    """Runs a generator that reports progress to its end; returns what it returns."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
 
 class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
+
+    def _settings(self, shop_id: str) -> tuple[str, bool]:
+        """The shop's zone name and whether it is the service's default (never chosen)."""
+        chosen = self.ctx.db.run(lambda s: store.shop_zone(s, shop_id=shop_id))
+        return (chosen, False) if chosen else (self.ctx.settings.default_time_zone, True)
+
+    def _zone_name(self, shop_id: str) -> str:
+        return self._settings(shop_id)[0]
+
+    def _today(self, shop_id: str) -> date:
+        return local_date(self.ctx.clock(), ZoneInfo(self._zone_name(shop_id)))
+
+    def _check_metrics_zone(self, shop_id: str, zone: str) -> None:
+        """Scores count days of metrics' features: FAILED_PRECONDITION unless metrics judges days in `zone` too."""
+        metrics = metrics_pb2_grpc.MetricsServiceStub(self.ctx.peers.channel("metrics"))
+        theirs = metrics.GetShopSettings(
+            metrics_pb2.GetShopSettingsRequest(shop_id=shop_id), timeout=PEER_TIMEOUT_SECONDS
+        ).settings.time_zone
+        if theirs != zone:
+            raise FailedPrecondition(
+                f"metrics judges shop {shop_id}'s days in {theirs}, segmentation in {zone}; "
+                f"set one zone on both (loyaltyctl shop set-zone ZONE)",
+                reason="SHOP_ZONE_MISMATCH",
+                metadata={"metrics_time_zone": theirs, "segmentation_time_zone": zone},
+            )
+
+    def SetShopSettings(
+        self, request: segmentation_pb2.SetShopSettingsRequest, context: grpc.ServicerContext
+    ) -> segmentation_pb2.SetShopSettingsResponse:
+        wanted = request.settings
+        v = Violations()
+        v.check(bool(wanted.time_zone), "settings.time_zone", "is required")
+        if wanted.time_zone:
+            check_time_zone(v, wanted.time_zone, "settings.time_zone")
+        v.check(not wanted.currency, "settings.currency", "must be empty: segmentation keeps no currency")
+        v.raise_if_any()
+        shop_id, zone = request.shop_id, wanted.time_zone
+        scored: Scored | None = None
+        changed = self._zone_name(shop_id) != zone
+        if changed:
+            self._check_metrics_zone(shop_id, zone)
+            latest = self.ctx.db.run(lambda s: store.latest_evaluation(s, shop_id=shop_id))
+            has_segments = bool(self.ctx.db.run(lambda s: store.segments(s, shop_id=shop_id)))
+            if latest is not None and has_segments:  # the latest scores were counted in the old zone
+                today = local_date(self.ctx.clock(), ZoneInfo(zone))
+                scored = last_value(self._score(shop_id, today, latest.window_days, zone))
+
+        def apply(session: Session) -> segmentation_pb2.SetShopSettingsResponse:
+            store.set_shop_zone(session, shop_id=shop_id, time_zone=zone, now=self.ctx.clock())
+            return segmentation_pb2.SetShopSettingsResponse(
+                settings=common_pb2.ShopSettings(time_zone=zone),
+                zone_changed=changed,
+                reevaluated_version=self._write(session, shop_id, scored) if scored is not None else 0,
+            )
+
+        return run_idempotent(
+            self.ctx.db, request, segmentation_pb2.SetShopSettingsResponse, apply, clock=self.ctx.clock
+        )
+
+    def GetShopSettings(
+        self, request: segmentation_pb2.GetShopSettingsRequest, context: grpc.ServicerContext
+    ) -> segmentation_pb2.GetShopSettingsResponse:
+        zone, default = self._settings(request.shop_id)
+        return segmentation_pb2.GetShopSettingsResponse(
+            settings=common_pb2.ShopSettings(time_zone=zone), default_zone=default
+        )
 
     def TagCustomers(
         self, request: segmentation_pb2.TagCustomersRequest, context: grpc.ServicerContext
@@ -102,7 +193,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
     ) -> segmentation_pb2.SetMemberAttributesResponse:
         v = Violations()
         v.check(1 <= len(request.members) <= MAX_TAG_BATCH, "members", f"must hold 1..{MAX_TAG_BATCH} members")
-        today = local_date(self.ctx.clock(), ZoneInfo(self.ctx.settings.default_time_zone))
+        today = self._today(request.shop_id)
         members: dict[str, Attributes] = {}
         for i, member in enumerate(request.members):
             path = f"members[{i}]"
@@ -149,7 +240,7 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
             ).summary
             profile.order_count = summary.order_count
             profile.total_paid.CopyFrom(summary.total_paid)
-            zone = ZoneInfo(self.ctx.settings.default_time_zone)
+            zone = ZoneInfo(self._zone_name(shop_id))
             profile.days_since_last_order = days_since(
                 summary.last_order_at.ToDatetime(tzinfo=UTC), self.ctx.clock(), zone
             )
@@ -272,13 +363,30 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         as_of = from_date(v, request.as_of, "as_of") if request.HasField("as_of") else None
         v.check(0 <= request.window_days <= 3650, "window_days", "must be 1..3650, or 0 for 180")
         v.raise_if_any()
-        window_days = request.window_days or DEFAULT_WINDOW_DAYS
         shop_id = request.shop_id
+        zone = self._zone_name(shop_id)
+        self._check_metrics_zone(shop_id, zone)
+        day = as_of or local_date(self.ctx.clock(), ZoneInfo(zone))
+        scored = yield from self._score(shop_id, day, request.window_days or DEFAULT_WINDOW_DAYS, zone)
+        yield segmentation_pb2.EvaluateSegmentsResponse(
+            phase=segmentation_pb2.EVALUATION_PHASE_WRITING, customers=len(scored.scores)
+        )
+        version = self.ctx.db.run(lambda session: self._write(session, shop_id, scored))
+        yield segmentation_pb2.EvaluateSegmentsResponse(
+            phase=segmentation_pb2.EVALUATION_PHASE_DONE,
+            customers=len(scored.scores),
+            version=version,
+            members={segment_id: len(ids) for segment_id, ids in scored.members.items()},
+        )
+
+    def _score(
+        self, shop_id: str, day: date, window_days: int, zone: str
+    ) -> Generator[segmentation_pb2.EvaluateSegmentsResponse, None, Scored]:
+        """Fetches the shop's features and standings and scores them, yielding progress; returns the result."""
         stored = self.ctx.db.run(lambda s: store.segments(s, shop_id=shop_id))
         if not stored:
             raise FailedPrecondition("the shop has no segments; create one with UpsertSegment", reason="NO_SEGMENTS")
         rules = {r.segment_id: parse_rule(r.rule) for r in stored}
-        day = as_of or local_date(self.ctx.clock(), ZoneInfo(self.ctx.settings.default_time_zone))
         metrics = metrics_pb2_grpc.MetricsServiceStub(self.ctx.peers.channel("metrics"))
         rows: list[FeatureRow] = []
         stream = metrics.StreamCustomerFeatures(
@@ -306,30 +414,35 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
         attributes = self.ctx.db.run(lambda s: store.member_attributes(s, shop_id=shop_id))
         layering, _defaults = self._layering(shop_id)
         scores = evaluation.customer_scores(rows, layering.activity, layering.churn)
-        members = evaluation.members(rules, rows, scores, tags, attributes, day)
-        yield segmentation_pb2.EvaluateSegmentsResponse(
-            phase=segmentation_pb2.EVALUATION_PHASE_WRITING, customers=len(rows)
+        return Scored(
+            day=day,
+            window_days=window_days,
+            zone=zone,
+            scores=scores,
+            members=evaluation.members(rules, rows, scores, tags, attributes, day),
+            auto_tags={r.segment_id: r.auto_tag for r in stored if r.auto_tag},
         )
-        auto_tags = {r.segment_id: r.auto_tag for r in stored if r.auto_tag}
 
-        def write(session: Session) -> int:
-            now = self.ctx.clock()
-            version = store.write_version(session, shop_id=shop_id, as_of=day, scores=scores, members=members, now=now)
-            for segment_id, tag in auto_tags.items():
-                ids = members[segment_id]
-                for first in range(0, len(ids), MAX_TAG_BATCH):
-                    store.tag_customers(
-                        session, shop_id=shop_id, tag=tag, customer_ids=ids[first : first + MAX_TAG_BATCH], now=now
-                    )
-            return version
-
-        version = self.ctx.db.run(write)
-        yield segmentation_pb2.EvaluateSegmentsResponse(
-            phase=segmentation_pb2.EVALUATION_PHASE_DONE,
-            customers=len(rows),
-            version=version,
-            members={segment_id: len(ids) for segment_id, ids in members.items()},
+    def _write(self, session: Session, shop_id: str, scored: Scored) -> int:
+        """Writes a scored evaluation as the shop's next version, with its auto tags; returns the version."""
+        now = self.ctx.clock()
+        version = store.write_version(
+            session,
+            shop_id=shop_id,
+            as_of=scored.day,
+            scores=scored.scores,
+            members=scored.members,
+            now=now,
+            time_zone=scored.zone,
+            window_days=scored.window_days,
         )
+        for segment_id, tag in scored.auto_tags.items():
+            ids = scored.members[segment_id]
+            for first in range(0, len(ids), MAX_TAG_BATCH):
+                store.tag_customers(
+                    session, shop_id=shop_id, tag=tag, customer_ids=ids[first : first + MAX_TAG_BATCH], now=now
+                )
+        return version
 
     def ListSegmentMembers(
         self, request: segmentation_pb2.ListSegmentMembersRequest, context: grpc.ServicerContext

@@ -22,6 +22,7 @@ from services.segmentation.models import (
     MemberAttributesRecord,
     Membership,
     SegmentRecord,
+    ShopSettingsRecord,
 )
 
 
@@ -77,6 +78,27 @@ def tagged_customers(session: Session, *, shop_id: str) -> dict[str, set[str]]:
     return tags
 
 
+def shop_zone(session: Session, *, shop_id: str) -> str | None:
+    """The zone the shop chose, None if it never did."""
+    record = session.get(ShopSettingsRecord, shop_id)
+    return record.time_zone if record else None
+
+
+def set_shop_zone(session: Session, *, shop_id: str, time_zone: str, now: datetime) -> None:
+    record = session.get(ShopSettingsRecord, shop_id, with_for_update=True)
+    if record is None:
+        session.add(ShopSettingsRecord(shop_id=shop_id, time_zone=time_zone, updated_at=now))
+    else:
+        record.time_zone, record.updated_at = time_zone, now
+    session.flush()
+
+
+def latest_evaluation(session: Session, *, shop_id: str) -> Evaluation | None:
+    return session.scalars(
+        select(Evaluation).where(Evaluation.shop_id == shop_id).order_by(Evaluation.version.desc()).limit(1)
+    ).first()
+
+
 def write_version(
     session: Session,
     *,
@@ -85,6 +107,8 @@ def write_version(
     scores: Sequence[CustomerScore],
     members: dict[str, list[str]],
     now: datetime,
+    time_zone: str,
+    window_days: int,
 ) -> int:
     """Writes one membership version of every segment; versions of a shop are numbered one after another.
 
@@ -94,7 +118,17 @@ def write_version(
     lock_keys(session, "segment-evaluation", [shop_id])
     latest = session.scalar(select(func.max(Evaluation.version)).where(Evaluation.shop_id == shop_id))
     version = int(latest or 0) + 1
-    session.add(Evaluation(shop_id=shop_id, version=version, as_of=as_of, customers=len(scores), finished_at=now))
+    session.add(
+        Evaluation(
+            shop_id=shop_id,
+            version=version,
+            as_of=as_of,
+            customers=len(scores),
+            finished_at=now,
+            time_zone=time_zone,
+            window_days=window_days,
+        )
+    )
     rows = [
         {"shop_id": shop_id, "segment_id": segment_id, "version": version, "customer_id": customer_id}
         for segment_id, ids in members.items()

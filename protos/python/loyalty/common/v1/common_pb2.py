@@ -26,23 +26,25 @@ from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eloyalty/common/v1/common.proto\x12\x11loyalty.common.v1\x1a google/protobuf/descriptor.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x05Money\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"0\n\x04\x44\x61te\x12\x0c\n\x04year\x18\x01 \x01(\x05\x12\r\n\x05month\x18\x02 \x01(\x05\x12\x0b\n\x03\x64\x61y\x18\x03 \x01(\x05\"d\n\tOrderItem\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12&\n\x04paid\x18\x04 \x01(\x0b\x32\x18.loyalty.common.v1.Money\"\xf1\x01\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12+\n\x07paid_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x04paid\x18\x04 \x01(\x0b\x32\x18.loyalty.common.v1.Money\x12+\n\x05items\x18\x05 \x03(\x0b\x32\x1c.loyalty.common.v1.OrderItem\x12\x0f\n\x07\x63hannel\x18\x06 \x01(\t\x12.\n\x06source\x18\x07 \x01(\x0e\x32\x1e.loyalty.common.v1.OrderSource*P\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_READ\x10\x01\x12\x0f\n\x0bSCOPE_WRITE\x10\x02\x12\x0f\n\x0bSCOPE_ADMIN\x10\x03*\x83\x01\n\x0bOrderSource\x12\x1c\n\x18ORDER_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_SOURCE_NORMAL\x10\x01\x12\x1f\n\x1bORDER_SOURCE_CYCLE_DELIVERY\x10\x02\x12\x1c\n\x18ORDER_SOURCE_POINTS_MALL\x10\x03:R\n\x0erequired_scope\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0e\x32\x18.loyalty.common.v1.Scopeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eloyalty/common/v1/common.proto\x12\x11loyalty.common.v1\x1a google/protobuf/descriptor.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x05Money\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"3\n\x0cShopSettings\x12\x11\n\ttime_zone\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"0\n\x04\x44\x61te\x12\x0c\n\x04year\x18\x01 \x01(\x05\x12\r\n\x05month\x18\x02 \x01(\x05\x12\x0b\n\x03\x64\x61y\x18\x03 \x01(\x05\"d\n\tOrderItem\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x05\x12&\n\x04paid\x18\x04 \x01(\x0b\x32\x18.loyalty.common.v1.Money\"\xf1\x01\n\x05Order\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12+\n\x07paid_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x04paid\x18\x04 \x01(\x0b\x32\x18.loyalty.common.v1.Money\x12+\n\x05items\x18\x05 \x03(\x0b\x32\x1c.loyalty.common.v1.OrderItem\x12\x0f\n\x07\x63hannel\x18\x06 \x01(\t\x12.\n\x06source\x18\x07 \x01(\x0e\x32\x1e.loyalty.common.v1.OrderSource*P\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_READ\x10\x01\x12\x0f\n\x0bSCOPE_WRITE\x10\x02\x12\x0f\n\x0bSCOPE_ADMIN\x10\x03*\x83\x01\n\x0bOrderSource\x12\x1c\n\x18ORDER_SOURCE_UNSPECIFIED\x10\x00\x12\x17\n\x13ORDER_SOURCE_NORMAL\x10\x01\x12\x1f\n\x1bORDER_SOURCE_CYCLE_DELIVERY\x10\x02\x12\x1c\n\x18ORDER_SOURCE_POINTS_MALL\x10\x03:R\n\x0erequired_scope\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0e\x32\x18.loyalty.common.v1.Scopeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loyalty.common.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SCOPE']._serialized_start=565
-  _globals['_SCOPE']._serialized_end=645
-  _globals['_ORDERSOURCE']._serialized_start=648
-  _globals['_ORDERSOURCE']._serialized_end=779
+  _globals['_SCOPE']._serialized_start=618
+  _globals['_SCOPE']._serialized_end=698
+  _globals['_ORDERSOURCE']._serialized_start=701
+  _globals['_ORDERSOURCE']._serialized_end=832
   _globals['_MONEY']._serialized_start=120
   _globals['_MONEY']._serialized_end=167
-  _globals['_DATE']._serialized_start=169
-  _globals['_DATE']._serialized_end=217
-  _globals['_ORDERITEM']._serialized_start=219
-  _globals['_ORDERITEM']._serialized_end=319
-  _globals['_ORDER']._serialized_start=322
-  _globals['_ORDER']._serialized_end=563
+  _globals['_SHOPSETTINGS']._serialized_start=169
+  _globals['_SHOPSETTINGS']._serialized_end=220
+  _globals['_DATE']._serialized_start=222
+  _globals['_DATE']._serialized_end=270
+  _globals['_ORDERITEM']._serialized_start=272
+  _globals['_ORDERITEM']._serialized_end=372
+  _globals['_ORDER']._serialized_start=375
+  _globals['_ORDER']._serialized_end=616
 # @@protoc_insertion_point(module_scope)

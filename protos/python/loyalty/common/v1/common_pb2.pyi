@@ -106,6 +106,41 @@ class Money(_message.Message):
 Global___Money: _TypeAlias = Money  # noqa: Y015
 
 @_typing.final
+class ShopSettings(_message.Message):
+    """ShopSettings are what a service judges a shop's days and money by. Metrics
+    and segmentation keep one each (set both with `loyaltyctl shop set-zone`);
+    the points program and each cycle-delivery plan carry their own zone.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    time_zone: _builtins.str
+    """IANA time zone name, e.g. "Asia/Shanghai" or "America/New_York": every
+    shop-local day of the service (periods, cohorts, windows, "today") is a
+    calendar day in this zone. Empty in a SetShopSettings request: unchanged.
+    """
+    currency: _builtins.str
+    """ISO 4217 code of the shop's money, upper case ("CNY"); empty when no
+    order has fixed it yet. Only metrics keeps one. Empty in a
+    SetShopSettings request: unchanged.
+    """
+    def __init__(
+        self,
+        *,
+        time_zone: _builtins.str = ...,
+        currency: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShopSettings: _TypeAlias = ShopSettings  # noqa: Y015
+
+@_typing.final
 class Date(_message.Message):
     """Date is a calendar day in the shop's time zone (google.type.Date shape)."""
 

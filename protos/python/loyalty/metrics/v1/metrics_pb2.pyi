@@ -900,6 +900,7 @@ class ClvModel(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     BG_NBD_REASON_FIELD_NUMBER: _builtins.int
     GAMMA_GAMMA_REASON_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     r: _builtins.float
     """BG/NBD shape of the purchase-rate gamma."""
     alpha: _builtins.float
@@ -943,6 +944,10 @@ class ClvModel(_message.Message):
     """Why the Gamma-Gamma fit is not converged ("" when it is); it needs at least
     3 repeat buyers with spend.
     """
+    time_zone: _builtins.str
+    """The shop's time zone the fit judged days in. Predictions refuse a model
+    whose zone is no longer the shop's (CLV_MODEL_ZONE_CHANGED).
+    """
     @_builtins.property
     def as_of(self) -> _common_pb2.Date:
         """Day the customer summaries were taken on."""
@@ -972,10 +977,11 @@ class ClvModel(_message.Message):
         message: _builtins.str = ...,
         bg_nbd_reason: _builtins.str = ...,
         gamma_gamma_reason: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "fitted_at", b"fitted_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "alpha", b"alpha", "as_of", b"as_of", "b", b"b", "bg_nbd_converged", b"bg_nbd_converged", "bg_nbd_log_likelihood", b"bg_nbd_log_likelihood", "bg_nbd_reason", b"bg_nbd_reason", "customers", b"customers", "fitted_at", b"fitted_at", "gamma_gamma_converged", b"gamma_gamma_converged", "gamma_gamma_log_likelihood", b"gamma_gamma_log_likelihood", "gamma_gamma_reason", b"gamma_gamma_reason", "message", b"message", "p", b"p", "q", b"q", "r", b"r", "repeat_customers", b"repeat_customers", "v", b"v"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["a", b"a", "alpha", b"alpha", "as_of", b"as_of", "b", b"b", "bg_nbd_converged", b"bg_nbd_converged", "bg_nbd_log_likelihood", b"bg_nbd_log_likelihood", "bg_nbd_reason", b"bg_nbd_reason", "customers", b"customers", "fitted_at", b"fitted_at", "gamma_gamma_converged", b"gamma_gamma_converged", "gamma_gamma_log_likelihood", b"gamma_gamma_log_likelihood", "gamma_gamma_reason", b"gamma_gamma_reason", "message", b"message", "p", b"p", "q", b"q", "r", b"r", "repeat_customers", b"repeat_customers", "time_zone", b"time_zone", "v", b"v"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1622,3 +1628,125 @@ class EraseCustomerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EraseCustomerResponse: _TypeAlias = EraseCustomerResponse  # noqa: Y015
+
+@_typing.final
+class SetShopSettingsRequest(_message.Message):
+    """SetShopSettingsRequest changes the fields it sets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key."""
+    @_builtins.property
+    def settings(self) -> _common_pb2.ShopSettings:
+        """New values; an empty field keeps the current one."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        settings: _common_pb2.ShopSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "settings", b"settings", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetShopSettingsRequest: _TypeAlias = SetShopSettingsRequest  # noqa: Y015
+
+@_typing.final
+class SetShopSettingsResponse(_message.Message):
+    """SetShopSettingsResponse tells what a zone change touched."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    ZONE_CHANGED_FIELD_NUMBER: _builtins.int
+    ORDERS_REDATED_FIELD_NUMBER: _builtins.int
+    FEEDBACK_REDATED_FIELD_NUMBER: _builtins.int
+    SUMMARIES_QUEUED_FIELD_NUMBER: _builtins.int
+    zone_changed: _builtins.bool
+    """Whether the time zone changed."""
+    orders_redated: _builtins.int
+    """Orders whose local day moved."""
+    feedback_redated: _builtins.int
+    """Feedback answers whose local day moved."""
+    summaries_queued: _builtins.int
+    """Customers whose summaries were queued for settling."""
+    @_builtins.property
+    def settings(self) -> _common_pb2.ShopSettings:
+        """The settings now in force."""
+
+    def __init__(
+        self,
+        *,
+        settings: _common_pb2.ShopSettings | None = ...,
+        zone_changed: _builtins.bool = ...,
+        orders_redated: _builtins.int = ...,
+        feedback_redated: _builtins.int = ...,
+        summaries_queued: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["feedback_redated", b"feedback_redated", "orders_redated", b"orders_redated", "settings", b"settings", "summaries_queued", b"summaries_queued", "zone_changed", b"zone_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetShopSettingsResponse: _TypeAlias = SetShopSettingsResponse  # noqa: Y015
+
+@_typing.final
+class GetShopSettingsRequest(_message.Message):
+    """GetShopSettingsRequest names the shop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetShopSettingsRequest: _TypeAlias = GetShopSettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetShopSettingsResponse(_message.Message):
+    """GetShopSettingsResponse holds the settings in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    DEFAULT_ZONE_FIELD_NUMBER: _builtins.int
+    default_zone: _builtins.bool
+    """True when the shop never set a zone: it is the service's default."""
+    @_builtins.property
+    def settings(self) -> _common_pb2.ShopSettings:
+        """Time zone and currency (empty until fixed)."""
+
+    def __init__(
+        self,
+        *,
+        settings: _common_pb2.ShopSettings | None = ...,
+        default_zone: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_zone", b"default_zone", "settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetShopSettingsResponse: _TypeAlias = GetShopSettingsResponse  # noqa: Y015

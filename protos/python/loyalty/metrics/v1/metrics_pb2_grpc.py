@@ -28,7 +28,8 @@ if _version_not_supported:
 class MetricsServiceStub:
     """MetricsService ingests orders and answers repurchase, retention and value
     questions about a shop's customers. All day boundaries use the shop's time
-    zone (default Asia/Shanghai).
+    zone (SetShopSettings; until one is set, the service's
+    LOYALTY_DEFAULT_TIME_ZONE, Asia/Shanghai unless configured).
     """
 
     def __init__(self, channel):
@@ -107,6 +108,16 @@ class MetricsServiceStub:
                 request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateRequest.SerializeToString,
                 response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateResponse.FromString,
                 _registered_method=True)
+        self.SetShopSettings = channel.unary_unary(
+                '/loyalty.metrics.v1.MetricsService/SetShopSettings',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.SetShopSettingsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.SetShopSettingsResponse.FromString,
+                _registered_method=True)
+        self.GetShopSettings = channel.unary_unary(
+                '/loyalty.metrics.v1.MetricsService/GetShopSettings',
+                request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetShopSettingsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetShopSettingsResponse.FromString,
+                _registered_method=True)
         self.EraseCustomer = channel.unary_unary(
                 '/loyalty.metrics.v1.MetricsService/EraseCustomer',
                 request_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.EraseCustomerRequest.SerializeToString,
@@ -117,7 +128,8 @@ class MetricsServiceStub:
 class MetricsServiceServicer:
     """MetricsService ingests orders and answers repurchase, retention and value
     questions about a shop's customers. All day boundaries use the shop's time
-    zone (default Asia/Shanghai).
+    zone (SetShopSettings; until one is set, the service's
+    LOYALTY_DEFAULT_TIME_ZONE, Asia/Shanghai unless configured).
     """
 
     def RecordOrders(self, request, context):
@@ -251,6 +263,29 @@ class MetricsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetShopSettings(self, request, context):
+        """Sets the shop's time zone and/or currency (empty fields stay as they
+        are). Idempotent by request_id. A new zone re-dates every recorded order
+        and feedback answer to its local day in that zone, in the same
+        transaction (orders being recorded meanwhile wait for it), and queues
+        every customer summary for settling (GetCustomerSummary settles one
+        before answering), so no number mixes two zones. A CLV model fitted
+        under the old zone is kept for the record, but predictions refuse it
+        (FAILED_PRECONDITION, CLV_MODEL_ZONE_CHANGED) until FitClvModel runs
+        again. The currency may be set before the first order; once orders or a
+        setting fixed it, another one is FAILED_PRECONDITION (CURRENCY_MISMATCH).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetShopSettings(self, request, context):
+        """The shop's settings, or the service's defaults when none were set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def EraseCustomer(self, request, context):
         """Erases a customer: their orders, refunds, summary and feedback move to the
         anonymous id shared by every service and feedback comments are cleared;
@@ -333,6 +368,16 @@ def add_MetricsServiceServicer_to_server(servicer, server):
                     request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateRequest.FromString,
                     response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateResponse.SerializeToString,
             ),
+            'SetShopSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetShopSettings,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.SetShopSettingsRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.SetShopSettingsResponse.SerializeToString,
+            ),
+            'GetShopSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShopSettings,
+                    request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetShopSettingsRequest.FromString,
+                    response_serializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetShopSettingsResponse.SerializeToString,
+            ),
             'EraseCustomer': grpc.unary_unary_rpc_method_handler(
                     servicer.EraseCustomer,
                     request_deserializer=loyalty_dot_metrics_dot_v1_dot_metrics__pb2.EraseCustomerRequest.FromString,
@@ -349,7 +394,8 @@ def add_MetricsServiceServicer_to_server(servicer, server):
 class MetricsService:
     """MetricsService ingests orders and answers repurchase, retention and value
     questions about a shop's customers. All day boundaries use the shop's time
-    zone (default Asia/Shanghai).
+    zone (SetShopSettings; until one is set, the service's
+    LOYALTY_DEFAULT_TIME_ZONE, Asia/Shanghai unless configured).
     """
 
     @staticmethod
@@ -720,6 +766,60 @@ class MetricsService:
             '/loyalty.metrics.v1.MetricsService/GetChurnRate',
             loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateRequest.SerializeToString,
             loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetChurnRateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetShopSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/SetShopSettings',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.SetShopSettingsRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.SetShopSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShopSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.metrics.v1.MetricsService/GetShopSettings',
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetShopSettingsRequest.SerializeToString,
+            loyalty_dot_metrics_dot_v1_dot_metrics__pb2.GetShopSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

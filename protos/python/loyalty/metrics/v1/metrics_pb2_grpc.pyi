@@ -29,7 +29,8 @@ GRPC_VERSION: str
 class MetricsServiceStub:
     """MetricsService ingests orders and answers repurchase, retention and value
     questions about a shop's customers. All day boundaries use the shop's time
-    zone (default Asia/Shanghai).
+    zone (SetShopSettings; until one is set, the service's
+    LOYALTY_DEFAULT_TIME_ZONE, Asia/Shanghai unless configured).
     """
 
     @_typing.overload
@@ -108,6 +109,20 @@ class MetricsServiceStub:
     """Churn between two periods: customers active in the first with no order
     in the second / customers active in the first.
     """
+    SetShopSettings: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.SetShopSettingsRequest, _metrics_pb2.SetShopSettingsResponse]
+    """Sets the shop's time zone and/or currency (empty fields stay as they
+    are). Idempotent by request_id. A new zone re-dates every recorded order
+    and feedback answer to its local day in that zone, in the same
+    transaction (orders being recorded meanwhile wait for it), and queues
+    every customer summary for settling (GetCustomerSummary settles one
+    before answering), so no number mixes two zones. A CLV model fitted
+    under the old zone is kept for the record, but predictions refuse it
+    (FAILED_PRECONDITION, CLV_MODEL_ZONE_CHANGED) until FitClvModel runs
+    again. The currency may be set before the first order; once orders or a
+    setting fixed it, another one is FAILED_PRECONDITION (CURRENCY_MISMATCH).
+    """
+    GetShopSettings: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.GetShopSettingsRequest, _metrics_pb2.GetShopSettingsResponse]
+    """The shop's settings, or the service's defaults when none were set."""
     EraseCustomer: _grpc.UnaryUnaryMultiCallable[_metrics_pb2.EraseCustomerRequest, _metrics_pb2.EraseCustomerResponse]
     """Erases a customer: their orders, refunds, summary and feedback move to the
     anonymous id shared by every service and feedback comments are cleared;
@@ -118,7 +133,8 @@ class MetricsServiceStub:
 class MetricsServiceAsyncStub(MetricsServiceStub):
     """MetricsService ingests orders and answers repurchase, retention and value
     questions about a shop's customers. All day boundaries use the shop's time
-    zone (default Asia/Shanghai).
+    zone (SetShopSettings; until one is set, the service's
+    LOYALTY_DEFAULT_TIME_ZONE, Asia/Shanghai unless configured).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -194,6 +210,20 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
     """Churn between two periods: customers active in the first with no order
     in the second / customers active in the first.
     """
+    SetShopSettings: _aio.UnaryUnaryMultiCallable[_metrics_pb2.SetShopSettingsRequest, _metrics_pb2.SetShopSettingsResponse]  # type: ignore[assignment]
+    """Sets the shop's time zone and/or currency (empty fields stay as they
+    are). Idempotent by request_id. A new zone re-dates every recorded order
+    and feedback answer to its local day in that zone, in the same
+    transaction (orders being recorded meanwhile wait for it), and queues
+    every customer summary for settling (GetCustomerSummary settles one
+    before answering), so no number mixes two zones. A CLV model fitted
+    under the old zone is kept for the record, but predictions refuse it
+    (FAILED_PRECONDITION, CLV_MODEL_ZONE_CHANGED) until FitClvModel runs
+    again. The currency may be set before the first order; once orders or a
+    setting fixed it, another one is FAILED_PRECONDITION (CURRENCY_MISMATCH).
+    """
+    GetShopSettings: _aio.UnaryUnaryMultiCallable[_metrics_pb2.GetShopSettingsRequest, _metrics_pb2.GetShopSettingsResponse]  # type: ignore[assignment]
+    """The shop's settings, or the service's defaults when none were set."""
     EraseCustomer: _aio.UnaryUnaryMultiCallable[_metrics_pb2.EraseCustomerRequest, _metrics_pb2.EraseCustomerResponse]  # type: ignore[assignment]
     """Erases a customer: their orders, refunds, summary and feedback move to the
     anonymous id shared by every service and feedback comments are cleared;
@@ -203,7 +233,8 @@ class MetricsServiceAsyncStub(MetricsServiceStub):
 class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
     """MetricsService ingests orders and answers repurchase, retention and value
     questions about a shop's customers. All day boundaries use the shop's time
-    zone (default Asia/Shanghai).
+    zone (SetShopSettings; until one is set, the service's
+    LOYALTY_DEFAULT_TIME_ZONE, Asia/Shanghai unless configured).
     """
 
     @_abc_1.abstractmethod
@@ -361,6 +392,32 @@ class MetricsServiceServicer(metaclass=_abc_1.ABCMeta):
         """Churn between two periods: customers active in the first with no order
         in the second / customers active in the first.
         """
+
+    @_abc_1.abstractmethod
+    def SetShopSettings(
+        self,
+        request: _metrics_pb2.SetShopSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.SetShopSettingsResponse, _abc.Awaitable[_metrics_pb2.SetShopSettingsResponse]]:
+        """Sets the shop's time zone and/or currency (empty fields stay as they
+        are). Idempotent by request_id. A new zone re-dates every recorded order
+        and feedback answer to its local day in that zone, in the same
+        transaction (orders being recorded meanwhile wait for it), and queues
+        every customer summary for settling (GetCustomerSummary settles one
+        before answering), so no number mixes two zones. A CLV model fitted
+        under the old zone is kept for the record, but predictions refuse it
+        (FAILED_PRECONDITION, CLV_MODEL_ZONE_CHANGED) until FitClvModel runs
+        again. The currency may be set before the first order; once orders or a
+        setting fixed it, another one is FAILED_PRECONDITION (CURRENCY_MISMATCH).
+        """
+
+    @_abc_1.abstractmethod
+    def GetShopSettings(
+        self,
+        request: _metrics_pb2.GetShopSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metrics_pb2.GetShopSettingsResponse, _abc.Awaitable[_metrics_pb2.GetShopSettingsResponse]]:
+        """The shop's settings, or the service's defaults when none were set."""
 
     @_abc_1.abstractmethod
     def EraseCustomer(

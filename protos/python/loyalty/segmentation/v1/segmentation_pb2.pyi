@@ -1303,3 +1303,117 @@ class ImportTagsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportTagsResponse: _TypeAlias = ImportTagsResponse  # noqa: Y015
+
+@_typing.final
+class SetShopSettingsRequest(_message.Message):
+    """SetShopSettingsRequest changes the shop's zone."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    request_id: _builtins.str
+    """Idempotency key."""
+    @_builtins.property
+    def settings(self) -> _common_pb2.ShopSettings:
+        """The new zone; currency must be empty."""
+
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        settings: _common_pb2.ShopSettings | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "settings", b"settings", "shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetShopSettingsRequest: _TypeAlias = SetShopSettingsRequest  # noqa: Y015
+
+@_typing.final
+class SetShopSettingsResponse(_message.Message):
+    """SetShopSettingsResponse tells what a zone change re-evaluated."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    ZONE_CHANGED_FIELD_NUMBER: _builtins.int
+    REEVALUATED_VERSION_FIELD_NUMBER: _builtins.int
+    zone_changed: _builtins.bool
+    """Whether the time zone changed."""
+    reevaluated_version: _builtins.int
+    """The membership version evaluated in the new zone (0 when none was)."""
+    @_builtins.property
+    def settings(self) -> _common_pb2.ShopSettings:
+        """The settings now in force."""
+
+    def __init__(
+        self,
+        *,
+        settings: _common_pb2.ShopSettings | None = ...,
+        zone_changed: _builtins.bool = ...,
+        reevaluated_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reevaluated_version", b"reevaluated_version", "settings", b"settings", "zone_changed", b"zone_changed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetShopSettingsResponse: _TypeAlias = SetShopSettingsResponse  # noqa: Y015
+
+@_typing.final
+class GetShopSettingsRequest(_message.Message):
+    """GetShopSettingsRequest names the shop."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHOP_ID_FIELD_NUMBER: _builtins.int
+    shop_id: _builtins.str
+    """Tenant."""
+    def __init__(
+        self,
+        *,
+        shop_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["shop_id", b"shop_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetShopSettingsRequest: _TypeAlias = GetShopSettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetShopSettingsResponse(_message.Message):
+    """GetShopSettingsResponse holds the settings in force."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    DEFAULT_ZONE_FIELD_NUMBER: _builtins.int
+    default_zone: _builtins.bool
+    """True when the shop never set a zone: it is the service's default."""
+    @_builtins.property
+    def settings(self) -> _common_pb2.ShopSettings:
+        """The zone (currency is always empty here)."""
+
+    def __init__(
+        self,
+        *,
+        settings: _common_pb2.ShopSettings | None = ...,
+        default_zone: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_zone", b"default_zone", "settings", b"settings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetShopSettingsResponse: _TypeAlias = GetShopSettingsResponse  # noqa: Y015

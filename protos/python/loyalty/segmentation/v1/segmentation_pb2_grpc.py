@@ -37,6 +37,16 @@ class SegmentationServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.SetShopSettings = channel.unary_unary(
+                '/loyalty.segmentation.v1.SegmentationService/SetShopSettings',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetShopSettingsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetShopSettingsResponse.FromString,
+                _registered_method=True)
+        self.GetShopSettings = channel.unary_unary(
+                '/loyalty.segmentation.v1.SegmentationService/GetShopSettings',
+                request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetShopSettingsRequest.SerializeToString,
+                response_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetShopSettingsResponse.FromString,
+                _registered_method=True)
         self.TagCustomers = channel.unary_unary(
                 '/loyalty.segmentation.v1.SegmentationService/TagCustomers',
                 request_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.TagCustomersRequest.SerializeToString,
@@ -114,6 +124,29 @@ class SegmentationServiceServicer:
     tags and rule-based segments that drive outreach. It reads purchase
     features from the metrics service and balances from the points service.
     """
+
+    def SetShopSettings(self, request, context):
+        """Sets the zone the shop's days are judged in (as_of, "today", days since
+        the last order; settings.currency must stay empty: segmentation keeps
+        none). Idempotent by request_id. Segmentation scores customers on the
+        metrics service's features, whose days are metrics' zone: a new zone
+        must be set on metrics first (`loyaltyctl shop set-zone` does both),
+        else FAILED_PRECONDITION SHOP_ZONE_MISMATCH. When the zone changes and
+        the shop was evaluated before, its segments are evaluated again as of
+        today in the new zone (the window of its latest evaluation), in the same
+        call: the latest version's scores and members never mix two zones.
+        Older versions stay as they were evaluated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetShopSettings(self, request, context):
+        """The shop's settings, or the service's default zone when none was set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def TagCustomers(self, request, context):
         """Adds a tag to customers. Tagging a customer twice is a no-op.
@@ -237,6 +270,16 @@ class SegmentationServiceServicer:
 
 def add_SegmentationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'SetShopSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetShopSettings,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetShopSettingsRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetShopSettingsResponse.SerializeToString,
+            ),
+            'GetShopSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShopSettings,
+                    request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetShopSettingsRequest.FromString,
+                    response_serializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetShopSettingsResponse.SerializeToString,
+            ),
             'TagCustomers': grpc.unary_unary_rpc_method_handler(
                     servicer.TagCustomers,
                     request_deserializer=loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.TagCustomersRequest.FromString,
@@ -320,6 +363,60 @@ class SegmentationService:
     tags and rule-based segments that drive outreach. It reads purchase
     features from the metrics service and balances from the points service.
     """
+
+    @staticmethod
+    def SetShopSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/SetShopSettings',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetShopSettingsRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.SetShopSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetShopSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loyalty.segmentation.v1.SegmentationService/GetShopSettings',
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetShopSettingsRequest.SerializeToString,
+            loyalty_dot_segmentation_dot_v1_dot_segmentation__pb2.GetShopSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def TagCustomers(request,

@@ -36,6 +36,20 @@ class SegmentationServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SegmentationServiceAsyncStub: ...
+    SetShopSettings: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.SetShopSettingsRequest, _segmentation_pb2.SetShopSettingsResponse]
+    """Sets the zone the shop's days are judged in (as_of, "today", days since
+    the last order; settings.currency must stay empty: segmentation keeps
+    none). Idempotent by request_id. Segmentation scores customers on the
+    metrics service's features, whose days are metrics' zone: a new zone
+    must be set on metrics first (`loyaltyctl shop set-zone` does both),
+    else FAILED_PRECONDITION SHOP_ZONE_MISMATCH. When the zone changes and
+    the shop was evaluated before, its segments are evaluated again as of
+    today in the new zone (the window of its latest evaluation), in the same
+    call: the latest version's scores and members never mix two zones.
+    Older versions stay as they were evaluated.
+    """
+    GetShopSettings: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.GetShopSettingsRequest, _segmentation_pb2.GetShopSettingsResponse]
+    """The shop's settings, or the service's default zone when none was set."""
     TagCustomers: _grpc.UnaryUnaryMultiCallable[_segmentation_pb2.TagCustomersRequest, _segmentation_pb2.TagCustomersResponse]
     """Adds a tag to customers. Tagging a customer twice is a no-op."""
     ImportTags: _grpc.StreamUnaryMultiCallable[_segmentation_pb2.ImportTagsRequest, _segmentation_pb2.ImportTagsResponse]
@@ -105,6 +119,20 @@ class SegmentationServiceAsyncStub(SegmentationServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    SetShopSettings: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.SetShopSettingsRequest, _segmentation_pb2.SetShopSettingsResponse]  # type: ignore[assignment]
+    """Sets the zone the shop's days are judged in (as_of, "today", days since
+    the last order; settings.currency must stay empty: segmentation keeps
+    none). Idempotent by request_id. Segmentation scores customers on the
+    metrics service's features, whose days are metrics' zone: a new zone
+    must be set on metrics first (`loyaltyctl shop set-zone` does both),
+    else FAILED_PRECONDITION SHOP_ZONE_MISMATCH. When the zone changes and
+    the shop was evaluated before, its segments are evaluated again as of
+    today in the new zone (the window of its latest evaluation), in the same
+    call: the latest version's scores and members never mix two zones.
+    Older versions stay as they were evaluated.
+    """
+    GetShopSettings: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.GetShopSettingsRequest, _segmentation_pb2.GetShopSettingsResponse]  # type: ignore[assignment]
+    """The shop's settings, or the service's default zone when none was set."""
     TagCustomers: _aio.UnaryUnaryMultiCallable[_segmentation_pb2.TagCustomersRequest, _segmentation_pb2.TagCustomersResponse]  # type: ignore[assignment]
     """Adds a tag to customers. Tagging a customer twice is a no-op."""
     ImportTags: _aio.StreamUnaryMultiCallable[_segmentation_pb2.ImportTagsRequest, _segmentation_pb2.ImportTagsResponse]  # type: ignore[assignment]
@@ -171,6 +199,32 @@ class SegmentationServiceServicer(metaclass=_abc_1.ABCMeta):
     tags and rule-based segments that drive outreach. It reads purchase
     features from the metrics service and balances from the points service.
     """
+
+    @_abc_1.abstractmethod
+    def SetShopSettings(
+        self,
+        request: _segmentation_pb2.SetShopSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segmentation_pb2.SetShopSettingsResponse, _abc.Awaitable[_segmentation_pb2.SetShopSettingsResponse]]:
+        """Sets the zone the shop's days are judged in (as_of, "today", days since
+        the last order; settings.currency must stay empty: segmentation keeps
+        none). Idempotent by request_id. Segmentation scores customers on the
+        metrics service's features, whose days are metrics' zone: a new zone
+        must be set on metrics first (`loyaltyctl shop set-zone` does both),
+        else FAILED_PRECONDITION SHOP_ZONE_MISMATCH. When the zone changes and
+        the shop was evaluated before, its segments are evaluated again as of
+        today in the new zone (the window of its latest evaluation), in the same
+        call: the latest version's scores and members never mix two zones.
+        Older versions stay as they were evaluated.
+        """
+
+    @_abc_1.abstractmethod
+    def GetShopSettings(
+        self,
+        request: _segmentation_pb2.GetShopSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_segmentation_pb2.GetShopSettingsResponse, _abc.Awaitable[_segmentation_pb2.GetShopSettingsResponse]]:
+        """The shop's settings, or the service's default zone when none was set."""
 
     @_abc_1.abstractmethod
     def TagCustomers(
