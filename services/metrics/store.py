@@ -656,7 +656,10 @@ def redate_shop(session: Session, *, shop_id: str, zone: ZoneInfo, mark: str) ->
     counted a moved order's day (a summary's purchase days are distinct local days)."""
     moved_customers: set[str] = set()
     counts = []
-    dated = ((Order, Order.order_id, Order.paid_at), (FeedbackRecord, FeedbackRecord.feedback_id, FeedbackRecord.given_at))
+    dated = (
+        (Order, Order.order_id, Order.paid_at),
+        (FeedbackRecord, FeedbackRecord.feedback_id, FeedbackRecord.given_at),
+    )
     for model, key, instant in dated:
         if on_postgres(session):
             new_day = local_day_in(instant, zone.key)
