@@ -216,3 +216,27 @@ def test_a_degenerate_shop_gets_reasons_not_a_converged_model(stack: Stack, uid:
         metrics(stack).PredictCustomerValue(m.PredictCustomerValueRequest(shop_id=shop, customer_id="only"), metadata=A)
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "did not converge (bg/nbd: TOO_FEW_CUSTOMERS; gamma-gamma: TOO_FEW_REPEAT_BUYERS)" in details(caught.value)
+
+
+def test_a_zone_change_retires_the_model_until_it_is_fitted_again(stack: Stack, uid: str) -> None:
+    shop = f"clvzone-{uid}"
+    load(stack, shop, simulated_orders(3, 400))
+    model = fit(stack, shop)
+    assert (model.bg_nbd_converged, model.time_zone) == (True, "Asia/Shanghai")
+    ask = m.PredictCustomerValueRequest(shop_id=shop, customer_id="cust0001", as_of=d(AS_OF))
+    metrics(stack).PredictCustomerValue(ask, metadata=A)
+    metrics(stack).SetShopSettings(
+        m.SetShopSettingsRequest(
+            shop_id=shop, request_id="ny", settings=common_pb2.ShopSettings(time_zone="America/New_York")
+        ),
+        metadata=A,
+    )
+    with pytest.raises(grpc.RpcError) as refused:  # fitted on Shanghai days: no prediction mixes two zones
+        metrics(stack).PredictCustomerValue(ask, metadata=A)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "Asia/Shanghai" in details(refused.value) and "FitClvModel" in details(refused.value)
+    features = list(metrics(stack).StreamCustomerFeatures(m.StreamCustomerFeaturesRequest(shop_id=shop), metadata=A))
+    assert not any(f.features.HasField("probability_alive") for f in features)  # nor do the features use it
+    refitted = fit(stack, shop, request_id="refit")
+    assert (refitted.bg_nbd_converged, refitted.time_zone) == (True, "America/New_York")
+    assert metrics(stack).PredictCustomerValue(ask, metadata=A).model == refitted
