@@ -320,9 +320,11 @@ def test_a_zone_change_re_dates_orders_and_re_settles_summaries_and_scores(zoned
     def moved(instants: list[datetime]) -> int:
         return sum(1 for t in instants if local_date(t, SHANGHAI) != local_date(t, NEW_YORK))
 
-    assert on_metrics.zone_changed and on_metrics.orders_redated == moved([t for _o, _c, t in paid]) > 0
+    assert on_metrics.zone_changed
+    assert on_metrics.orders_redated == moved([t for _o, _c, t in paid]) > 0
     assert on_metrics.feedback_redated == moved([t for _c, t, _s in answered]) == 1
-    assert on_segmentation.zone_changed and on_segmentation.reevaluated_version == version_before + 1
+    assert on_segmentation.zone_changed
+    assert on_segmentation.reevaluated_version == version_before + 1
     layer = segmentation(zoned).GetLayerSummary(s.GetLayerSummaryRequest(shop_id=shop), metadata=A)
     assert (layer.version, date(layer.as_of.year, layer.as_of.month, layer.as_of.day)) == (
         version_before + 1,
