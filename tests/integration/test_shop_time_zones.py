@@ -86,7 +86,9 @@ def purchases_in(zone: str, paid: list[tuple[str, str, datetime]]) -> list[Purch
     return [Purchase(o, c, local_date(t, ZoneInfo(zone)), 1000, 0) for o, c, t in paid]
 
 
-def expected(zone: str, paid: list[tuple[str, str, datetime]], answered: list[tuple[str, datetime, int]]) -> dict:
+def expected(
+    zone: str, paid: list[tuple[str, str, datetime]], answered: list[tuple[str, datetime, int]]
+) -> dict[str, Any]:
     """Every number the RPCs below answer, from the pure definitions over the days in `zone`."""
     orders = defs.usable(purchases_in(zone, paid))
     today = local_date(NOW, ZoneInfo(zone))
@@ -119,12 +121,12 @@ def expected(zone: str, paid: list[tuple[str, str, datetime]], answered: list[tu
     return out
 
 
-def answers(stack: Stack, shop: str) -> dict:
+def answers(stack: Stack, shop: str) -> dict[str, Any]:
     """The same numbers, asked of the running services."""
     metrics = metrics_pb2_grpc.MetricsServiceStub(stack.channel("metrics"))
     out: dict[str, Any] = {}
     for name, period in (("march", MARCH), ("november", NOVEMBER)):
-        span = {"period_start": d(period.start), "period_end": d(period.end)}
+        span: dict[str, Any] = {"period_start": d(period.start), "period_end": d(period.end)}
         for history in (False, True):
             for key, basis in (("rate", m.REPURCHASE_BASIS_CUSTOMER), ("orders", m.REPURCHASE_BASIS_ORDER)):
                 rate = metrics.GetRepurchaseRate(
@@ -213,7 +215,9 @@ def set_zone(stack: Stack, shop: str, zone: str, request_id: str) -> tuple[m.Set
     return on_metrics, on_segmentation
 
 
-def record_shop(stack: Stack, shop: str, paid: list[tuple[str, str, datetime]], zone: str) -> list:
+def record_shop(
+    stack: Stack, shop: str, paid: list[tuple[str, str, datetime]], zone: str
+) -> list[tuple[str, datetime, int]]:
     metrics = metrics_stub(stack)
     metrics.RecordOrders(
         m.RecordOrdersRequest(shop_id=shop, request_id="orders", orders=[order(o, c, t, 1000) for o, c, t in paid]),
