@@ -128,6 +128,8 @@ app.add_typer(metrics_app, name="metrics")
 app.add_typer(segments_app, name="segments")
 demo_app = typer.Typer(help="A realistic demo shop for trying the suite (and loading it).", no_args_is_help=True)
 app.add_typer(cycle_app, name="cycle")
+shop_app = typer.Typer(help="The shop's settings: the zone its days are judged in.", no_args_is_help=True)
+app.add_typer(shop_app, name="shop")
 app.add_typer(demo_app, name="demo")
 
 
@@ -351,6 +353,92 @@ def points_reconcile(ctx: typer.Context) -> None:
     state.show(result, table)
     if not result.balanced:
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------- shop
+
+DAY_JUDGES = ("metrics", "segmentation")  # the services that keep a shop zone (points' program and plans keep theirs)
+
+
+@shop_app.command("set-zone")
+def shop_set_zone(
+    ctx: typer.Context,
+    zone: Annotated[str, typer.Argument(help="IANA time zone, e.g. Asia/Shanghai or America/New_York.")],
+    request_id: Annotated[str, typer.Option(help="Idempotency key; a retry with the same one applies once.")] = "",
+) -> None:
+    """Judge the shop's days in ZONE: metrics first (re-dates its orders), then segmentation (re-evaluates)."""
+    state = cli(ctx)
+    request_id = request_id or new_request_id()
+    settings = common_pb2.ShopSettings(time_zone=zone)
+    with calling(state, "metrics"):
+        on_metrics = state.stub("metrics").SetShopSettings(
+            metrics_pb2.SetShopSettingsRequest(shop_id=state.shop, request_id=request_id, settings=settings),
+            timeout=600,
+        )
+    with calling(state, "segmentation"):
+        on_segmentation = state.stub("segmentation").SetShopSettings(
+            segmentation_pb2.SetShopSettingsRequest(shop_id=state.shop, request_id=request_id, settings=settings),
+            timeout=600,
+        )
+    if state.as_json:
+        answers = {"metrics": on_metrics, "segmentation": on_segmentation}
+        state.out.print_json(json.dumps({name: reflection.json_fields(a) for name, a in answers.items()}))
+        return
+    t = Table(title=f"{state.shop} judges days in {zone}")
+    for column in ("service", "zone", "changed", "what moved"):
+        t.add_column(column)
+    t.add_row(
+        "metrics",
+        on_metrics.settings.time_zone,
+        "yes" if on_metrics.zone_changed else "no",
+        f"{on_metrics.orders_redated} orders and {on_metrics.feedback_redated} answers re-dated; "
+        f"{on_metrics.summaries_queued} summaries re-settling",
+    )
+    t.add_row(
+        "segmentation",
+        on_segmentation.settings.time_zone,
+        "yes" if on_segmentation.zone_changed else "no",
+        f"re-evaluated as version {on_segmentation.reevaluated_version}"
+        if on_segmentation.reevaluated_version
+        else "nothing evaluated yet",
+    )
+    t.caption = "points' program and each cycle-delivery plan keep their own zone"
+    state.out.print(t)
+
+
+@shop_app.command("show")
+def shop_show(ctx: typer.Context) -> None:
+    """The zone each service judges the shop's days in, and its currency."""
+    state = cli(ctx)
+    with calling(state, "metrics"):
+        on_metrics = state.stub("metrics").GetShopSettings(
+            metrics_pb2.GetShopSettingsRequest(shop_id=state.shop), timeout=CALL_TIMEOUT_SECONDS
+        )
+    with calling(state, "segmentation"):
+        on_segmentation = state.stub("segmentation").GetShopSettings(
+            segmentation_pb2.GetShopSettingsRequest(shop_id=state.shop), timeout=CALL_TIMEOUT_SECONDS
+        )
+    with calling(state, "points"):
+        program = (
+            state.stub("points")
+            .GetProgram(points_pb2.GetProgramRequest(shop_id=state.shop), timeout=CALL_TIMEOUT_SECONDS)
+            .program
+        )
+    if state.as_json:
+        answers = {"metrics": on_metrics, "segmentation": on_segmentation}
+        shown = {name: reflection.json_fields(a) for name, a in answers.items()}
+        shown["points_program"] = {"time_zone": program.time_zone}
+        state.out.print_json(json.dumps(shown))
+        return
+    t = Table(title=f"Settings of {state.shop}")
+    for column in ("service", "zone", "currency", "source"):
+        t.add_column(column)
+    for name, answer in (("metrics", on_metrics), ("segmentation", on_segmentation)):
+        source = "service default" if answer.default_zone else "shop setting"
+        t.add_row(name, answer.settings.time_zone, answer.settings.currency or "-", source)
+    t.add_row("points program", program.time_zone, program.currency or "-", "the program's own")
+    t.caption = "each cycle-delivery plan names its own zone (cycle subscription shows it)"
+    state.out.print(t)
 
 
 # ---------------------------------------------------------------- metrics

@@ -259,6 +259,8 @@ COMMANDS: list[tuple[list[str], list[str]]] = [
     (["demo", "seed", "--customers", "5"], ["demo", "seed", "--customers", "0"]),
     (["report", "--months", "2"], ["report", "--months", "1"]),
     (["rpc", "loyalty.points.v1.PointsService/GetAccount", "--data", '{"customer_id": "c1"}'], ["rpc", "frobnicate"]),
+    (["shop", "set-zone", "America/New_York"], ["shop", "set-zone", "Mars/Olympus"]),
+    (["shop", "show"], ["shop", "show", "extra"]),
 ]
 
 
@@ -355,3 +357,27 @@ def test_rpc_lists_describes_and_calls_any_method_through_reflection(run: CliRun
     for args, message in cases:
         code, _out, err = run(*args)
         assert (code, message in err, err.count("\n")) == (1, True, 1), (args, err)
+
+
+def test_shop_set_zone_moves_metrics_and_segmentation_and_show_names_every_zone(
+    stack: Stack, run: CliRunnerCall
+) -> None:
+    metrics = metrics_pb2_grpc.MetricsServiceStub(stack.channel("metrics"))
+    paid = datetime(2025, 3, 11, 3, 30, tzinfo=UTC)  # 23:30 on 10 March in New York, 11:30 on 11 March in Shanghai
+    metrics.RecordOrders(
+        metrics_pb2.RecordOrdersRequest(shop_id=run.shop, request_id="o", orders=[order("o1", "c1", paid, 100)]),
+        metadata=ADMIN,
+    )
+    code, out, _ = run("--json", "shop", "show")
+    shown = json.loads(out)
+    assert code == 0
+    assert (shown["metrics"]["settings"]["time_zone"], shown["metrics"]["default_zone"]) == ("Asia/Shanghai", True)
+    code, out, err = run("shop", "set-zone", "America/New_York")
+    assert code == 0, err
+    assert "1 orders and 0 answers re-dated" in out
+    code, out, _ = run("--json", "shop", "show")
+    shown = json.loads(out)
+    assert shown["metrics"]["settings"] == {"time_zone": "America/New_York", "currency": "CNY"}
+    assert shown["segmentation"]["settings"]["time_zone"] == "America/New_York"
+    assert shown["metrics"]["default_zone"] is False
+    assert "time_zone" in shown["points_program"]
