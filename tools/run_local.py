@@ -2,6 +2,9 @@
 
 The token is random per checkout, kept in var/dev-token (its digest in
 var/dev-tokens.json, which the services read). Ctrl-C stops everything.
+`LOYALTY_RUN_VAR` (another directory than var/) and `LOYALTY_RUN_PORTS`
+(`points=50061,metrics=50062,...`; Prometheus endpoints are then off) run a
+second copy beside the first: the README walkthrough test does.
 """
 
 from __future__ import annotations
@@ -20,8 +23,20 @@ from services.common.settings import DEFAULT_PORTS
 from tools.supervise import terminate, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR = ROOT / "var"
+VAR = Path(os.environ.get("LOYALTY_RUN_VAR") or ROOT / "var")
 METRICS_PORT_BASE = 9100
+
+
+def service_ports() -> dict[str, int]:
+    """The gRPC port of each service: the defaults, or those LOYALTY_RUN_PORTS names."""
+    given = os.environ.get("LOYALTY_RUN_PORTS", "")
+    ports = dict(DEFAULT_PORTS)
+    for pair in filter(None, given.split(",")):
+        name, _, port = pair.partition("=")
+        if name not in ports or not port.isdigit():
+            raise SystemExit(f"LOYALTY_RUN_PORTS: {pair!r} is not SERVICE=PORT for one of {', '.join(ports)}")
+        ports[name] = int(port)
+    return ports
 
 
 class StopSignals:
@@ -64,7 +79,7 @@ def dev_token() -> str:
     return token
 
 
-def offer_demo_seed(token: str) -> None:
+def offer_demo_seed(token: str, targets: dict[str, str]) -> None:
     """A newcomer sees numbers at once: offer to load the demo shop (LOYALTY_SEED_DEMO=1/0 answers without asking)."""
     answer = os.environ.get("LOYALTY_SEED_DEMO")
     if answer is None:
@@ -74,7 +89,7 @@ def offer_demo_seed(token: str) -> None:
     if answer not in ("1", "y", "yes"):
         print("  later: LOYALTY_TOKEN=$(cat var/dev-token) loyaltyctl --shop demo demo seed")
         return
-    env = os.environ | {"LOYALTY_TOKEN": token, "PYTHONPATH": str(ROOT)}
+    env = os.environ | targets | {"LOYALTY_TOKEN": token, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "services.cli.loyaltyctl", "--shop", "demo", "demo", "seed"]
     subprocess.run(command, env=env, check=False)
     print("  then: LOYALTY_TOKEN=$(cat var/dev-token) loyaltyctl --shop demo metrics cohort")
@@ -83,6 +98,8 @@ def offer_demo_seed(token: str) -> None:
 def main() -> int:
     VAR.mkdir(exist_ok=True)
     token = dev_token()
+    ports = service_ports()
+    moved = ports != DEFAULT_PORTS
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_") and k != "DATABASE_URL"}
     env |= {
         "LOYALTY_ENV": "local",
@@ -90,13 +107,18 @@ def main() -> int:
         "LOYALTY_PEER_TOKEN": token,
         "DATABASE_URL": f"sqlite:///{VAR}/{{service}}.db",
         "PYTHONPATH": str(ROOT),
+        **{f"LOYALTY_{name.upper()}_TARGET": f"127.0.0.1:{port}" for name, port in ports.items()},
     }
     processes: dict[str, subprocess.Popen[bytes]] = {}
-    for offset, name in enumerate(DEFAULT_PORTS, start=1):
+    for offset, name in enumerate(ports, start=1):
         log = (VAR / f"{name}.log").open("ab")
         processes[name] = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],
-            env=env | {"LOYALTY_METRICS_PORT": str(METRICS_PORT_BASE + offset)},
+            env=env
+            | {
+                "LOYALTY_GRPC_PORT": str(ports[name]),
+                "LOYALTY_METRICS_PORT": "0" if moved else str(METRICS_PORT_BASE + offset),
+            },
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -106,16 +128,17 @@ def main() -> int:
     stop.install()
     try:
         for name, process in processes.items():
-            wait_serving(process, f"127.0.0.1:{DEFAULT_PORTS[name]}", timeout=60, label=name)
+            wait_serving(process, f"127.0.0.1:{ports[name]}", timeout=60, label=name)
         print("\nloyalty suite is running (embedded SQLite under var/, logs in var/*.log)\n")
-        for offset, (name, port) in enumerate(DEFAULT_PORTS.items(), start=1):
-            print(f"  {name:<15} 127.0.0.1:{port}   metrics http://127.0.0.1:{METRICS_PORT_BASE + offset}/metrics")
+        for offset, (name, port) in enumerate(ports.items(), start=1):
+            scrape = "" if moved else f"   metrics http://127.0.0.1:{METRICS_PORT_BASE + offset}/metrics"
+            print(f"  {name:<15} 127.0.0.1:{port}{scrape}")
         print(f"\n  dev token: {token}   (also in var/dev-token)")
         print("  try: grpcurl -plaintext 127.0.0.1:50051 list")
         print('       grpcurl -plaintext -H "authorization: Bearer $(cat var/dev-token)" \\')
         print('         -d \'{"shop_id":"demo","customer_id":"c1"}\' \\')
         print("         127.0.0.1:50051 loyalty.points.v1.PointsService/GetAccount")
-        offer_demo_seed(token)
+        offer_demo_seed(token, {k: v for k, v in env.items() if k.endswith("_TARGET")})
         print("\nCtrl-C stops everything.")
         if stop.wait(still_running=lambda: all(p.poll() is None for p in processes.values())):
             return 0
