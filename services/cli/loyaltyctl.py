@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
@@ -235,6 +235,16 @@ def plan_zone(state: Cli, plan_id: str) -> str:
             return ""
         raise
     return str(plan.plan.time_zone)
+
+
+def shop_today(state: Cli) -> date:
+    """Today in the zone metrics judges the shop's days in (the report's months are metrics' months)."""
+    zone = (
+        state.stub("metrics")
+        .GetShopSettings(metrics_pb2.GetShopSettingsRequest(shop_id=state.shop), timeout=CALL_TIMEOUT_SECONDS)
+        .settings.time_zone
+    )
+    return datetime.now(UTC).astimezone(ZoneInfo(zone)).date()
 
 
 def new_request_id() -> str:
@@ -827,12 +837,14 @@ def report(
     out: Annotated[Path, typer.Option(help="Directory for report.<lang>.html and the PNG charts.")] = Path("report"),
     lang: Annotated[Lang, typer.Option(help="Labels in Chinese (needs a CJK font) or English.")] = Lang.zh,
     months: Annotated[int, typer.Option(min=2, max=36, help="Months of history, the current one included.")] = 12,
-    today: Annotated[str, typer.Option(help="The report's 'today' (default: today, UTC).")] = "",
+    today: Annotated[str, typer.Option(help="The report's 'today' (default: today in the shop's zone).")] = "",
 ) -> None:
     """Repurchase, retention, RFM, churn, tiers, points and deliveries as PNG charts and one self-contained page."""
     state = cli(ctx)
-    day = parse_iso_day(today, "--today") if today else seed_module.today_utc()
+    given = parse_iso_day(today, "--today") if today else None
     stubs = state.all_stubs()
+    with calling(state, "metrics"):
+        day = given or shop_today(state)
     total = report_module.report_calls(months) + len(report_module.DRAWINGS)
     with calling(state, "services"), Progress(console=state.err, disable=not state.err.is_terminal) as progress:
         task = progress.add_task("report", total=total)

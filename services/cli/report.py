@@ -27,6 +27,8 @@ from loyalty.segmentation.v1 import segmentation_pb2 as sg
 from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
 from services.cli.seed import Stubs, d
 
@@ -72,9 +74,11 @@ TEXT: dict[str, dict[str, str]] = {
     "rate": {"zh": "比率", "en": "Rate"},
     "chart_repurchase": {"zh": "每月复购率", "en": "Repurchase rate by month"},
     "chart_repurchase_note": {
-        "zh": "按人:当月下单 ≥2 次的客户 ÷ 当月下单客户;按单:当月非首单 ÷ 当月订单。全额退款订单不计。",
+        "zh": "按人:当月下单 ≥2 次的客户 ÷ 当月下单客户;按单:当月非首单 ÷ 当月订单。全额退款订单不计。"
+        "空心点:本月尚未结束,只含截至今天的订单。",
         "en": "By customer: customers with ≥ 2 orders in the month ÷ customers with ≥ 1. "
-        "By order: orders that are not the customer's first in the month ÷ orders. Fully refunded orders excluded.",
+        "By order: orders that are not the customer's first in the month ÷ orders. Fully refunded orders excluded. "
+        "Hollow: the month in progress, orders to today only.",
     },
     "chart_ninety": {
         "zh": "90 天复购率与经营阶段(按首购月份)",
@@ -86,13 +90,22 @@ TEXT: dict[str, dict[str, str]] = {
         "en": "Share of the month's new customers who bought again within 90 days. Under 15 %: acquisition mode; "
         "15–30 %: hybrid; 30 % and above: loyalty mode. Hollow: some 90-day windows still open.",
     },
+    "window_closed": {"zh": "实心:90 天窗口均已结束", "en": "Filled: every 90-day window has closed"},
+    "window_open": {"zh": "空心:部分客户的 90 天窗口未结束", "en": "Hollow: some 90-day windows still open"},
+    "month_in_progress": {
+        "zh": "空心:{month} 尚未结束(截至 {today})",
+        "en": "Hollow: {month} still in progress (to {today})",
+    },
+    "cells_in_progress": {"zh": "斜线格:本月尚未结束", "en": "Hatched: this month, still in progress"},
+    "today": {"zh": "今天", "en": "today"},
     "acquisition": {"zh": "获客模式", "en": "Acquisition"},
     "hybrid": {"zh": "混合模式", "en": "Hybrid"},
     "loyalty": {"zh": "忠诚模式", "en": "Loyalty"},
     "chart_cohort": {"zh": "月度同期群留存", "en": "Monthly cohort retention"},
     "chart_cohort_note": {
-        "zh": "行:首购月份(括号内为人数);列:之后第 n 个月;格内:当月仍有购买的客户占比。",
-        "en": "Rows: first-order month (size); columns: months after it; cells: share of the cohort buying that month.",
+        "zh": "行:首购月份(括号内为人数);列:之后第 n 个月;格内:当月仍有购买的客户占比。斜线格:本月尚未结束。",
+        "en": "Rows: first-order month (size); columns: months after it; cells: share of the cohort buying that month. "
+        "Hatched: the month in progress.",
     },
     "cohort": {"zh": "首购月份", "en": "Cohort"},
     "months_after": {"zh": "之后第 n 个月", "en": "Months after first order"},
@@ -103,10 +116,11 @@ TEXT: dict[str, dict[str, str]] = {
     },
     "share_customers": {"zh": "人数占比", "en": "Share of customers"},
     "share_revenue": {"zh": "销售额占比", "en": "Share of revenue"},
-    "chart_churn": {"zh": "流失风险漏斗", "en": "Churn-risk funnel"},
+    "chart_churn": {"zh": "流失风险分级", "en": "Churn-risk levels"},
     "chart_churn_note": {
-        "zh": "按距上次购买的时间相对于客户自己(或店铺中位)购买间隔分级。",
-        "en": "Levels by time since the last order against the customer's own (or the shop's median) interval.",
+        "zh": "按距上次购买的时间相对于客户自己(或店铺中位)购买间隔分级;条长为人数。",
+        "en": "Levels by time since the last order against the customer's own (or the shop's median) interval; "
+        "bar length is the number of customers.",
     },
     "chart_tiers": {"zh": "会员等级分布", "en": "Members by tier"},
     "chart_tiers_note": {"zh": "持有积分账户的会员。", "en": "Members with a points account."},
@@ -114,8 +128,9 @@ TEXT: dict[str, dict[str, str]] = {
     "members": {"zh": "会员数", "en": "Members"},
     "chart_points": {"zh": "积分发放、兑换与过期", "en": "Points issued, redeemed and expired"},
     "chart_points_note": {
-        "zh": "按积分账本记账日期(店铺时区)汇总;兑换已扣除退款返还。",
-        "en": "By ledger date in the shop's zone; redeemed is net of spends given back on refunds.",
+        "zh": "按积分账本记账日期(店铺时区)汇总,自账本第一笔记录的月份起;兑换已扣除退款返还。",
+        "en": "By ledger date in the shop's zone, from the ledger's first month; "
+        "redeemed is net of spends given back on refunds.",
     },
     "issued": {"zh": "发放", "en": "Issued"},
     "redeemed": {"zh": "兑换", "en": "Redeemed"},
@@ -124,8 +139,8 @@ TEXT: dict[str, dict[str, str]] = {
     "points": {"zh": "积分", "en": "Points"},
     "chart_deliveries": {"zh": "周期购每日配送", "en": "Subscription deliveries per day"},
     "chart_deliveries_note": {
-        "zh": "前后各 30 天;竖线为今天。",
-        "en": "30 days either side of today (the vertical line).",
+        "zh": "前后各 30 天;竖线为今天;只列出出现过的状态。",
+        "en": "30 days either side of today (the vertical line); only the states that occur are listed.",
     },
     "deliveries": {"zh": "配送数", "en": "Deliveries"},
     "planned": {"zh": "待生成", "en": "Planned"},
@@ -202,6 +217,15 @@ def month_back(first_of_month: date, n: int) -> date:
 
 def month_end(first_of_month: date) -> date:
     return month_back(first_of_month, -1) - timedelta(days=1)
+
+
+def month_in_progress(data: ReportData) -> bool:
+    """Whether the report's last month is still running: its numbers then cover part of it only."""
+    return bool(data.months) and data.today < month_end(data.months[-1])
+
+
+def months_between(earlier: date, later: date) -> int:
+    return (later.year - earlier.year) * 12 + later.month - earlier.month
 
 
 def rate_of(value: metrics_pb2.RateValue) -> Rate:
@@ -282,8 +306,10 @@ def collect_report(
         timeout=TIMEOUT,
     )
     data.tiers = [(t.tier_code, t.name, t.members) for t in points.tiers]
-    data.points_months = [day_of(m.month) for m in points.months]
-    data.points = {flow: [getattr(m, flow) for m in points.months] for flow in POINT_FLOWS}
+    active = [m for m in points.months if any(getattr(m, flow) for flow in POINT_FLOWS)]
+    shown = list(points.months)[list(points.months).index(active[0]) :] if active else list(points.months)[-1:]
+    data.points_months = [day_of(m.month) for m in shown]
+    data.points = {flow: [getattr(m, flow) for m in shown] for flow in POINT_FLOWS}
     advance(1)
     calendar = stubs.cycle_delivery.GetDeliveryCalendar(
         cd.GetDeliveryCalendarRequest(
@@ -388,15 +414,35 @@ def say_no_data(axes: Any, lang: str) -> None:
 def draw_repurchase(data: ReportData, lang: str, figure: Figure) -> None:
     axes = figure.add_subplot()
     labels = [month_label(m) for m in data.months]
+    partial = month_in_progress(data)
+    complete = len(labels) - 1 if partial else len(labels)
     for key, rates in (("customer", data.repurchase_by_customer), ("order", data.repurchase_by_order)):
         values = [r.value if r.value is not None else float("nan") for r in rates]
-        axes.plot(labels, values, marker="o", color=COLORS[key], label=text(lang, f"repurchase_by_{key}"))
+        color = COLORS[key]
+        axes.plot(
+            labels[:complete], values[:complete], marker="o", color=color, label=text(lang, f"repurchase_by_{key}")
+        )
+        if partial:
+            axes.plot(labels[-2:], values[-2:], linestyle=":", color=color)
+            axes.plot(labels[-1:], values[-1:], "o", color=color, markerfacecolor="white", gid=f"in-progress-{key}")
+    handles, names = axes.get_legend_handles_labels()
+    if partial:
+        handles.append(hollow_marker())
+        names.append(text(lang, "month_in_progress", month=labels[-1], today=data.today.isoformat()))
     axes.yaxis.set_major_formatter(lambda y, _: f"{y * 100:.0f}%")
     axes.set_ylim(bottom=0)
     axes.set_xlabel(text(lang, "month"))
     axes.tick_params(axis="x", rotation=45)
     axes.grid(alpha=0.3)
-    axes.legend(loc="upper left")
+    axes.legend(handles, names, loc="upper left", fontsize=8)
+
+
+def hollow_marker() -> Line2D:
+    return Line2D([], [], marker="o", linestyle="none", color="#555555", markerfacecolor="white")
+
+
+def filled_marker() -> Line2D:
+    return Line2D([], [], marker="o", linestyle="none", color="#2f6fb0", markerfacecolor="#2f6fb0")
 
 
 def draw_ninety_day(data: ReportData, lang: str, figure: Figure) -> None:
@@ -426,6 +472,12 @@ def draw_ninety_day(data: ReportData, lang: str, figure: Figure) -> None:
     axes.yaxis.set_major_formatter(lambda y, _: f"{y * 100:.0f}%")
     axes.set_xlabel(text(lang, "cohort"))
     axes.grid(alpha=0.3, axis="y")
+    axes.legend(
+        [filled_marker(), hollow_marker()],
+        [text(lang, "window_closed"), text(lang, "window_open")],
+        loc="upper left",
+        fontsize=8,
+    )
 
 
 def draw_cohorts(data: ReportData, lang: str, figure: Figure) -> None:
@@ -454,10 +506,23 @@ def draw_cohorts(data: ReportData, lang: str, figure: Figure) -> None:
                     fontsize=7,
                     color="white" if dark else "#222222",
                 )
+    if month_in_progress(data):
+        current = data.months[-1]
+        for row, (cohort, _, active) in enumerate(data.cohorts):
+            column = months_between(cohort, current)
+            if 0 <= column < len(active):
+                axes.add_patch(in_progress_cell(column, row))
+        axes.legend(handles=[in_progress_cell(0, 0)], labels=[text(lang, "cells_in_progress")], loc="upper right")
     axes.set_yticks(range(len(data.cohorts)), [f"{month_label(c)} ({size})" for c, size, _ in data.cohorts])
     axes.set_xticks(range(width), [str(n) for n in range(width)])
     axes.set_xlabel(text(lang, "months_after"))
     figure.colorbar(image, ax=axes, format=lambda y, _: f"{y * 100:.0f}%")
+
+
+def in_progress_cell(column: int, row: int) -> Rectangle:
+    return Rectangle(
+        (column - 0.5, row - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#444444", linewidth=0, gid="in-progress"
+    )
 
 
 def draw_value_classes(data: ReportData, lang: str, figure: Figure) -> None:
@@ -488,7 +553,8 @@ def draw_value_classes(data: ReportData, lang: str, figure: Figure) -> None:
     axes.legend()
 
 
-def draw_churn_funnel(data: ReportData, lang: str, figure: Figure) -> None:
+def draw_churn_levels(data: ReportData, lang: str, figure: Figure) -> None:
+    """A labelled bar per level, longest first in the order of worsening risk: lengths compare, shapes do not."""
     axes = figure.add_subplot()
     counts = {layer.label: layer.customers for layer in data.churn_risks}
     levels = [level for level in CHURN_ORDER if level in counts]
@@ -496,28 +562,32 @@ def draw_churn_funnel(data: ReportData, lang: str, figure: Figure) -> None:
         say_no_data(axes, lang)
         return
     total = sum(counts.values()) or 1
-    widest = max(counts.values(), default=1) or 1
     colors = {"none": "#3a8f5c", "watch": "#e0a030", "at_risk": "#e07b39", "churned": "#b0413e"}
-    for row, level in enumerate(levels):
-        share = counts[level] / widest
-        axes.barh(row, share, left=(1 - share) / 2, color=colors[level], height=0.8)
-        axes.text(
-            0.5,
-            row,
-            f"{text(lang, level)}  {counts[level]}  ({counts[level] / total * 100:.1f}%)",
-            ha="center",
-            va="center",
-            fontsize=10,
-            color="#111111",
-        )
-    axes.set_ylim(len(levels) - 0.5, -0.5)
-    axes.set_xlim(0, 1)
-    axes.set_axis_off()
+    rows = range(len(levels))
+    bars = axes.barh(rows, [counts[level] for level in levels], color=[colors[level] for level in levels], height=0.7)
+    axes.bar_label(bars, [f"{counts[level]:,}  ({counts[level] / total * 100:.1f}%)" for level in levels], padding=4)
+    axes.set_yticks(list(rows), [text(lang, level) for level in levels])
+    axes.invert_yaxis()
+    axes.set_xlim(0, max(counts.values()) * 1.3)
+    axes.set_xlabel(text(lang, "customers"))
+    axes.grid(alpha=0.3, axis="x")
+
+
+def tier_label(code: str, name: str, lang: str, *, cjk: bool) -> str:
+    """A tier's name as the shop wrote it; its code where no installed font has the name's glyphs."""
+    if name and (cjk or not needs_cjk(name)):
+        return name
+    return code or name or text(lang, "no_tier")
+
+
+def needs_cjk(label: str) -> bool:
+    return any(ord(ch) >= 0x2E80 for ch in label)
 
 
 def draw_tiers(data: ReportData, lang: str, figure: Figure) -> None:
     axes = figure.add_subplot()
-    labels = [name or code or text(lang, "no_tier") for code, name, _ in data.tiers]
+    cjk = cjk_font() is not None
+    labels = [tier_label(code, name, lang, cjk=cjk) for code, name, _ in data.tiers]
     members = [n for _, _, n in data.tiers]
     bars = axes.bar(labels, members, color=TIER_COLORS)  # cycled when the ladder is longer
     axes.bar_label(bars)
@@ -549,19 +619,26 @@ def draw_deliveries(data: ReportData, lang: str, figure: Figure) -> None:
     axes = figure.add_subplot()
     positions = list(range(len(data.delivery_days)))
     bottom = [0] * len(positions)
-    for i, state in enumerate(DELIVERY_STATES):
+    occurring = [state for state in DELIVERY_STATES if any(data.deliveries.get(state, []))]
+    for i, state in enumerate(occurring):
         values = data.deliveries[state]
         axes.bar(
             positions, values, bottom=bottom, color=COLORS[state], label=text(lang, state), width=0.85, zorder=2 + i
         )
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    axes.set_ylim(0, max([1, *bottom]) * 1.2)  # headroom for the legend
+    top = max([1, *bottom]) * 1.25  # headroom for the legend
+    axes.set_ylim(0, top)
     if data.today in data.delivery_days:
-        axes.axvline(data.delivery_days.index(data.today), color="#333333", linewidth=1)
+        x = data.delivery_days.index(data.today)
+        axes.axvline(x, color="#333333", linewidth=1)
+        axes.text(x + 0.3, top * 0.97, text(lang, "today"), va="top", fontsize=8, color="#333333", gid="today")
     axes.set_xticks(positions[::7], [f"{day:%m-%d}" for day in data.delivery_days[::7]])
     axes.set_ylabel(text(lang, "deliveries"))
     axes.grid(alpha=0.3, axis="y")
-    axes.legend(ncols=5, loc="upper left", fontsize=8)
+    if occurring:
+        axes.legend(ncols=len(occurring), loc="upper left", fontsize=8)
+    else:
+        say_no_data(axes, lang)
 
 
 DRAWINGS: tuple[tuple[str, Callable[[ReportData, str, Figure], None]], ...] = (
@@ -569,7 +646,7 @@ DRAWINGS: tuple[tuple[str, Callable[[ReportData, str, Figure], None]], ...] = (
     ("ninety", draw_ninety_day),
     ("cohort", draw_cohorts),
     ("rfm", draw_value_classes),
-    ("churn", draw_churn_funnel),
+    ("churn", draw_churn_levels),
     ("tiers", draw_tiers),
     ("points", draw_points),
     ("deliveries", draw_deliveries),
