@@ -134,10 +134,11 @@ def main() -> int:
             scrape = "" if moved else f"   metrics http://127.0.0.1:{METRICS_PORT_BASE + offset}/metrics"
             print(f"  {name:<15} 127.0.0.1:{port}{scrape}")
         print(f"\n  dev token: {token}   (also in var/dev-token)")
-        print("  try: grpcurl -plaintext 127.0.0.1:50051 list")
-        print('       grpcurl -plaintext -H "authorization: Bearer $(cat var/dev-token)" \\')
+        points = f"127.0.0.1:{ports['points']}"
+        print(f"  try: grpcurl -plaintext {points} list")
+        print(f'       grpcurl -plaintext -H "authorization: Bearer $(cat {VAR}/dev-token)" \\')
         print('         -d \'{"shop_id":"demo","customer_id":"c1"}\' \\')
-        print("         127.0.0.1:50051 loyalty.points.v1.PointsService/GetAccount")
+        print(f"         {points} loyalty.points.v1.PointsService/GetAccount")
         offer_demo_seed(token, {k: v for k, v in env.items() if k.endswith("_TARGET")})
         print("\nCtrl-C stops everything.")
         if stop.wait(still_running=lambda: all(p.poll() is None for p in processes.values())):

@@ -4,7 +4,9 @@ Pure: `demo_shop` returns plain data; `loyaltyctl demo seed` loads it through
 the public RPCs. The mix follows what merchants see: most customers buy once,
 some come back now and then, a loyal few buy every few weeks; sales peak around
 618 (June) and 双11 (November) and at the new year; a few orders are refunded;
-some buyers top up stored value, review with photos, or subscribe to weekday milk.
+some buyers top up stored value, review with photos, or subscribe to weekday milk;
+some answer the satisfaction survey (loyal buyers recommend more) or spend their
+points in the mall.
 """
 
 from __future__ import annotations
@@ -56,6 +58,24 @@ class DemoSubscription:
     pause: bool
 
 
+@dataclass(frozen=True)
+class DemoFeedback:
+    feedback_id: str
+    customer_id: str
+    order_id: str
+    score: int  # 0-10, "how likely are you to recommend us"
+    given_at: datetime
+
+
+# Score weights for 0..10 by kind of buyer: loyal buyers mostly promote, one-time buyers spread out.
+SCORE_WEIGHTS = {
+    "once": (2, 1, 1, 2, 2, 4, 6, 10, 14, 10, 8),
+    "occasional": (0, 0, 1, 1, 1, 2, 4, 10, 18, 20, 14),
+    "loyal": (0, 0, 0, 0, 0, 1, 1, 4, 12, 30, 40),
+}
+MALL_PICKS = (("tote", 500), ("mug", 800), ("milk-card", 1_500))
+
+
 @dataclass
 class DemoShop:
     orders: list[DemoOrder] = field(default_factory=list)
@@ -63,6 +83,8 @@ class DemoShop:
     top_ups: list[tuple[str, str, int]] = field(default_factory=list)  # (top-up id, customer, paid minor)
     reviews: list[tuple[str, str]] = field(default_factory=list)  # (customer, order id)
     subscriptions: list[DemoSubscription] = field(default_factory=list)
+    feedback: list[DemoFeedback] = field(default_factory=list)
+    redemptions: list[tuple[str, str]] = field(default_factory=list)  # (customer, mall item id)
 
 
 def season_weight(day: date) -> float:
@@ -85,9 +107,11 @@ def demo_shop(customers: int, seed: int, today: date) -> DemoShop:
     days = [today - timedelta(days=n) for n in range(365, 0, -1)]
     weights = [season_weight(d) for d in days]
     shop = DemoShop()
+    kinds: dict[str, str] = {}
     for n in range(customers):
         customer = f"demo-c{n:06d}"
         kind = rng.choices(["once", "occasional", "loyal"], weights=[60, 30, 10])[0]
+        kinds[customer] = kind
         first = _weighted_day(rng, days, weights)
         visits = [first]
         if kind == "occasional":
@@ -127,4 +151,29 @@ def demo_shop(customers: int, seed: int, today: date) -> DemoShop:
                 DemoSubscription(f"demo-s{n:06d}", customer, paid_at, start, skips, rng.random() < 0.2)
             )
     shop.orders.sort(key=lambda o: (o.paid_at, o.order_id))
+    answers_and_redemptions(shop, kinds, random.Random(seed * 7_919 + 1), today)
     return shop
+
+
+def answers_and_redemptions(shop: DemoShop, kinds: dict[str, str], rng: random.Random, today: date) -> None:
+    """Survey answers after some orders, and mall redemptions by loyal buyers.
+
+    A second random stream: adding these left the orders, and so every figure
+    the README shows, as they were.
+    """
+    for order in shop.orders:
+        if rng.random() < 0.15:
+            given_at = order.paid_at + timedelta(days=rng.randint(2, 7), hours=rng.randint(0, 9))
+            if given_at.date() < today:
+                score = rng.choices(range(11), weights=SCORE_WEIGHTS[kinds[order.customer_id]])[0]
+                shop.feedback.append(
+                    DemoFeedback(f"demo-f{order.order_id}", order.customer_id, order.order_id, score, given_at)
+                )
+    spent: dict[str, int] = {}
+    for order in shop.orders:
+        spent[order.customer_id] = spent.get(order.customer_id, 0) + order.amount_minor
+    for customer, kind in kinds.items():
+        if kind == "loyal" and rng.random() < 0.4:
+            item, cost = rng.choice(MALL_PICKS)
+            if spent.get(customer, 0) // 100 >= 2 * cost:  # a point per yuan: twice the price, refunds or not
+                shop.redemptions.append((customer, item))

@@ -792,7 +792,7 @@ def demo_seed(
     seed: Annotated[int, typer.Option(help="Same seed, same shop.")] = 7,
     today: Annotated[str, typer.Option(help="The demo's 'today' (default: today, UTC).")] = "",
 ) -> None:
-    """Generate a year of orders, refunds, top-ups, reviews and subscriptions and load them through the RPCs."""
+    """Generate a year of orders, refunds, top-ups, reviews, answers, redemptions and subscriptions; load them."""
     state = cli(ctx)
     day = parse_iso_day(today, "--today") if today else seed_module.today_utc()
     stubs = state.all_stubs()
@@ -810,6 +810,8 @@ def demo_seed(
         "refunds": len(data.refunds),
         "top_ups": len(data.top_ups),
         "reviews": len(data.reviews),
+        "satisfaction answers": len(data.feedback),
+        "mall redemptions": len(data.redemptions),
         "subscriptions": len(data.subscriptions),
     }
     if state.as_json:

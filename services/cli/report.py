@@ -512,7 +512,9 @@ def draw_cohorts(data: ReportData, lang: str, figure: Figure) -> None:
             column = months_between(cohort, current)
             if 0 <= column < len(active):
                 axes.add_patch(in_progress_cell(column, row))
-        axes.legend(handles=[in_progress_cell(0, 0)], labels=[text(lang, "cells_in_progress")], loc="upper right")
+        axes.legend(
+            handles=[in_progress_cell(0, 0)], labels=[text(lang, "cells_in_progress")], loc="lower right"
+        )  # the empty triangle
     axes.set_yticks(range(len(data.cohorts)), [f"{month_label(c)} ({size})" for c, size, _ in data.cohorts])
     axes.set_xticks(range(width), [str(n) for n in range(width)])
     axes.set_xlabel(text(lang, "months_after"))
@@ -597,6 +599,9 @@ def draw_tiers(data: ReportData, lang: str, figure: Figure) -> None:
 
 def draw_points(data: ReportData, lang: str, figure: Figure) -> None:
     axes = figure.add_subplot()
+    if not any(any(amounts) for amounts in data.points.values()):  # e.g. a report dated before the ledger began
+        say_no_data(axes, lang)
+        return
     labels = [month_label(m) for m in data.points_months]
     width = 0.2
     for i, flow in enumerate(POINT_FLOWS):

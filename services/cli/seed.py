@@ -193,11 +193,36 @@ def seed_demo(stubs: Stubs, shop_id: str, *, customers: int, seed: int, today: d
         )
         stubs.points.ClaimReward(request, timeout=TIMEOUT)
 
+    def redeem(customer: str, item_id: str) -> None:
+        request = points_pb2.RedeemRequest(
+            shop_id=shop_id, request_id=f"{key}-redeem-{customer}", customer_id=customer, item_id=item_id, quantity=1
+        )
+        stubs.points.Redeem(request, timeout=TIMEOUT)
+
     parallel([partial(earn, o) for o in data.orders], step("orders → points (EarnForOrder)", len(data.orders)))
     calls: list[Callable[[], object]] = [partial(refund, r) for r in data.refunds]
     calls += [partial(top_up, *t) for t in data.top_ups]
     calls += [partial(review, *r) for r in data.reviews]
     parallel(calls, step("refunds, top-ups and reviews → points", len(calls)))
+    # After the refunds: a redemption spends points that no claw-back takes away again.
+    parallel([partial(redeem, *r) for r in data.redemptions], step("mall redemptions → points", len(data.redemptions)))
+    answers = [
+        metrics_pb2.Feedback(
+            feedback_id=f.feedback_id,
+            customer_id=f.customer_id,
+            order_id=f.order_id,
+            score=f.score,
+            given_at=stamp(f.given_at),
+        )
+        for f in data.feedback
+    ]
+    advance = step("satisfaction answers → metrics", len(answers))
+    for n, batch in enumerate(chunks(answers, CHUNK)):
+        stubs.metrics.RecordFeedback(
+            metrics_pb2.RecordFeedbackRequest(shop_id=shop_id, request_id=f"{key}-feedback-{n}", feedback=list(batch)),
+            timeout=TIMEOUT,
+        )
+        advance(len(batch))
 
     advance = step("subscriptions → cycle delivery", len(data.subscriptions))
     plan = cd.Plan(

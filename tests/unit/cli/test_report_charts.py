@@ -111,3 +111,12 @@ def test_tier_names_keep_their_script_when_a_font_has_it_and_fall_back_to_the_co
     assert report.tier_label("silver", "白银会员", "en", cjk=False) == "silver"
     assert report.tier_label("gold", "Gold", "en", cjk=False) == "Gold"
     assert report.tier_label("", "", "zh", cjk=True) == "未定级"
+
+
+def test_points_before_the_ledger_began_say_so_instead_of_drawing_zero_bars() -> None:
+    data = shop()
+    data.points_months = [date(2026, 11, 1)]
+    data.points = {flow: [0] for flow in report.POINT_FLOWS}
+    figure = drawn(report.draw_points, data)
+    assert [t.get_text() for t in figure.axes[0].texts] == ["n/a"]
+    assert not figure.axes[0].patches
