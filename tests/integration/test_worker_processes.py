@@ -102,7 +102,7 @@ def adjust(address: str, request_id: str, customer: str = "c-workers") -> points
 def test_both_copies_serve_and_one_metrics_endpoint_counts_them_all(supervised_points: Supervised) -> None:
     # The supervisor answers once one copy listens; the other may bind a moment later, and until then the
     # kernel has one socket to give connections to. So: calls until both copies answered, at most 200.
-    calls, by_worker = 0, set()
+    calls, by_worker = 0, set[object]()
     while by_worker != {0, 1} and calls < 200:
         for _ in range(12):
             adjust(supervised_points.address, f"spread-{calls}")
