@@ -555,7 +555,7 @@ def segments_members(
     version: Annotated[int, typer.Option(help="Membership version; 0 = latest.")] = 0,
     limit: Annotated[int, typer.Option(min=1, help="At most this many members.")] = 100,
 ) -> None:
-    """Members of a segment with their scores (R/F/M, value class, activity, churn risk and why)."""
+    """Members of a segment: last order day, R/F/M, value class, activity, churn risk and why."""
     state = cli(ctx)
     rows: list[segmentation_pb2.ExportSegmentResponse] = []
     with calling(state, "segmentation"):
@@ -572,12 +572,25 @@ def segments_members(
 
     def table() -> Table:
         t = Table(title=f"{segment}, version {result.version} · {len(rows)} shown")
-        for column in ("customer", "R", "F", "M", "RFM segment", "value class", "activity", "churn risk", "why"):
+        columns = (
+            "customer",
+            "last order",
+            "R",
+            "F",
+            "M",
+            "RFM segment",
+            "value class",
+            "activity",
+            "churn risk",
+            "why",
+        )
+        for column in columns:
             t.add_column(column)
         for r in rows:
             scored = r.HasField("rfm")
             t.add_row(
                 r.customer_id,
+                day_text(r.last_order_day) if r.HasField("last_order_day") else "–",
                 *((str(r.rfm.r), str(r.rfm.f), str(r.rfm.m)) if scored else ("–", "–", "–")),
                 r.rfm_segment or "–",
                 r.value_class or "–",

@@ -96,6 +96,7 @@ class CustomerScore:
     churn_risk: str
     churn_reason: str
     net_revenue_minor: int
+    days_since_last_order: int = 0
 
 
 DEFAULT_ACTIVITY = rfm.ActivityThresholds()
@@ -132,6 +133,7 @@ def customer_scores(
                 churn_risk=churn.level.value,
                 churn_reason=churn.reason[:200],
                 net_revenue_minor=row.net_revenue_minor,
+                days_since_last_order=row.recency_days,
             )
         )
     return result

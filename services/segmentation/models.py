@@ -84,6 +84,7 @@ class CustomerScoreRecord(Base):
     churn_risk: Mapped[str] = mapped_column(String(16))
     churn_reason: Mapped[str] = mapped_column(String(200))
     net_revenue_minor: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    last_order_day: Mapped[date | None] = mapped_column(Date, nullable=True)  # NULL: scored before it was kept
 
 
 class MemberAttributesRecord(Base):

@@ -560,6 +560,8 @@ class SegmentationServicer(segmentation_pb2_grpc.SegmentationServiceServicer):
                     row.rfm_segment, row.value_class = score.rfm_segment, score.value_class
                     row.activity_layer, row.churn_risk = score.activity_layer, score.churn_risk
                     row.churn_reason = score.churn_reason
+                    if score.last_order_day is not None:
+                        row.last_order_day.CopyFrom(to_date(score.last_order_day))
                 yield row
             if len(batch) < EXPORT_BATCH:
                 return

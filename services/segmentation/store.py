@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from loyalty.segmentation.v1 import segmentation_pb2
 from sqlalchemy import ColumnElement, and_, delete, func, insert, select
@@ -137,11 +137,19 @@ def write_version(
     for first in range(0, len(rows), 10_000):
         session.execute(insert(Membership), rows[first : first + 10_000])
     session.execute(delete(CustomerScoreRecord).where(CustomerScoreRecord.shop_id == shop_id))
-    score_rows = [{"shop_id": shop_id, "version": version, **asdict(score)} for score in scores]
+    score_rows = [score_row(shop_id, version, as_of, score) for score in scores]
     for first in range(0, len(score_rows), 10_000):
         session.execute(insert(CustomerScoreRecord), score_rows[first : first + 10_000])
     session.flush()
     return version
+
+
+def score_row(shop_id: str, version: int, as_of: date, score: CustomerScore) -> dict[str, object]:
+    """A score as stored: the days since the last order become that order's day, which stays true later."""
+    fields = asdict(score)
+    del fields["days_since_last_order"]
+    last_order_day = as_of - timedelta(days=score.days_since_last_order)
+    return {"shop_id": shop_id, "version": version, **fields, "last_order_day": last_order_day}
 
 
 def customer_standing(

@@ -7,6 +7,7 @@ import re
 from collections import Counter
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 from loyalty.common.v1 import common_pb2
@@ -117,6 +118,9 @@ def test_segments_eval_and_members(stack: Stack, run: CliRunnerCall) -> None:
     listed = json.loads(out)
     assert (code, listed["customer_ids"]) == (0, ["z1"])
     assert {"value_class", "churn_risk", "churn_reason", "rfm"} <= set(listed["members"][0])
+    paid_day = (now - timedelta(days=1)).astimezone(ZoneInfo("Asia/Shanghai")).date()  # the shop's default zone
+    last = listed["members"][0]["last_order_day"]
+    assert date(last["year"], last["month"], last["day"]) == paid_day
     code, out, _ = run("segments", "members", "buyers")
     assert (code, "z1" in out, "value" in out, "churn" in out) == (0, True, True, True)  # headers wrap at 80 columns
     code, _out, err = run("segments", "members", "nosuch")

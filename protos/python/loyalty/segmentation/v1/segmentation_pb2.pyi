@@ -1122,6 +1122,7 @@ class ExportSegmentResponse(_message.Message):
     CHURN_RISK_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CHURN_REASON_FIELD_NUMBER: _builtins.int
+    LAST_ORDER_DAY_FIELD_NUMBER: _builtins.int
     customer_id: _builtins.str
     """The member."""
     rfm_segment: _builtins.str
@@ -1140,6 +1141,12 @@ class ExportSegmentResponse(_message.Message):
     def rfm(self) -> Global___RfmScore:
         """RFM quintiles (unset for older versions)."""
 
+    @_builtins.property
+    def last_order_day(self) -> _common_pb2.Date:
+        """The shop-local day of the member's last order as the latest evaluation
+        saw it (unset for scores evaluated before it was kept).
+        """
+
     def __init__(
         self,
         *,
@@ -1151,10 +1158,11 @@ class ExportSegmentResponse(_message.Message):
         churn_risk: _builtins.str = ...,
         version: _builtins.int = ...,
         churn_reason: _builtins.str = ...,
+        last_order_day: _common_pb2.Date | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["rfm", b"rfm"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_order_day", b"last_order_day", "rfm", b"rfm"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_layer", b"activity_layer", "churn_reason", b"churn_reason", "churn_risk", b"churn_risk", "customer_id", b"customer_id", "rfm", b"rfm", "rfm_segment", b"rfm_segment", "value_class", b"value_class", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activity_layer", b"activity_layer", "churn_reason", b"churn_reason", "churn_risk", b"churn_risk", "customer_id", b"customer_id", "last_order_day", b"last_order_day", "rfm", b"rfm", "rfm_segment", b"rfm_segment", "value_class", b"value_class", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
