@@ -85,11 +85,24 @@ def shop_zone(session: Session, *, shop_id: str) -> str | None:
 
 
 def set_shop_zone(session: Session, *, shop_id: str, time_zone: str, now: datetime) -> None:
-    record = session.get(ShopSettingsRecord, shop_id, with_for_update=True)
+    put_shop_row(session, ShopSettingsRecord, shop_id=shop_id, now=now, time_zone=time_zone)
+
+
+def put_shop_row(
+    session: Session,
+    model: type[ShopSettingsRecord] | type[LayeringRulesRecord],
+    *,
+    shop_id: str,
+    now: datetime,
+    **values: object,
+) -> None:
+    """Creates or replaces a shop's one row of `model` (settings kept per shop), stamped `updated_at`."""
+    record = session.get(model, shop_id, with_for_update=True)
     if record is None:
-        session.add(ShopSettingsRecord(shop_id=shop_id, time_zone=time_zone, updated_at=now))
+        session.add(model(shop_id=shop_id, updated_at=now, **values))
     else:
-        record.time_zone, record.updated_at = time_zone, now
+        for name, value in {**values, "updated_at": now}.items():
+            setattr(record, name, value)
     session.flush()
 
 
@@ -378,9 +391,4 @@ def layering_rules(session: Session, *, shop_id: str) -> bytes | None:
 
 
 def set_layering_rules(session: Session, *, shop_id: str, body: bytes, now: datetime) -> None:
-    record = session.get(LayeringRulesRecord, shop_id, with_for_update=True)
-    if record is None:
-        session.add(LayeringRulesRecord(shop_id=shop_id, body=body, updated_at=now))
-    else:
-        record.body, record.updated_at = body, now
-    session.flush()
+    put_shop_row(session, LayeringRulesRecord, shop_id=shop_id, now=now, body=body)
