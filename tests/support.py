@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from opentelemetry.sdk.trace import TracerProvider
 from sqlalchemy import create_engine, text
 
 from services.common.auth import digest
@@ -147,7 +148,12 @@ class FakeClock:
 
 
 def start_stack(
-    database_url: str, *, clock: Clock = utc_now, only: tuple[str, ...] = SERVICE_NAMES, **overrides: Any
+    database_url: str,
+    *,
+    clock: Clock = utc_now,
+    only: tuple[str, ...] = SERVICE_NAMES,
+    tracer_provider: TracerProvider | None = None,
+    **overrides: Any,
 ) -> Stack:
     """The services (all four unless `only` names some) on ports the OS picks while binding, wired to each other."""
     created: dict[str, RunningService] = {}
@@ -164,7 +170,9 @@ def start_stack(
                 "db_pool_size": 5,
                 **overrides,
             }
-            created[name] = RunningService(spec, Settings.model_validate(values), clock=clock)
+            created[name] = RunningService(
+                spec, Settings.model_validate(values), clock=clock, tracer_provider=tracer_provider
+            )
         for service in created.values():  # peers are dialled lazily, so targets can be set before starting
             for peer, other in created.items():
                 setattr(service.settings, f"{peer}_target", other.address)

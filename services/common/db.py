@@ -10,7 +10,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import psycopg
 import sqlalchemy.exc
@@ -38,6 +38,9 @@ from sqlalchemy.types import TypeDecorator
 
 from services.common.deadlines import seconds_left
 from services.common.errors import DeadlineExceeded
+
+if TYPE_CHECKING:
+    from services.common.tracing import Tracing
 
 T = TypeVar("T")
 
@@ -280,8 +283,9 @@ class AutocommitPool:
 class Database:
     """One engine and session factory per process; `run` is one use case = one transaction."""
 
-    def __init__(self, url: str, *, pool_size: int = 20) -> None:
+    def __init__(self, url: str, *, pool_size: int = 20, tracing: Tracing | None = None) -> None:
         self.url = url
+        self.tracing = tracing
         self.write_queue: WriteQueue | None = None
         self._autocommit: AutocommitPool | None = None
         if make_url(url).get_backend_name() == "sqlite":
@@ -306,7 +310,7 @@ class Database:
         """Runs `use_case` in one transaction, again from the start after a serialization failure or deadlock."""
         for attempt in range(1, attempts + 1):
             try:
-                with self._turn(), self.sessions.begin() as session:
+                with self._traced(attempt), self._turn(), self.sessions.begin() as session:
                     return use_case(session)
             except sqlalchemy.exc.OperationalError as exc:
                 retryable = getattr(exc.orig, "sqlstate", None) in _RETRYABLE_SQLSTATES
@@ -314,6 +318,12 @@ class Database:
                     raise
                 time.sleep(min(0.002 * 2**attempt, 0.2))
         raise AssertionError("unreachable")
+
+    def _traced(self, attempt: int) -> AbstractContextManager[object]:
+        """A span per transaction attempt when tracing is on (a retried attempt is its own span)."""
+        if self.tracing is None:
+            return nullcontext()
+        return self.tracing.span("db.transaction", {"db.system": self.engine.dialect.name, "db.attempt": attempt})
 
     def _turn(self) -> AbstractContextManager[None]:
         """On SQLite, this transaction's place in the write queue (every transaction there takes the write lock)."""

@@ -20,6 +20,7 @@ import sqlalchemy.exc
 import structlog
 from google.protobuf import descriptor_pool
 from loyalty.common.v1 import common_pb2
+from opentelemetry import trace
 
 from services.common.auth import Principal, TokenRegistry, authorize
 from services.common.channels import rpc_code
@@ -28,6 +29,7 @@ from services.common.deadlines import caller_deadline
 from services.common.errors import DomainError, FieldViolation, InvalidArgument, PermissionDenied, Unavailable
 from services.common.status import internal_status, to_status
 from services.common.telemetry import RPC_SECONDS, RPC_TOTAL
+from services.common.tracing import current_ids
 from services.common.validation import ID_PATTERN
 
 log = structlog.get_logger("rpc")
@@ -101,11 +103,14 @@ def decoder(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], An
 class _Guard:
     """Per-call state of one RPC."""
 
-    def __init__(self, registry: TokenRegistry, clock: Clock, method: str, metadata: dict[str, str]) -> None:
+    def __init__(
+        self, registry: TokenRegistry, clock: Clock, method: str, metadata: dict[str, str], *, traced: bool = False
+    ) -> None:
         self.registry = registry
         self.clock = clock
         self.method = method
         self.metadata = metadata
+        self.traced = traced
         self.started = time.perf_counter()
         self.shop_id = ""
         self.request_id = ""
@@ -129,6 +134,8 @@ class _Guard:
         if not self.shop_id:
             self.shop_id = shop_id if ID_PATTERN.match(shop_id or "") else ""
             self.request_id = getattr(message, "request_id", "")[:64]
+            if self.traced and self.shop_id:
+                trace.get_current_span().set_attribute("loyalty.shop_id", self.shop_id)
         if not shop_id:
             raise InvalidArgument([FieldViolation("shop_id", "is required")])
         if not ID_PATTERN.match(shop_id):
@@ -147,6 +154,8 @@ class _Guard:
         elapsed = time.perf_counter() - self.started
         RPC_TOTAL.labels(self.method, code.name).inc()
         RPC_SECONDS.labels(self.method).observe(elapsed)
+        if self.traced and (ids := current_ids()) is not None:  # logs and traces join on these
+            extra = {"trace_id": ids[0], "span_id": ids[1], **extra}
         log.info(
             "rpc",
             method=self.method,
@@ -194,9 +203,10 @@ class GuardInterceptor(_ServerInterceptor):
     every call, and the guard's own work per call is what the hot path pays.
     """
 
-    def __init__(self, registry: TokenRegistry, clock: Clock = utc_now) -> None:
+    def __init__(self, registry: TokenRegistry, clock: Clock = utc_now, *, traced: bool = False) -> None:
         self.registry = registry
         self.clock = clock
+        self.traced = traced  # tracing on: spans carry the shop, access log lines the trace and span ids
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
 
     def intercept_service(
@@ -218,13 +228,13 @@ class GuardInterceptor(_ServerInterceptor):
         return handler
 
     def _guarded(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-        registry, clock = self.registry, self.clock
+        registry, clock, traced = self.registry, self.clock, self.traced
         decode = decoder(handler.request_deserializer)
 
         def guarded(behavior: Behavior, request_streaming: bool, response_streaming: bool) -> Behavior:
             def run(request: Any, context: grpc.ServicerContext) -> Any:
                 metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-                guard = _Guard(registry, clock, method, metadata)
+                guard = _Guard(registry, clock, method, metadata, traced=traced)
                 try:
                     principal = guard.principal()
                     if request_streaming:

@@ -30,6 +30,7 @@ from services.common.channels import rpc_code
 from services.common.clock import Clock
 from services.common.db import CommonBase, Database, UtcDateTime
 from services.common.telemetry import WORKER_LAG_SECONDS
+from services.common.tracing import Attributes, Tracing, current_traceparent
 
 log = structlog.get_logger("outbox")
 
@@ -61,6 +62,9 @@ class OutboxEvent(CommonBase):
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     dead: Mapped[bool] = mapped_column(Boolean, default=False)
     last_error: Mapped[str] = mapped_column(String(500), default="")
+    # The W3C traceparent of the span that wrote the event ("" when tracing was off): the relay continues
+    # that trace when it sends, whichever replica relays it and however much later.
+    trace_context: Mapped[str] = mapped_column(String(128), default="", server_default="")
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class NewEvent:
     method: str
     request: Message
     event_id: str
+    trace_context: str = ""  # default: the span current when the row is made
 
     def row(self, now: datetime) -> dict[str, object]:
         request = self.request
@@ -86,6 +91,7 @@ class NewEvent:
             "attempts": 0,
             "dead": False,
             "last_error": "",
+            "trace_context": self.trace_context or current_traceparent(),
         }
 
 
@@ -129,6 +135,7 @@ class _Claimed:
     method: str
     payload: bytes
     attempts: int
+    trace_context: str = ""
 
 
 @dataclass(frozen=True)
@@ -157,8 +164,10 @@ class OutboxRelay:
         batch_size: int = 100,
         timeout_seconds: float = 10.0,
         lease: timedelta = timedelta(seconds=60),
+        tracing: Tracing | None = None,
     ) -> None:
         self.db = db
+        self.tracing = tracing
         self.channel_for = channel_for
         self.clock = clock
         self.batch_size = batch_size
@@ -226,11 +235,30 @@ class OutboxRelay:
             event.next_attempt_at = now + self.lease
             event.attempts += 1
             claimed.append(
-                _Claimed(event.id, event.event_id, event.destination, event.method, event.payload, event.attempts)
+                _Claimed(
+                    event.id,
+                    event.event_id,
+                    event.destination,
+                    event.method,
+                    event.payload,
+                    event.attempts,
+                    event.trace_context,
+                )
             )
         return claimed
 
     def _send(self, event: _Claimed) -> _Outcome:
+        if self.tracing is None:
+            return self._call(event)
+        attributes: Attributes = {
+            "outbox.event_id": event.event_id,
+            "outbox.attempt": event.attempts,
+            "rpc.method": event.method,
+        }
+        with self.tracing.continued(event.trace_context, "outbox.relay", attributes):
+            return self._call(event)
+
+    def _call(self, event: _Claimed) -> _Outcome:
         call = self.channel_for(event.destination).unary_unary(
             event.method, request_serializer=_identity, response_deserializer=_identity
         )

@@ -17,6 +17,7 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace import TracerProvider
 
 from services.common.auth import TokenRegistry
 from services.common.channels import peer_channel
@@ -31,6 +32,7 @@ from services.common.settings import Settings
 from services.common.supervisor import Supervisor, exit_with_parent, unblock_stop_signals
 from services.common.telemetry import HEALTHY, serve_metrics
 from services.common.tls import peer_credentials, server_credentials
+from services.common.tracing import Tracing, provider_from_env
 
 log = structlog.get_logger("server")
 
@@ -58,9 +60,10 @@ def new_grpc_server(
 
 @dataclass
 class Peers:
-    """Lazily opened channels to the other services, with this service's token."""
+    """Lazily opened channels to the other services, with this service's token (and tracing, when on)."""
 
     settings: Settings
+    tracing: Tracing | None = None
     _channels: dict[str, grpc.Channel] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -68,9 +71,8 @@ class Peers:
         with self._lock:
             if service not in self._channels:
                 target = getattr(self.settings, f"{service}_target")
-                self._channels[service] = peer_channel(
-                    target, self.settings.peer_token, peer_credentials(self.settings)
-                )
+                channel = peer_channel(target, self.settings.peer_token, peer_credentials(self.settings))
+                self._channels[service] = self.tracing.instrument_channel(channel) if self.tracing else channel
             return self._channels[service]
 
     def close(self) -> None:
@@ -88,6 +90,7 @@ class ServiceContext:
     db: Database
     peers: Peers
     clock: Clock = utc_now
+    tracing: Tracing | None = None  # None: tracing is off
     # Runs the named background worker now rather than at its next tick (a no-op for unknown names).
     wake: Callable[[str], None] = lambda _name: None
 
@@ -164,19 +167,27 @@ class RunningService:
         clock: Clock = utc_now,
         migrate: bool = True,
         reuse_port: bool = False,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
+        """`tracer_provider` traces the service (tests pass one); by default the OTEL_* variables decide."""
         self.spec = spec
         self.settings = settings
         url = settings.resolved_database_url
         if migrate:
             upgrade(spec.migrations, url)
-        self.db = Database(url, pool_size=settings.db_pool_size)
-        self.context = ServiceContext(settings=settings, db=self.db, peers=Peers(settings), clock=clock)
-        self.relay = OutboxRelay(self.db, self.context.peers.channel, clock)
+        self.own_provider = tracer_provider is None
+        provider = tracer_provider or provider_from_env(spec.name)
+        self.tracing = Tracing(provider, spec.name) if provider is not None else None
+        self.db = Database(url, pool_size=settings.db_pool_size, tracing=self.tracing)
+        peers = Peers(settings, tracing=self.tracing)
+        self.context = ServiceContext(settings=settings, db=self.db, peers=peers, clock=clock, tracing=self.tracing)
+        self.relay = OutboxRelay(self.db, self.context.peers.channel, clock, tracing=self.tracing)
         registry = TokenRegistry(settings.token_grants())
-        self.server = new_grpc_server(
-            rpc_threads(spec, settings), [GuardInterceptor(registry, clock)], reuse_port=reuse_port
-        )
+        guard = GuardInterceptor(registry, clock, traced=self.tracing is not None)
+        interceptors: list[grpc.ServerInterceptor[Any, Any]] = [guard]
+        if self.tracing is not None:
+            interceptors.insert(0, self.tracing.server_interceptor())  # outermost: the guard's work is in the span
+        self.server = new_grpc_server(rpc_threads(spec, settings), interceptors, reuse_port=reuse_port)
         spec.register(self.server, self.context)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -244,6 +255,8 @@ class RunningService:
         self.server.stop(grace).wait()
         self.context.peers.close()
         self.db.dispose()
+        if self.tracing is not None and self.own_provider:
+            self.tracing.provider.shutdown()  # sends the spans still batched
         log.info("service_stopped", service=self.spec.name)
 
     def wait(self) -> None:

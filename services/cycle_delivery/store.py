@@ -10,8 +10,8 @@ their state, so two replicas never create one delivery twice.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -325,11 +325,15 @@ def delivery_events(shop_id: str, order: common_pb2.Order) -> list[NewEvent]:
     ]
 
 
-def create_due_deliveries(session: Session, *, now: datetime, limit: int) -> int:
+def create_due_deliveries(
+    session: Session, *, now: datetime, limit: int, trace_of: Callable[[DeliveryRecord], str] | None = None
+) -> int:
     """Claims due deliveries, marks them created and queues their events, all in the caller's transaction.
 
     Two executemany statements write the batch (delivery updates, outbox rows):
     the worker's cost is one round trip per statement, not per delivery.
+    `trace_of` (tracing on) starts a delivery's trace and returns its context,
+    which the delivery's events carry to the relay.
     """
     rows = claim_due(session, now=now, limit=limit)
     if not rows:
@@ -349,7 +353,11 @@ def create_due_deliveries(session: Session, *, now: datetime, limit: int) -> int
             subscription.terms, cycle_delivery_pb2.Plan.FromString(subscription.terms)
         )
         order = delivery_order(row, subscription, plan, now)
-        events += delivery_events(row.shop_id, order)
+        if trace_of is None:
+            events += delivery_events(row.shop_id, order)
+        else:
+            traced = trace_of(row)
+            events += [replace(event, trace_context=traced) for event in delivery_events(row.shop_id, order)]
         updates.append(
             {
                 "shop_id": row.shop_id,

@@ -13,7 +13,9 @@ import structlog
 from sqlalchemy.orm import Session
 
 from services.common.server import ServiceContext, Worker
+from services.common.tracing import Attributes
 from services.cycle_delivery import store
+from services.cycle_delivery.models import DeliveryRecord
 
 log = structlog.get_logger("cycle_delivery.worker")
 BATCH = 500  # deliveries per transaction: larger batches amortise the claim query (see bench/cycle_bench.py)
@@ -23,8 +25,21 @@ MAX_BATCHES_PER_TICK = 50
 def create_due_deliveries(ctx: ServiceContext, *, batch: int = BATCH, max_batches: int = MAX_BATCHES_PER_TICK) -> int:
     created = 0
 
+    tracing = ctx.tracing
+
+    def trace_of(row: DeliveryRecord) -> str:
+        assert tracing is not None
+        attributes: Attributes = {
+            "loyalty.shop_id": row.shop_id,
+            "subscription_id": row.subscription_id,
+            "index": row.index,
+        }
+        return tracing.root_traceparent("cycle_delivery.create_due_delivery", attributes)
+
     def one_batch(session: Session) -> int:
-        return store.create_due_deliveries(session, now=ctx.clock(), limit=batch)
+        return store.create_due_deliveries(
+            session, now=ctx.clock(), limit=batch, trace_of=trace_of if tracing is not None else None
+        )
 
     for _ in range(max_batches):
         count = ctx.db.run(one_batch)
