@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,25 @@ def load_compose(path: Path = COMPOSE_FILE) -> dict[str, Any]:
     return spec
 
 
-def environment_of(service: dict[str, Any]) -> dict[str, str]:
+def environment_of(service: dict[str, Any], host: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A service's environment with compose's `${VAR}` / `${VAR:-default}` filled from `host` (os.environ)."""
     env = service.get("environment") or {}
     if isinstance(env, list):
         env = dict(item.split("=", 1) for item in env)
-    return {k: str(v) for k, v in env.items()}
+    source = os.environ if host is None else host
+    return {k: interpolate(str(v), source) for k, v in env.items()}
+
+
+_VARIABLE = re.compile(r"\$\{(?P<name>\w+)(?::-(?P<default>[^}]*))?\}")
+
+
+def interpolate(value: str, host: Mapping[str, str]) -> str:
+    return _VARIABLE.sub(lambda m: host.get(m["name"]) or (m["default"] or ""), value)
+
+
+def in_default_profile(service: dict[str, Any]) -> bool:
+    """Compose starts a service that names profiles only when one of them is asked for."""
+    return not service.get("profiles")
 
 
 def command_of(service: dict[str, Any]) -> list[str]:
@@ -152,6 +167,7 @@ class NativeStack:
     # -- lifecycle -----------------------------------------------------------
     def start(self, timeout: float = 90.0) -> NativeStack:
         services = self.compose["services"]
+        services = {name: service for name, service in services.items() if in_default_profile(service)}
         servers = [n for n in services if not is_database(services[n]) and not is_one_shot(n, services)]
         for name in servers:
             count = int((services[name].get("deploy") or {}).get("replicas", 1))

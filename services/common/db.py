@@ -34,6 +34,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.types import TypeDecorator
 
 from services.common.deadlines import seconds_left
@@ -211,6 +212,8 @@ class AutocommitPool:
         self.conninfo = conninfo
         self.timeout = timeout
         self.recycle_seconds = recycle_seconds
+        self.size = size
+        self.in_use = 0  # read by the pool gauges; written under _lock
         self._slots = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
         self._idle: list[tuple[psycopg.Connection[Any], float]] = []  # (connection, opened at), newest last
@@ -223,6 +226,8 @@ class AutocommitPool:
                 f"no database connection came free within {self.timeout:g} s; retry with the same request_id",
                 reason="POOL_EXHAUSTED",
             )
+        with self._lock:
+            self.in_use += 1
         try:
             conn, opened = self._take()
             try:
@@ -232,6 +237,8 @@ class AutocommitPool:
                 raise
             self._give_back(conn, opened)
         finally:
+            with self._lock:
+                self.in_use -= 1
             self._slots.release()
 
     def _after_failure(self, conn: psycopg.Connection[Any], opened: float) -> None:
@@ -330,6 +337,16 @@ class Database:
         if self.write_queue is None:
             return nullcontext()
         return self.write_queue.turn(seconds_left())
+
+    def pool_usage(self) -> dict[str, tuple[int, int]]:
+        """(connections in use, connections the pool may hand out) per pool: what pool saturation is made of."""
+        usage: dict[str, tuple[int, int]] = {}
+        pool = self.engine.pool
+        if isinstance(pool, QueuePool):
+            usage["transactions"] = (pool.checkedout(), pool.size() + max(pool._max_overflow, 0))
+        if self._autocommit is not None:
+            usage["hot_path"] = (self._autocommit.in_use, self._autocommit.size)
+        return usage
 
     def ping(self) -> bool:
         try:

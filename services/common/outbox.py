@@ -29,7 +29,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from services.common.channels import rpc_code
 from services.common.clock import Clock
 from services.common.db import CommonBase, Database, UtcDateTime
-from services.common.telemetry import WORKER_LAG_SECONDS
+from services.common.telemetry import BACKLOG, WORKER_LAG_SECONDS
 from services.common.tracing import Attributes, Tracing, current_traceparent
 
 log = structlog.get_logger("outbox")
@@ -211,14 +211,19 @@ class OutboxRelay:
         return delivered
 
     def _report_lag(self) -> None:
-        oldest = self.db.run(
-            lambda s: s.scalar(
-                select(func.min(OutboxEvent.created_at)).where(
-                    OutboxEvent.delivered_at.is_(None), OutboxEvent.dead.is_(False)
-                )
-            )
+        """The oldest undelivered event's age, and how many wait or died: what the outbox alerts watch."""
+        waiting, oldest, dead = self.db.run(
+            lambda s: s.execute(
+                select(
+                    func.count().filter(OutboxEvent.dead.is_(False)),
+                    func.min(OutboxEvent.created_at).filter(OutboxEvent.dead.is_(False)),
+                    func.count().filter(OutboxEvent.dead.is_(True)),
+                ).where(OutboxEvent.delivered_at.is_(None))
+            ).one()
         )
         WORKER_LAG_SECONDS.labels("outbox").set((self.clock() - oldest).total_seconds() if oldest else 0.0)
+        BACKLOG.labels("outbox").set(waiting)
+        BACKLOG.labels("outbox_dead").set(dead)
 
     def _claim(self, session: Session) -> list[_Claimed]:
         now = self.clock()

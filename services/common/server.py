@@ -30,7 +30,7 @@ from services.common.migrations import upgrade
 from services.common.outbox import OutboxRelay, purge_delivered
 from services.common.settings import Settings
 from services.common.supervisor import Supervisor, exit_with_parent, unblock_stop_signals
-from services.common.telemetry import HEALTHY, serve_metrics
+from services.common.telemetry import DB_POOL_CAPACITY, DB_POOL_IN_USE, HEALTHY, serve_metrics
 from services.common.tls import peer_credentials, server_credentials
 from services.common.tracing import Tracing, provider_from_env
 
@@ -238,6 +238,9 @@ class RunningService:
 
     def _probe(self) -> None:
         self._set_serving(self.db.ping())
+        for pool, (in_use, capacity) in self.db.pool_usage().items():
+            DB_POOL_IN_USE.labels(pool).set(in_use)
+            DB_POOL_CAPACITY.labels(pool).set(capacity)
 
     def start(self) -> RunningService:
         self.server.start()

@@ -20,6 +20,15 @@ WORKER_LAG_SECONDS = Gauge(
     ["worker"],
     multiprocess_mode="livemax",
 )
+# Work waiting, by kind: outbox events not yet delivered, dead outbox events (an operator's to inspect), due
+# deliveries not yet created. Every copy reads the same database, so the copies agree: the max is the value.
+BACKLOG = Gauge("loyalty_backlog_items", "Work items waiting, by kind", ["kind"], multiprocess_mode="livemax")
+DB_POOL_IN_USE = Gauge(
+    "loyalty_db_pool_in_use", "Database connections checked out, by pool", ["pool"], multiprocess_mode="livesum"
+)
+DB_POOL_CAPACITY = Gauge(
+    "loyalty_db_pool_capacity", "Connections a pool may hand out at once", ["pool"], multiprocess_mode="livesum"
+)
 
 
 def serve_metrics(host: str, port: int) -> None:

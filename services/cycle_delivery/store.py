@@ -19,7 +19,7 @@ from loyalty.common.v1 import common_pb2
 from loyalty.cycle_delivery.v1 import cycle_delivery_pb2
 from loyalty.metrics.v1 import metrics_pb2
 from loyalty.points.v1 import points_pb2
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from services.common.clock import local_midnight
@@ -255,20 +255,37 @@ def mark_delivery(
 # ---------------------------------------------------------------- the delivery worker
 
 
+# Open deliveries of active subscriptions whose preparation day has come: the join, then the conditions.
+SUBSCRIPTION_OF_DELIVERY = (SubscriptionRecord.shop_id == DeliveryRecord.shop_id) & (
+    SubscriptionRecord.subscription_id == DeliveryRecord.subscription_id
+)
+
+
+def due_conditions(now: datetime) -> tuple[ColumnElement[bool], ...]:
+    return (
+        DeliveryRecord.state.in_([int(s) for s in OPEN]),
+        DeliveryRecord.due_at <= now,
+        SubscriptionRecord.state == ACTIVE,
+    )
+
+
+def due_backlog(session: Session, *, now: datetime) -> tuple[int, datetime | None]:
+    """How many due deliveries are not created yet, and the earliest one's due time (what the alerts watch)."""
+    count, earliest = session.execute(
+        select(func.count(), func.min(DeliveryRecord.due_at))
+        .select_from(DeliveryRecord)
+        .join(SubscriptionRecord, SUBSCRIPTION_OF_DELIVERY)
+        .where(*due_conditions(now))
+    ).one()
+    return int(count), earliest
+
+
 def claim_due(session: Session, *, now: datetime, limit: int) -> Sequence[DeliveryRecord]:
     """Open deliveries of active subscriptions whose preparation day has come, locked; others' locks skipped."""
     query = (
         select(DeliveryRecord)
-        .join(
-            SubscriptionRecord,
-            (SubscriptionRecord.shop_id == DeliveryRecord.shop_id)
-            & (SubscriptionRecord.subscription_id == DeliveryRecord.subscription_id),
-        )
-        .where(
-            DeliveryRecord.state.in_([int(s) for s in OPEN]),
-            DeliveryRecord.due_at <= now,
-            SubscriptionRecord.state == ACTIVE,
-        )
+        .join(SubscriptionRecord, SUBSCRIPTION_OF_DELIVERY)
+        .where(*due_conditions(now))
         .order_by(DeliveryRecord.due_at)
         .limit(limit)
         .with_for_update(skip_locked=True, of=DeliveryRecord)

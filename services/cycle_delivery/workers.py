@@ -13,6 +13,7 @@ import structlog
 from sqlalchemy.orm import Session
 
 from services.common.server import ServiceContext, Worker
+from services.common.telemetry import BACKLOG, WORKER_LAG_SECONDS
 from services.common.tracing import Attributes
 from services.cycle_delivery import store
 from services.cycle_delivery.models import DeliveryRecord
@@ -48,6 +49,9 @@ def create_due_deliveries(ctx: ServiceContext, *, batch: int = BATCH, max_batche
             break
     if created:
         log.info("deliveries_created", count=created)
+    waiting, earliest = ctx.db.run(lambda session: store.due_backlog(session, now=ctx.clock()))
+    BACKLOG.labels("due_deliveries").set(waiting)
+    WORKER_LAG_SECONDS.labels("delivery-creation").set((ctx.clock() - earliest).total_seconds() if earliest else 0.0)
     return created
 
 

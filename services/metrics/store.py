@@ -373,6 +373,11 @@ def shops_to_settle(session: Session, *, now: datetime, quiet: timedelta, max_la
     return sorted(set(session.scalars(due)) | set(session.scalars(queued)))
 
 
+def oldest_stale_mark(session: Session) -> datetime | None:
+    """When the oldest chunk still waiting for the settler arrived (any shop); None when none waits."""
+    return session.scalar(select(func.min(StaleSummaryBatch.marked_at)))
+
+
 ID_SEPARATOR = "\n"  # ids match ID_PATTERN: none holds a newline
 
 # The chunk marks become the settler's per-customer queue in one statement, one

@@ -8,6 +8,7 @@ from functools import partial
 from services.common.clock import Clock, utc_now
 from services.common.db import Database
 from services.common.server import ServiceContext, Worker
+from services.common.telemetry import WORKER_LAG_SECONDS
 from services.metrics import store
 from services.metrics.servicer import SUMMARY_SETTLER
 
@@ -33,6 +34,8 @@ def settle_stale_summaries(
         while customers := db.run(partial(store.settle_summaries, shop_id=shop_id, after=after, limit=batch)):
             settled += len(customers)
             after = customers[-1]
+    oldest = db.run(store.oldest_stale_mark)
+    WORKER_LAG_SECONDS.labels("summary-settler").set((clock() - oldest).total_seconds() if oldest else 0.0)
     return settled
 
 

@@ -8,6 +8,11 @@ cleanly, and no process is left behind.
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
+import time
 import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,12 +20,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from loyalty.points.v1 import points_pb2, points_pb2_grpc
 from loyalty.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 
 from services.common.settings import DEV_TOKEN
-from tests.compose_stack import DockerStack, NativeStack, docker_engine_available, load_compose
+from tests.compose_stack import ROOT, DockerStack, NativeStack, docker_engine_available, load_compose
 from tests.conftest import require_backend
 from tests.integration.test_metrics_rpc import order
 from tests.support import Metadata
@@ -178,3 +184,97 @@ def test_sigterm_drains_and_leaves_no_process(tmp_path: Path) -> None:
     codes = stack.stop()
     assert set(codes.values()) == {0}, codes
     assert all(p.poll() is not None for p in processes)
+
+
+OBSERVABILITY = ROOT / "deploy" / "observability"
+PROMQL_METRIC = re.compile(r"\b(loyalty_[a-z_]+)\b(?:\{([^}]*)\})?")
+PROMQL_GROUPING = re.compile(r"\b(?:by|ignoring|on)\s*\(([^)]*)\)")
+ADDED_BY_PROMETHEUS = {"job", "instance", "le"}  # scrape labels, and the histogram's own
+
+
+def queries() -> list[str]:
+    """Every PromQL expression of the dashboard and of the rule file."""
+    dashboard = json.loads((OBSERVABILITY / "grafana" / "dashboards" / "loyalty.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    rules = yaml.safe_load((OBSERVABILITY / "alerts.yml").read_text())
+    return exprs + [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+
+
+def used_series(exprs: list[str]) -> dict[str, set[str]]:
+    """Metric name -> the labels the expressions select or group it by (scrape-added labels left out)."""
+    used: dict[str, set[str]] = {}
+    for expr in exprs:
+        grouping = {label.strip() for match in PROMQL_GROUPING.findall(expr) for label in match.split(",")}
+        for name, selector in PROMQL_METRIC.findall(expr):
+            labels = {part.split("=")[0].strip(" !~") for part in selector.split(",") if part.strip()}
+            used.setdefault(name, set()).update((labels | grouping) - ADDED_BY_PROMETHEUS - {""})
+    return used
+
+
+def exported_series(text: str) -> dict[str, set[str]]:
+    exported: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, _, rest = line.partition("{")
+        name = name.split()[0]
+        labels = {pair.split("=")[0] for pair in rest.rsplit("}", 1)[0].split(",") if "=" in pair} if rest else set()
+        exported.setdefault(name, set()).update(labels)
+    return exported
+
+
+def test_every_series_the_dashboard_and_alerts_use_is_exported(compose_stack: NativeStack | DockerStack) -> None:
+    """Read from the real /metrics endpoints after traffic: a renamed metric or label breaks a panel or an alert."""
+    if not isinstance(compose_stack, NativeStack):
+        pytest.skip("metrics ports are not published by the compose file")
+    used = used_series(queries())
+    assert {"loyalty_rpc_total", "loyalty_backlog_items", "loyalty_db_pool_in_use"} <= set(used)
+    address = compose_stack.replicas["points"][0].address
+    stub = points_pb2_grpc.PointsServiceStub(grpc.insecure_channel(address))
+    stub.GetAccount(points_pb2.GetAccountRequest(shop_id="demo", customer_id="obs"), metadata=DEV)
+    with pytest.raises(grpc.RpcError):  # an error status too
+        stub.GetAccount(points_pb2.GetAccountRequest(shop_id="demo", customer_id="not an id"), metadata=DEV)
+    missing: dict[str, set[str]] = {}
+    deadline = time.monotonic() + 40  # the slowest worker (delivery creation) ticks every 10 s
+    while time.monotonic() < deadline:
+        exported: dict[str, set[str]] = {}
+        for replicas in compose_stack.replicas.values():
+            for replica in replicas:
+                url = f"http://127.0.0.1:{replica.metrics_port}/metrics"
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    for name, labels in exported_series(response.read().decode()).items():
+                        exported.setdefault(name, set()).update(labels)
+        missing = {name: labels - exported.get(name, set()) for name, labels in used.items()}
+        missing = {name: labels for name, labels in missing.items() if name not in exported or labels}
+        if not missing:
+            break
+        time.sleep(1)
+    assert not missing, f"used by the dashboard or alerts but not exported: {missing}"
+
+
+def test_the_alert_rules_are_valid_prometheus_rules(tmp_path: Path) -> None:
+    """promtool when Debian's prometheus package is installed (.ci/run installs it); else the file's structure."""
+    rules_file = OBSERVABILITY / "alerts.yml"
+    rules = yaml.safe_load(rules_file.read_text())
+    recorded = {rule["record"] for group in rules["groups"] for rule in group["rules"] if "record" in rule}
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert ("record" in rule) != ("alert" in rule), rule
+            assert rule["expr"].strip()
+            if "alert" in rule:
+                assert rule["labels"]["severity"] in ("page", "ticket"), rule["alert"]
+                assert rule["annotations"]["summary"]
+                assert rule["annotations"]["description"]
+            for name in re.findall(r"\bloyalty:[a-z_]+:rate\w+", rule["expr"]):
+                assert name in recorded, f"{rule.get('alert') or rule.get('record')} uses unrecorded {name}"
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        return
+    checked = subprocess.run([promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    config = tmp_path / "prometheus.yml"  # the config names the rules by their path in the container
+    config.write_text(
+        (OBSERVABILITY / "prometheus.yml").read_text().replace("/etc/prometheus/alerts.yml", str(rules_file))
+    )
+    checked = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
