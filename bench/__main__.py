@@ -143,7 +143,9 @@ def cycle_table(result: cycle_bench.CycleBenchResult, raw_tx: LoadResult) -> str
 Round = list[LoadResult]
 
 
-def points_round(options: argparse.Namespace, empty: str, filled: str, embedded: str, workers_dsn: str) -> Round:
+def points_round(
+    options: argparse.Namespace, empty: str, filled: str, embedded: str, workers_dsn: str, traced: str
+) -> Round:
     """One round of every points load, echo first: ratios are taken within the round."""
     load = functools.partial(run_load, clients=options.clients, seconds=options.seconds)
     release_connections()  # the last round's idle pools would leave raw_pg_tx no connections
@@ -163,7 +165,8 @@ def points_round(options: argparse.Namespace, empty: str, filled: str, embedded:
     rows = [
         echo,
         raw,
-        load("points.EarnForOrder (PostgreSQL)", earn_client, empty),
+        load(EARN, earn_client, empty),
+        load(EARN_TRACED, earn_client, traced),
         load("points.EarnForOrder (PostgreSQL, 1 M-entry ledger)", earn_client, filled),
         load("points.SpendPoints (PostgreSQL)", spend_client, empty),
         load("points.AdjustPoints (PostgreSQL)", adjust_client, empty),
@@ -222,6 +225,7 @@ def service_rounds(options: argparse.Namespace) -> list[Round]:
         empty_pg_database(ADMIN_DSN) as workers_dsn,
         tempfile.TemporaryDirectory() as folder,
         bench_service(POINTS, sqlalchemy_url(empty_dsn)) as empty,
+        bench_service(POINTS, sqlalchemy_url(empty_dsn), traced=True) as traced,
         bench_service(POINTS, sqlalchemy_url(filled_dsn)) as filled,
         bench_service(POINTS, f"sqlite:///{folder}/points.db") as embedded,
     ):
@@ -232,12 +236,28 @@ def service_rounds(options: argparse.Namespace) -> list[Round]:
         print(f"history written: {entries:,} entries", flush=True)
         prepare_redeem(empty)
         fund_solo(embedded)
-        rounds = [points_round(options, empty, filled, embedded, workers_dsn) for _ in range(options.service_rounds)]
+        rounds = [
+            points_round(options, empty, filled, embedded, workers_dsn, traced) for _ in range(options.service_rounds)
+        ]
         for dsn in (empty_dsn, filled_dsn):
             problems = reconcile_shops(Database(sqlalchemy_url(dsn)), [SHOP])[SHOP].mismatches
             if problems:
                 raise SystemExit(f"the ledger does not reconcile after the benchmark: {list(problems)[:5]}")
         return rounds
+
+
+EARN = "points.EarnForOrder (PostgreSQL)"
+EARN_TRACED = "points.EarnForOrder (PostgreSQL), traced: 100 % sampled, spans discarded"
+
+
+def tracing_line(rounds: list[Round]) -> str:
+    """EarnForOrder with tracing on over tracing off, per round (the two loads run back to back in each)."""
+    ratios = []
+    for round_ in rounds:
+        by_name = {r.name: r for r in round_}
+        ratios.append(by_name[EARN_TRACED].rps / by_name[EARN].rps if by_name[EARN].rps else 0.0)
+    shown = " / ".join(f"{x:.3f}" for x in ratios)
+    return f"EarnForOrder, tracing on ÷ off (rps, same round): {shown} → median {statistics.median(ratios):.3f}"
 
 
 def median_rows(rounds: list[Round]) -> Round:
@@ -294,11 +314,13 @@ def main() -> int:
     if options.only == "points":
         print(table(results, echo))
         print(rounds_table(rounds))
+        print(tracing_line(rounds))
         return 0
     cycle = cycle_bench.run(ADMIN_DSN)
     if options.only == "services":
         print(table(results, echo))
         print(rounds_table(rounds))
+        print(tracing_line(rounds))
         print(cycle_table(cycle, raw_tx))
         return 0
     metrics = metrics_bench.run(orders=options.metrics_orders, customers=options.metrics_customers)
@@ -332,6 +354,7 @@ def main() -> int:
         [
             table(results, echo),
             rounds_table(rounds),
+            tracing_line(rounds),
             metrics_table(metrics),
             summaries_table(summaries),
             ingest_table(ingest),

@@ -27,6 +27,7 @@ from services.common.logs import configure_logging
 from services.common.server import RunningService, ServiceSpec, rpc_threads
 from services.common.settings import Settings
 from services.common.supervisor import hold_port
+from services.common.tracing import DiscardingExporter, batching_provider
 from tools.supervise import wait_serving
 
 BENCH_TOKEN = "bench-token"
@@ -76,8 +77,11 @@ def service_tuning() -> dict[str, int]:
 
 
 @contextmanager
-def bench_service(spec: ServiceSpec, database_url: str) -> Iterator[str]:
-    """One service in this process on `database_url`, accepting BENCH_TOKEN; yields its address."""
+def bench_service(spec: ServiceSpec, database_url: str, *, traced: bool = False) -> Iterator[str]:
+    """One service in this process on `database_url`, accepting BENCH_TOKEN; yields its address.
+
+    `traced`: OpenTelemetry on, every call sampled, spans batched and discarded (tracing's own cost).
+    """
     settings = Settings.model_validate(
         {
             "service": spec.name,
@@ -89,13 +93,16 @@ def bench_service(spec: ServiceSpec, database_url: str) -> Iterator[str]:
         }
     )
     configure_logging(spec.name, settings.log_level)
-    running = RunningService(spec, settings).start()
+    provider = batching_provider(spec.name, DiscardingExporter()) if traced else None
+    running = RunningService(spec, settings, tracer_provider=provider).start()
     IN_PROCESS.append(running)
     try:
         yield running.address
     finally:
         IN_PROCESS.remove(running)
         running.stop(grace=2)
+        if provider is not None:
+            provider.shutdown()
 
 
 IN_PROCESS: list[RunningService] = []

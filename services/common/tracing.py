@@ -16,7 +16,7 @@ outbox (stored with an event, restored by the relay that sends it).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +25,13 @@ import grpc
 from opentelemetry import context, trace
 from opentelemetry.instrumentation.grpc import client_interceptor, grpcext, server_interceptor
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 PROPAGATOR = TraceContextTextMapPropagator()
@@ -43,13 +48,28 @@ def tracing_enabled(env: Mapping[str, str] = os.environ) -> bool:
     return bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
+class DiscardingExporter(SpanExporter):
+    """Drops every span: tracing's own cost (spans made, sampled, batched), without an exporter's."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
 def exporter_from_env(env: Mapping[str, str] = os.environ) -> SpanExporter:
-    """The exporter OTEL_TRACES_EXPORTER names (otlp by default); the OTLP exporter reads its own variables."""
+    """The exporter OTEL_TRACES_EXPORTER names (otlp by default); the OTLP exporter reads its own variables.
+
+    `discard` (not an SDK name) keeps tracing on and throws the spans away: what `make bench` measures.
+    """
     name = env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() or "otlp"
     if name == "console":
         return ConsoleSpanExporter()
+    if name == "discard":
+        return DiscardingExporter()
     if name != "otlp":
-        raise ValueError(f"OTEL_TRACES_EXPORTER={name!r}: this suite exports 'otlp', 'console' or 'none'")
+        raise ValueError(f"OTEL_TRACES_EXPORTER={name!r}: this suite exports 'otlp', 'console', 'discard' or 'none'")
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     return OTLPSpanExporter()
@@ -59,8 +79,12 @@ def provider_from_env(service: str, env: Mapping[str, str] = os.environ) -> Trac
     """A tracer provider for the service as the environment configures it, None when tracing is off."""
     if not tracing_enabled(env):
         return None
+    return batching_provider(service, exporter_from_env(env))
+
+
+def batching_provider(service: str, exporter: SpanExporter) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": f"loyalty-{service}"}))
-    provider.add_span_processor(BatchSpanProcessor(exporter_from_env(env)))
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 
 
