@@ -79,11 +79,14 @@ def provider_from_env(service: str, env: Mapping[str, str] = os.environ) -> Trac
     """A tracer provider for the service as the environment configures it, None when tracing is off."""
     if not tracing_enabled(env):
         return None
-    return batching_provider(service, exporter_from_env(env))
+    return batching_provider(service, exporter_from_env(env), env)
 
 
-def batching_provider(service: str, exporter: SpanExporter) -> TracerProvider:
-    provider = TracerProvider(resource=Resource.create({"service.name": f"loyalty-{service}"}))
+def batching_provider(service: str, exporter: SpanExporter, env: Mapping[str, str] = os.environ) -> TracerProvider:
+    """Spans batched to `exporter`; the service is `loyalty-<service>` unless OTEL_SERVICE_NAME or
+    OTEL_RESOURCE_ATTRIBUTES names it (attributes given here would override the environment's)."""
+    named = env.get("OTEL_SERVICE_NAME") or "service.name=" in env.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    provider = TracerProvider(resource=Resource.create({} if named else {"service.name": f"loyalty-{service}"}))
     provider.add_span_processor(BatchSpanProcessor(exporter))
     return provider
 

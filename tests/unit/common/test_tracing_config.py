@@ -36,3 +36,12 @@ def test_a_stored_traceparent_continues_its_trace_and_an_empty_one_starts_a_new_
         assert current_traceparent().split("-")[1] == trace_id
     with tracing.continued("", "relay", {}) as span:
         assert f"{span.get_span_context().trace_id:032x}" != trace_id
+
+
+def test_the_service_name_is_ours_unless_the_environment_names_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    def name(env: dict[str, str]) -> object:
+        return batching_provider("points", DiscardingExporter(), env).resource.attributes["service.name"]
+
+    assert name({}) == "loyalty-points"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "shop-points")  # the SDK reads its own variables from os.environ
+    assert name({"OTEL_SERVICE_NAME": "shop-points"}) == "shop-points"
