@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.compose_stack import COMPOSE_FILE, dependencies_of, environment_of, load_compose, start_order
+from tests.compose_stack import (
+    COMPOSE_FILE,
+    dependencies_of,
+    environment_of,
+    in_default_profile,
+    load_compose,
+    start_order,
+)
 
 GRPC_SERVICES = {"points", "metrics", "segmentation", "cycle_delivery"}
 
@@ -56,3 +63,18 @@ def test_dockerfile_is_multi_stage_and_runs_as_non_root() -> None:
     assert user_lines
     assert user_lines[-1] != "USER root"
     assert (Path(COMPOSE_FILE).parent.parent / ".dockerignore").exists()
+
+
+def test_the_observability_stack_is_a_profile_and_tracing_is_off_unless_the_host_sets_an_endpoint() -> None:
+    services = load_compose()["services"]
+    assert {name for name, s in services.items() if not in_default_profile(s)} == {
+        "otel-collector",
+        "prometheus",
+        "grafana",
+    }
+    points = services["points"]
+    assert environment_of(points, {})["OTEL_EXPORTER_OTLP_ENDPOINT"] == ""
+    chosen = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector:4317"}
+    assert environment_of(points, chosen)["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
+    for volume in (v for s in services.values() for v in s.get("volumes", []) if v.startswith("./")):
+        assert (COMPOSE_FILE.parent / volume.split(":")[0]).exists(), volume
