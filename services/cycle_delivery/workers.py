@@ -9,12 +9,14 @@ the worker simply finds more rows due and catches up in bounded batches.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import structlog
 from sqlalchemy.orm import Session
 
 from services.common.server import ServiceContext, Worker
 from services.common.telemetry import BACKLOG, WORKER_LAG_SECONDS
-from services.common.tracing import Attributes
+from services.common.tracing import Attributes, Tracing
 from services.cycle_delivery import store
 from services.cycle_delivery.models import DeliveryRecord
 
@@ -23,13 +25,12 @@ BATCH = 500  # deliveries per transaction: larger batches amortise the claim que
 MAX_BATCHES_PER_TICK = 50
 
 
-def create_due_deliveries(ctx: ServiceContext, *, batch: int = BATCH, max_batches: int = MAX_BATCHES_PER_TICK) -> int:
-    created = 0
-
-    tracing = ctx.tracing
+def delivery_tracer(tracing: Tracing | None) -> Callable[[DeliveryRecord], str] | None:
+    """What starts each due delivery's own trace (None when tracing is off): its root span's traceparent."""
+    if tracing is None:
+        return None
 
     def trace_of(row: DeliveryRecord) -> str:
-        assert tracing is not None
         attributes: Attributes = {
             "loyalty.shop_id": row.shop_id,
             "subscription_id": row.subscription_id,
@@ -37,10 +38,15 @@ def create_due_deliveries(ctx: ServiceContext, *, batch: int = BATCH, max_batche
         }
         return tracing.root_traceparent("cycle_delivery.create_due_delivery", attributes)
 
+    return trace_of
+
+
+def create_due_deliveries(ctx: ServiceContext, *, batch: int = BATCH, max_batches: int = MAX_BATCHES_PER_TICK) -> int:
+    created = 0
+    trace_of = delivery_tracer(ctx.tracing)
+
     def one_batch(session: Session) -> int:
-        return store.create_due_deliveries(
-            session, now=ctx.clock(), limit=batch, trace_of=trace_of if tracing is not None else None
-        )
+        return store.create_due_deliveries(session, now=ctx.clock(), limit=batch, trace_of=trace_of)
 
     for _ in range(max_batches):
         count = ctx.db.run(one_batch)
