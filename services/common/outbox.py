@@ -139,6 +139,13 @@ class _Claimed:
 
 
 @dataclass(frozen=True)
+class Backlog:
+    waiting: int
+    dead: int
+    oldest_age_seconds: float
+
+
+@dataclass(frozen=True)
 class _Outcome:
     id: int
     delivered: bool
@@ -211,7 +218,13 @@ class OutboxRelay:
         return delivered
 
     def _report_lag(self) -> None:
-        """The oldest undelivered event's age, and how many wait or died: what the outbox alerts watch."""
+        waiting = self.backlog()
+        WORKER_LAG_SECONDS.labels("outbox").set(waiting.oldest_age_seconds)
+        BACKLOG.labels("outbox").set(waiting.waiting)
+        BACKLOG.labels("outbox_dead").set(waiting.dead)
+
+    def backlog(self) -> Backlog:
+        """What the outbox alerts watch: events waiting, the oldest one's age, and dead events."""
         waiting, oldest, dead = self.db.run(
             lambda s: s.execute(
                 select(
@@ -221,9 +234,8 @@ class OutboxRelay:
                 ).where(OutboxEvent.delivered_at.is_(None))
             ).one()
         )
-        WORKER_LAG_SECONDS.labels("outbox").set((self.clock() - oldest).total_seconds() if oldest else 0.0)
-        BACKLOG.labels("outbox").set(waiting)
-        BACKLOG.labels("outbox_dead").set(dead)
+        age = (self.clock() - oldest).total_seconds() if oldest else 0.0
+        return Backlog(waiting=int(waiting), dead=int(dead), oldest_age_seconds=age)
 
     def _claim(self, session: Session) -> list[_Claimed]:
         now = self.clock()

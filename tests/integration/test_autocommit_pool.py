@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
 from services.common.db import AutocommitPool, Database, ensure_database
 from services.common.errors import DeadlineExceeded
@@ -135,3 +136,17 @@ def test_a_timeout_or_lost_race_keeps_the_connections(pool: AutocommitPool) -> N
     with pool.connection() as first, pool.connection() as second:
         assert {backend_pid(first), backend_pid(second)} >= {pids[0]}
         assert len({backend_pid(first), backend_pid(second)}) == 2
+
+
+def test_pool_usage_counts_connections_in_use_against_what_each_pool_may_hand_out(pg_url: str) -> None:
+    """What the pool saturation gauges export (loyalty_db_pool_in_use / loyalty_db_pool_capacity)."""
+    db = Database(pg_url, pool_size=3)
+    try:
+        assert db.pool_usage() == {"transactions": (0, 6), "hot_path": (0, 3)}  # 3 plus 3 overflow; the hot path 3
+        seen = db.run(lambda session: (session.execute(text("SELECT 1")), db.pool_usage())[1])
+        assert seen["transactions"] == (1, 6)
+        with db.autocommit_pool.connection():
+            assert db.pool_usage()["hot_path"] == (1, 3)
+        assert db.pool_usage()["hot_path"] == (0, 3)
+    finally:
+        db.dispose()

@@ -20,7 +20,7 @@ from loyalty.cycle_delivery.v1 import cycle_delivery_pb2_grpc
 from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from loyalty.points.v1 import points_pb2, points_pb2_grpc
 
-from services.cycle_delivery import workers
+from services.cycle_delivery import store, workers
 from tests.support import FakeClock, Stack, bearer, database_template, details, start_stack
 
 A = bearer("admin")
@@ -355,3 +355,17 @@ def test_delivery_calendar_refuses_a_bad_range(shop: Shop, fields: dict[str, Any
         shop.call("GetDeliveryCalendar", **fields)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert text in details(caught.value)
+
+
+def test_the_due_backlog_counts_due_deliveries_not_yet_created(shop: Shop, clock: FakeClock) -> None:
+    """What the delivery gauges export (loyalty_backlog_items{kind="due_deliveries"}, the worker's lag)."""
+    shop.plan()
+    shop.subscribe(order_id="o1", customer="c-backlog")
+    ctx = shop.stack.services["cycle_delivery"].context
+    clock.now = datetime(2026, 3, 2, 16, 1, tzinfo=UTC)  # Mon, Tue and Wed are due (as in the test above)
+    waiting, earliest = ctx.db.run(lambda s: store.due_backlog(s, now=clock()))
+    assert waiting >= 3  # this shop's three; other tests' shops may have left some due in the same database
+    assert earliest is not None
+    assert earliest <= clock()
+    workers.create_due_deliveries(ctx)
+    assert ctx.db.run(lambda s: store.due_backlog(s, now=clock())) == (0, None)

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from services.common.channels import peer_channel
 from services.common.db import Database
 from services.common.migrations import upgrade
-from services.common.outbox import OutboxEvent, OutboxRelay, enqueue, purge_delivered
+from services.common.outbox import Backlog, OutboxEvent, OutboxRelay, enqueue, purge_delivered
 from tests.integration.test_metrics_rpc import order
 from tests.support import TOKENS, FakeClock, Stack, bearer, free_port, specs
 
@@ -210,3 +210,23 @@ def test_destinations_are_sent_side_by_side_and_each_in_claim_order(outbox_db: D
     relay = OutboxRelay(outbox_db, lambda destination: cast(grpc.Channel, Receiver(destination)), clock, batch_size=12)
     assert relay.relay_once() == 12
     assert received == {d: [f"{uid}-{d}-{i}" for i in range(6)] for d in ("metrics", "points")}
+
+
+def test_the_backlog_counts_waiting_and_dead_events_and_the_oldest_wait(
+    stack: Stack, outbox_db: Database, uid: str
+) -> None:
+    """What the outbox gauges export (loyalty_backlog_items, loyalty_worker_lag_seconds) after each drain."""
+    clock = FakeClock()
+    add_events(outbox_db, uid, 3, clock)
+    bad = metrics_pb2.RecordOrdersRequest(shop_id="shop-a", orders=[order(f"{uid}-x", "", clock(), -5)])
+    outbox_db.run(
+        lambda s: enqueue(s, destination="metrics", method=RECORD_ORDERS, request=bad, event_id=f"{uid}-b", now=clock())
+    )
+    clock.now += timedelta(seconds=90)
+    down = OutboxRelay(outbox_db, CountingChannels(stack, broken={"metrics"}), clock, timeout_seconds=2)
+    down.drain()  # metrics unreachable: nothing delivered, nothing refused yet
+    assert down.backlog() == Backlog(waiting=4, dead=0, oldest_age_seconds=90.0)
+    clock.now += timedelta(minutes=10)
+    up = OutboxRelay(outbox_db, CountingChannels(stack), clock)
+    up.drain()
+    assert up.backlog() == Backlog(waiting=0, dead=1, oldest_age_seconds=0.0)  # the bad one refused for good
