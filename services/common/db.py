@@ -295,6 +295,7 @@ class Database:
         self.tracing = tracing
         self.write_queue: WriteQueue | None = None
         self._autocommit: AutocommitPool | None = None
+        self._pool_capacity = 0  # connections the engine's pool may hand out at once (0: not a queue pool)
         if make_url(url).get_backend_name() == "sqlite":
             self.engine = _sqlite_engine(url)
             self.write_queue = WriteQueue()
@@ -304,6 +305,7 @@ class Database:
             self.engine = create_engine(
                 url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=10, pool_recycle=1800
             )
+            self._pool_capacity = 2 * pool_size  # pool_size plus as many overflow connections
             event.listen(self.engine, "connect", _utc_session)
             conninfo = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
             self._autocommit = AutocommitPool(conninfo, size=pool_size)
@@ -342,8 +344,8 @@ class Database:
         """(connections in use, connections the pool may hand out) per pool: what pool saturation is made of."""
         usage: dict[str, tuple[int, int]] = {}
         pool = self.engine.pool
-        if isinstance(pool, QueuePool):
-            usage["transactions"] = (pool.checkedout(), pool.size() + max(pool._max_overflow, 0))
+        if isinstance(pool, QueuePool) and self._pool_capacity:
+            usage["transactions"] = (pool.checkedout(), self._pool_capacity)
         if self._autocommit is not None:
             usage["hot_path"] = (self._autocommit.in_use, self._autocommit.size)
         return usage

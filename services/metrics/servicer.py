@@ -346,7 +346,7 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
         as_of = from_date(v, request.as_of, "as_of") if request.HasField("as_of") else None
         v.raise_if_any()
         record = self._usable_model(request.shop_id)
-        today = as_of or self._today(request.shop_id)
+        today = as_of or local_date(self.ctx.clock(), ZoneInfo(record.time_zone))  # usable: the shop's zone
         orders = self.ctx.db.run(
             lambda s: store.load_purchases(s, shop_id=request.shop_id, until=today, customer_id=request.customer_id)
         )
