@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BUF := npx --yes @bufbuild/buf@1.75.0
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: venv run test soak lint protos protos-check buf-lint bench up down migration clean
+.PHONY: venv run test soak lint protos protos-check buf-lint bench up down migration clean citus-ddl
 
 $(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml protos/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ lint: venv protos-check buf-lint
 
 protos: venv
 	$(PY) tools/gen_protos.py
+
+## Rewrite deploy/citus/<service>.sql (table placement on Citus) from the models and services/common/citus.py.
+citus-ddl: venv
+	$(PY) -m tools.citus_ddl
 
 protos-check: venv
 	$(PY) tools/gen_protos.py --check

@@ -1,6 +1,6 @@
 """Cycle delivery at scale: 100 k schedules previewed, and 100 k due deliveries created by two worker processes.
 
-The delivery worker is the real `store.create_due_deliveries` (claim with SKIP
+The delivery worker is the real `workers.create_due_in_batches` (claim with SKIP
 LOCKED, mark created, queue two outbox events, commit) in two processes on one
 PostgreSQL database, as two replicas would run it. Setup rows are bulk-inserted
 and not timed.
@@ -125,7 +125,7 @@ def _drain(url: str) -> None:
     db = Database(url, pool_size=2)
     try:
         for _ in range(100_000):
-            if db.run(lambda s: store.create_due_deliveries(s, now=RUN_AT, limit=workers.BATCH)) == 0:
+            if workers.create_due_in_batches(db, now=RUN_AT, batch=workers.BATCH, max_batches=1) == 0:
                 return
     finally:
         db.dispose()

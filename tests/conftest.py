@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests import shard_routing
 from tests.support import Stack, database_template, postgres_available, start_stack
 
 # No time limits on examples: timings are for `make bench`, never for tests.
@@ -68,6 +69,25 @@ def stack(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
 def uid(request: pytest.FixtureRequest) -> str:
     """A short id unique to this test, for customer and request ids."""
     return uuid.uuid4().hex[:10]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "runs_last: runs after every other test (it judges what they did)")
+    if "postgresql" in BACKENDS:
+        shard_routing.install()  # judges every statement sent to PostgreSQL (test_shard_routing)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked runs_last go last; the count of PostgreSQL tests tells the routing test what to expect."""
+    last = [item for item in items if item.get_closest_marker("runs_last")]
+    items[:] = [item for item in items if item not in last] + last
+    shard_routing.RECORDER.postgres_tests = sum(
+        1 for item in items if getattr(getattr(item, "callspec", None), "params", {}).get("backend") == "postgresql"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    shard_routing.RECORDER.current_test = item.nodeid
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

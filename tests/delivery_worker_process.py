@@ -7,7 +7,7 @@ Traced as a service is when the OTEL_* variables say so. With
 one batch of their events and then waits (at most a minute) for the SIGKILL a
 test sends: a replica killed between writing its events and sending them.
 
-Runs the real `store.create_due_deliveries` in small batches and, when given the
+Runs the real `workers.create_due_in_batches` one batch at a time and, when given the
 metrics and points addresses, the real `OutboxRelay` after each batch, until
 nothing is due and every event is delivered; bounded in count and time, so the
 test can SIGKILL it at any point (mid-transaction or mid-send).
@@ -27,8 +27,7 @@ from services.common.clock import utc_now
 from services.common.db import Database
 from services.common.outbox import OutboxEvent, OutboxRelay
 from services.common.tracing import Tracing, provider_from_env
-from services.cycle_delivery import store
-from services.cycle_delivery.workers import delivery_tracer
+from services.cycle_delivery.workers import create_due_in_batches, delivery_tracer
 
 MAX_ROUNDS = 10_000
 MAX_SECONDS = 600.0
@@ -60,7 +59,7 @@ def main(url: str, now_iso: str, targets: list[str]) -> int:
         channels = {"metrics": peer_channel(metrics, token), "points": peer_channel(points, token)}
         relay = OutboxRelay(db, channels.__getitem__, utc_now, batch_size=BATCH, lease=RELAY_LEASE, tracing=tracing)
     if os.environ.get("DELIVERY_REPLICA_HANG_AFTER_CLAIM") == "1":
-        while db.run(lambda s: store.create_due_deliveries(s, now=now, limit=BATCH, trace_of=trace_of)):
+        while create_due_in_batches(db, now=now, batch=BATCH, max_batches=1, trace_of=trace_of):
             pass
         if relay is not None:
             db.run(relay._claim)
@@ -71,7 +70,7 @@ def main(url: str, now_iso: str, targets: list[str]) -> int:
         for _ in range(MAX_ROUNDS):
             if time.monotonic() > stop_at:
                 return 1
-            created = db.run(lambda s: store.create_due_deliveries(s, now=now, limit=BATCH, trace_of=trace_of))
+            created = create_due_in_batches(db, now=now, batch=BATCH, max_batches=1, trace_of=trace_of)
             sent = relay.relay_once() if relay is not None else 0
             if created == 0 and sent == 0:
                 if relay is None or outstanding(db) == 0:

@@ -33,8 +33,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import URL
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import QueuePool
+from sqlalchemy.schema import CreateColumn
 from sqlalchemy.types import TypeDecorator
 
 from services.common.deadlines import seconds_left
@@ -430,6 +432,53 @@ def copy_types(dialect: Dialect, table: Table, columns: tuple[str, ...]) -> list
     return [re.sub(r"\(.*\)", "", table.c[name].type.compile(dialect=dialect)).lower() for name in columns]
 
 
+def new_row_ids(session: Session, table: Table, count: int) -> list[int] | None:
+    """Ids for `count` new rows of a table keyed (shop_id, id): taken here on SQLite, None on PostgreSQL.
+
+    The shop id leads every key so that the table can be distributed by shop
+    (deploy/citus). PostgreSQL's sequence (BIGSERIAL) still numbers the rows;
+    SQLite numbers only a single-column integer key by itself, so its ids are
+    max + 1 onwards, which no other writer can take meanwhile: every SQLite
+    write transaction holds the database lock from BEGIN IMMEDIATE on.
+    """
+    if on_postgres(session) or count == 0:
+        return None
+    highest = session.execute(select(func.coalesce(func.max(table.c.id), 0))).scalar_one()
+    return list(range(int(highest) + 1, int(highest) + 1 + count))
+
+
+def with_new_ids(session: Session, table: Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` with their `id` set where this backend does not number them itself (`new_row_ids`)."""
+    ids = new_row_ids(session, table, len(rows))
+    if ids is None:
+        return rows
+    return [{**row, "id": row_id} for row, row_id in zip(rows, ids, strict=True)]
+
+
+def number_new_record(session: Session, record: Any) -> None:
+    """Sets a new ORM record's `id` where this backend does not number it itself (`new_row_ids`)."""
+    ids = new_row_ids(session, record.__table__, 1)
+    if ids is not None:
+        record.id = ids[0]
+
+
+@compiles(CreateColumn, "sqlite")
+def _sqlite_column(element: CreateColumn, compiler: Any, **kw: Any) -> str:
+    """SQLite DDL for keys (shop_id, id): the id's `autoincrement` (BIGSERIAL on PostgreSQL) is left out.
+
+    SQLite refuses autoincrement in a composite key; `new_row_ids` numbers those rows instead.
+    """
+    column = element.element
+    if column.autoincrement is True and len(column.table.primary_key.columns) > 1:
+        spec: str = (
+            compiler.preparer.format_column(column)
+            + " "
+            + compiler.dialect.type_compiler_instance.process(column.type, type_expression=column)
+        )
+        return spec + " NOT NULL"
+    return cast(str, compiler.visit_create_column(element, **kw))
+
+
 def bulk_insert(
     session: Session, model: type[DeclarativeBase], columns: Sequence[str], rows: Iterable[tuple[Any, ...]]
 ) -> None:
@@ -458,5 +507,23 @@ def bulk_insert(
             copy.set_types(copy_types(session.get_bind().dialect, table, tuple(columns)))
             for row in rows:
                 copy.write_row(row)
-    except psycopg.errors.IntegrityError as exc:  # the driver's own error: wrapped as SQLAlchemy would wrap it
-        raise sqlalchemy.exc.IntegrityError(statement, None, exc) from exc
+    except psycopg.Error as exc:  # the driver's own error, wrapped as SQLAlchemy wraps it (IntegrityError, ...)
+        raise sqlalchemy.exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
+
+
+def insert_new(session: Session, model: type[DeclarativeBase], rows: list[dict[str, Any]], key: str) -> set[Any]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING `key`: the keys of the rows that were new.
+
+    Duplicates are told by what the statement returns, never by an error's
+    SQLSTATE: a COPY's duplicate key is 23505 on PostgreSQL but comes back from
+    Citus as XX000 with the worker's message (deploy/citus).
+    """
+    if not rows:
+        return set()
+    table = cast(Table, model.__table__)
+    if on_postgres(session):
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
+    statement = dialect_insert(model).on_conflict_do_nothing().returning(table.c[key])
+    return set(session.scalars(statement, rows).all())

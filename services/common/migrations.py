@@ -6,6 +6,7 @@ the compose migrate job may all start at once.
 
 from __future__ import annotations
 
+import warnings
 import zlib
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
 from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy.exc import SAWarning
 
+from services.common.citus import actual_placements, distribute, placement_problems
 from services.common.db import ensure_database, is_postgres
 
 
@@ -36,8 +39,38 @@ def upgrade(script_location: Path, url: str) -> None:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": lock_key})
             config.attributes["connection"] = conn
             command.upgrade(config, "head")
+            if is_postgres(url):  # on a Citus coordinator, placed in the migrations' own transaction: never partly
+                distribute(conn, service_of(script_location))
     finally:
         engine.dispose()
+
+
+def service_of(script_location: Path) -> str:
+    """`services/<name>/migrations` -> `<name>`."""
+    return script_location.parent.name
+
+
+def check_distribution(script_location: Path, url: str) -> None:
+    """Refuses to serve a partly distributed database (deploy/citus): some tables sharded, others not."""
+    if not is_postgres(url):
+        return
+    service = service_of(script_location)
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            actual = actual_placements(conn)
+    finally:
+        engine.dispose()
+    problems = placement_problems(service, actual) if actual is not None else []
+    if problems:
+        raise PartlyDistributed(
+            f"the {service} database is partly distributed; run `python -m services.{service} migrate` on the "
+            "coordinator to place every table (deploy/citus/README.md): " + "; ".join(problems)
+        )
+
+
+class PartlyDistributed(RuntimeError):
+    pass
 
 
 def run_env(context: Any, target_metadata: list[MetaData]) -> None:
@@ -61,3 +94,33 @@ def _migrate(context: EnvironmentContext, connection: Any, target_metadata: list
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def key_by_shop(op: Any, table: str) -> None:
+    """Replaces a table's key `(id)` by `(shop_id, id)`; the id keeps its sequence (PostgreSQL) or stays as is (SQLite).
+
+    SQLite cannot alter a key: the table is copied into one declared with the new key.
+    """
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_constraint(f"{table}_pkey", table, type_="primary")
+        op.create_primary_key(f"{table}_pkey", table, ["shop_id", "id"])
+        return
+    _rekey_sqlite(op, table, ["shop_id", "id"])
+
+
+def unkey_by_shop(op: Any, table: str) -> None:
+    """`key_by_shop` undone: the key is `(id)` again."""
+    if op.get_bind().dialect.name == "postgresql":
+        op.drop_constraint(f"{table}_pkey", table, type_="primary")
+        op.create_primary_key(f"{table}_pkey", table, ["id"])
+        return
+    _rekey_sqlite(op, table, ["id"])
+
+
+def _rekey_sqlite(op: Any, table: str, columns: list[str]) -> None:
+    # Alembic copies the table into one declared with the new key; SQLAlchemy warns that the
+    # reflected key differs from the declared one, which is the point here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*specifies columns .* as primary_key=True", category=SAWarning)
+        with op.batch_alter_table(table, recreate="always") as batch:
+            batch.create_primary_key(f"{table}_pkey", columns)

@@ -26,7 +26,7 @@ from services.common.db import Database
 from services.common.idempotency import purge_expired
 from services.common.interceptors import GuardInterceptor
 from services.common.logs import configure_logging
-from services.common.migrations import upgrade
+from services.common.migrations import check_distribution, upgrade
 from services.common.outbox import OutboxRelay, purge_delivered
 from services.common.settings import Settings
 from services.common.supervisor import Supervisor, exit_with_parent, unblock_stop_signals
@@ -175,6 +175,7 @@ class RunningService:
         url = settings.resolved_database_url
         if migrate:
             upgrade(spec.migrations, url)
+        check_distribution(spec.migrations, url)
         self.own_provider = tracer_provider is None
         provider = tracer_provider or provider_from_env(spec.name)
         self.tracing = Tracing(provider, spec.name) if provider is not None else None
@@ -233,7 +234,7 @@ class RunningService:
     def _purge_idempotency_records(self) -> None:
         """Request ids and delivered outbox events are kept for the retry window, then dropped."""
         retention = timedelta(days=self.settings.idempotency_retention_days)
-        self.db.run(lambda s: purge_expired(s, older_than=retention, now=self.context.clock()))
+        purge_expired(self.db, older_than=retention, now=self.context.clock())
         self.db.run(lambda s: purge_delivered(s, older_than=retention, now=self.context.clock()))
 
     def _probe(self) -> None:

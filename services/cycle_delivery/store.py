@@ -280,12 +280,30 @@ def due_backlog(session: Session, *, now: datetime) -> tuple[int, datetime | Non
     return int(count), earliest
 
 
-def claim_due(session: Session, *, now: datetime, limit: int) -> Sequence[DeliveryRecord]:
-    """Open deliveries of active subscriptions whose preparation day has come, locked; others' locks skipped."""
+def shops_with_due_deliveries(session: Session, *, now: datetime, limit: int) -> list[str]:
+    """The shops with due deliveries, the one waiting longest first: where the worker claims next.
+
+    The one statement of the worker that spans shops, and it locks nothing: Citus
+    refuses a claim (FOR UPDATE SKIP LOCKED) over several shards, so the claim
+    itself (`claim_due`) is made shop by shop.
+    """
+    query = (
+        select(DeliveryRecord.shop_id)
+        .join(SubscriptionRecord, SUBSCRIPTION_OF_DELIVERY)
+        .where(*due_conditions(now))
+        .group_by(DeliveryRecord.shop_id)
+        .order_by(func.min(DeliveryRecord.due_at), DeliveryRecord.shop_id)
+        .limit(limit)
+    )
+    return list(session.scalars(query).all())
+
+
+def claim_due(session: Session, *, shop_id: str, now: datetime, limit: int) -> Sequence[DeliveryRecord]:
+    """One shop's due deliveries (`due_conditions`), locked; rows locked by another worker are skipped."""
     query = (
         select(DeliveryRecord)
         .join(SubscriptionRecord, SUBSCRIPTION_OF_DELIVERY)
-        .where(*due_conditions(now))
+        .where(DeliveryRecord.shop_id == shop_id, SubscriptionRecord.shop_id == shop_id, *due_conditions(now))
         .order_by(DeliveryRecord.due_at)
         .limit(limit)
         .with_for_update(skip_locked=True, of=DeliveryRecord)
@@ -343,22 +361,30 @@ def delivery_events(shop_id: str, order: common_pb2.Order) -> list[NewEvent]:
 
 
 def create_due_deliveries(
-    session: Session, *, now: datetime, limit: int, trace_of: Callable[[DeliveryRecord], str] | None = None
+    session: Session,
+    *,
+    shop_id: str,
+    now: datetime,
+    limit: int,
+    trace_of: Callable[[DeliveryRecord], str] | None = None,
 ) -> int:
-    """Claims due deliveries, marks them created and queues their events, all in the caller's transaction.
+    """Claims one shop's due deliveries, marks them created and queues their events, in the caller's transaction.
 
     Two executemany statements write the batch (delivery updates, outbox rows):
     the worker's cost is one round trip per statement, not per delivery.
     `trace_of` (tracing on) starts a delivery's trace and returns its context,
     which the delivery's events carry to the relay.
     """
-    rows = claim_due(session, now=now, limit=limit)
+    rows = claim_due(session, shop_id=shop_id, now=now, limit=limit)
     if not rows:
         return 0
     subscriptions = {
         (s.shop_id, s.subscription_id): s
         for s in session.scalars(
-            select(SubscriptionRecord).where(SubscriptionRecord.subscription_id.in_({r.subscription_id for r in rows}))
+            select(SubscriptionRecord).where(
+                SubscriptionRecord.shop_id == shop_id,
+                SubscriptionRecord.subscription_id.in_({r.subscription_id for r in rows}),
+            )
         )
     }
     plans: dict[bytes, cycle_delivery_pb2.Plan] = {}

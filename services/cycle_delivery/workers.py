@@ -10,10 +10,12 @@ the worker simply finds more rows due and catches up in bounded batches.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
+from functools import partial
 
 import structlog
-from sqlalchemy.orm import Session
 
+from services.common.db import Database
 from services.common.server import ServiceContext, Worker
 from services.common.telemetry import BACKLOG, WORKER_LAG_SECONDS
 from services.common.tracing import Attributes, Tracing
@@ -42,22 +44,40 @@ def delivery_tracer(tracing: Tracing | None) -> Callable[[DeliveryRecord], str] 
 
 
 def create_due_deliveries(ctx: ServiceContext, *, batch: int = BATCH, max_batches: int = MAX_BATCHES_PER_TICK) -> int:
-    created = 0
-    trace_of = delivery_tracer(ctx.tracing)
-
-    def one_batch(session: Session) -> int:
-        return store.create_due_deliveries(session, now=ctx.clock(), limit=batch, trace_of=trace_of)
-
-    for _ in range(max_batches):
-        count = ctx.db.run(one_batch)
-        created += count
-        if count < batch:
-            break
+    created = create_due_in_batches(
+        ctx.db, now=ctx.clock(), batch=batch, max_batches=max_batches, trace_of=delivery_tracer(ctx.tracing)
+    )
     if created:
         log.info("deliveries_created", count=created)
     waiting, earliest = ctx.db.run(lambda session: store.due_backlog(session, now=ctx.clock()))
     BACKLOG.labels("due_deliveries").set(waiting)
     WORKER_LAG_SECONDS.labels("delivery-creation").set((ctx.clock() - earliest).total_seconds() if earliest else 0.0)
+    return created
+
+
+def create_due_in_batches(
+    db: Database,
+    *,
+    now: datetime,
+    batch: int,
+    max_batches: int,
+    trace_of: Callable[[DeliveryRecord], str] | None = None,
+) -> int:
+    """Creates due deliveries shop by shop (longest-waiting shop first), one transaction per batch of one shop.
+
+    At most `max_batches` transactions. A shop whose batch comes back short is
+    done for this tick (or another replica holds the rest): the next shop goes.
+    """
+    shops = db.run(partial(store.shops_with_due_deliveries, now=now, limit=max_batches))
+    created = transactions = 0
+    for shop_id in shops:
+        while transactions < max_batches:
+            count = db.run(
+                partial(store.create_due_deliveries, shop_id=shop_id, now=now, limit=batch, trace_of=trace_of)
+            )
+            created, transactions = created + count, transactions + 1
+            if count < batch:
+                break
     return created
 
 

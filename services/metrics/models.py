@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import BigInteger, Boolean, Date, Float, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, Date, Float, Index, Integer, PrimaryKeyConstraint, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.db import UtcDateTime
@@ -111,10 +111,10 @@ class ClvModelRecord(Base):
     """
 
     __tablename__ = "clv_models"
-    __table_args__ = (Index("ix_clv_models_shop", "shop_id", "id"),)
+    __table_args__ = (PrimaryKeyConstraint("shop_id", "id"),)  # the key also serves "the newest per shop"
 
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    shop_id: Mapped[str] = mapped_column(String(64))
     as_of: Mapped[date] = mapped_column(Date)
     fitted_at: Mapped[datetime] = mapped_column(UtcDateTime)
     r: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -25,14 +25,22 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InternalError
 from sqlalchemy.orm import InstrumentedAttribute, Session
 from sqlalchemy.sql.elements import ColumnElement, SQLColumnExpression
 
 from services.common.clock import local_date
-from services.common.db import bulk_insert, insert_ignoring_conflicts, lock_keys, on_postgres, one_of
+from services.common.db import (
+    bulk_insert,
+    insert_ignoring_conflicts,
+    insert_new,
+    lock_keys,
+    number_new_record,
+    on_postgres,
+    one_of,
+)
 from services.common.erasure import anonymous_id
-from services.common.errors import FailedPrecondition, NotFound
+from services.common.errors import FailedPrecondition, NotFound, Unavailable
 from services.common.idempotency import is_repeat
 from services.common.orders import PaidOrder
 from services.metrics import domain
@@ -255,9 +263,18 @@ def inserted_as_new(session: Session, rows: Iterable[OrderRow]) -> bool:
     try:
         with session.begin_nested():
             bulk_insert(session, Order, ORDER_COLUMNS, rows)
-    except IntegrityError:
-        return False
+    except (IntegrityError, InternalError):  # 23505 on PostgreSQL; Citus relays a worker's duplicate key as XX000
+        return False  # whatever the code said, `upsert_orders` looks every id up and inserts with ON CONFLICT
     return True
+
+
+class OrderInsertedMeanwhile(Unavailable):
+    """An order id looked up as new was inserted by another transaction before this one's insert.
+
+    Retried at once (`upsert_orders`); only a batch that loses that race on every attempt sees it, as UNAVAILABLE.
+    """
+
+    reason = "ORDERS_INSERTED_MEANWHILE"
 
 
 def upsert_orders(
@@ -285,7 +302,7 @@ def upsert_orders(
         try:
             with session.begin_nested():
                 touched = classify_and_write(session, shop_id, orders, rows, counted, locked=held)
-        except IntegrityError:
+        except (IntegrityError, OrderInsertedMeanwhile):
             if attempt == CONCURRENT_INSERT_ATTEMPTS:
                 raise
             continue
@@ -334,7 +351,9 @@ def classify_and_write(
         stored[order.order_id] = (order.customer_id, order.fingerprint)
         touched.add(order.customer_id)
     if new:
-        bulk_insert(session, Order, ORDER_COLUMNS, sorted(new.values(), key=by_order_id))
+        wanted = [dict(zip(ORDER_COLUMNS, row, strict=True)) for row in sorted(new.values(), key=by_order_id)]
+        if len(insert_new(session, Order, wanted, "order_id")) < len(wanted):
+            raise OrderInsertedMeanwhile("orders of this batch were recorded by a concurrent call; retry")
     if changed:
         session.execute(update(Order), list(changed.values()))
     return touched
@@ -720,6 +739,7 @@ def load_purchases(session: Session, *, shop_id: str, until: date, customer_id: 
 
 
 def save_clv_model(session: Session, record: ClvModelRecord) -> ClvModelRecord:
+    number_new_record(session, record)
     session.add(record)
     session.flush()
     return record

@@ -171,7 +171,9 @@ class ReadShape:
         )
 
 
-MEMBER = "shop_id = m.shop_id AND {holder} = m.customer_id"
+# The shop is the parameter itself, never m.shop_id: on Citus a constant shop_id is what routes each
+# subquery to the member's shard (deploy/citus); the customer may come from the order, so it is m's.
+MEMBER = "shop_id = %(shop)s AND {holder} = m.customer_id"
 EARNING_FIELDS = EARNING_COLUMNS  # one list of an earning's columns for both paths
 LOT_FIELDS = ("id", "asset", "transfer_id", "amount", "remaining", "earned_at", "expires_at")
 
@@ -211,7 +213,7 @@ def read_statement(shape: ReadShape) -> Statement:
         "LEFT JOIN LATERAL (SELECT "
         + _arrays("pending", ("order_id", "earned_points", "paid_minor", "refunded_minor"), "order_id")
         + f" FROM order_earnings WHERE {MEMBER.format(holder='customer_id')} AND state = {PENDING}) p ON true",
-        "LEFT JOIN member_tiers t ON t.shop_id = m.shop_id AND t.customer_id = m.customer_id",
+        "LEFT JOIN member_tiers t ON t.shop_id = %(shop)s AND t.customer_id = m.customer_id",
     ]
     if shape.lots:
         columns.append("l.*")
@@ -251,7 +253,7 @@ def read_statement(shape: ReadShape) -> Statement:
             + f" FROM lot_uses WHERE shop_id = %(shop)s AND transfer_id IN ({spent}) AND amount > restored) u ON true",
             "LEFT JOIN LATERAL (SELECT "
             + _arrays("used_lot", LOT_FIELDS, "id")
-            + f" FROM lots WHERE id IN ({used})) ul ON true",
+            + f" FROM lots WHERE shop_id = %(shop)s AND id IN ({used})) ul ON true",
         ]
     if shape.item:
         columns.append(
@@ -541,7 +543,8 @@ def write_statement(shape: WriteShape) -> Statement:
         )
     if shape.lot_changes:
         parts.append(
-            f"lots_set AS (UPDATE lots SET remaining = t.remaining FROM {rows('lots')} WHERE lots.id = t.id AND {GATE})"
+            f"lots_set AS (UPDATE lots SET remaining = t.remaining FROM {rows('lots')}"
+            f" WHERE lots.shop_id = %(shop)s AND lots.id = t.id AND {GATE})"
         )
     if shape.new_uses:
         parts.append(
@@ -550,8 +553,8 @@ def write_statement(shape: WriteShape) -> Statement:
         )
     if shape.use_changes:
         parts.append(
-            f"uses_set AS (UPDATE lot_uses SET restored = t.restored FROM {rows('uses')} WHERE lot_uses.id = t.id"
-            f" AND {GATE})"
+            f"uses_set AS (UPDATE lot_uses SET restored = t.restored FROM {rows('uses')}"
+            f" WHERE lot_uses.shop_id = %(shop)s AND lot_uses.id = t.id AND {GATE})"
         )
     if shape.new_earning:
         columns = ", ".join(EARNING_FIELDS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, LargeBinary, PrimaryKeyConstraint, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from services.common.db import UtcDateTime
@@ -35,10 +35,10 @@ class Entry(Base):
     """One side of a transfer. Entries are never updated or deleted."""
 
     __tablename__ = "entries"
-    __table_args__ = (Index("ix_entries_holder", "shop_id", "holder", "id"),)
+    __table_args__ = (PrimaryKeyConstraint("shop_id", "id"), Index("ix_entries_holder", "shop_id", "holder", "id"))
 
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    shop_id: Mapped[str] = mapped_column(String(64))
     transfer_id: Mapped[str] = mapped_column(String(80), index=True)
     holder: Mapped[str] = mapped_column(String(64))
     asset: Mapped[int] = mapped_column(Integer)
@@ -70,12 +70,13 @@ class Lot(Base):
 
     __tablename__ = "lots"
     __table_args__ = (
+        PrimaryKeyConstraint("shop_id", "id"),
         Index("ix_lots_member", "shop_id", "customer_id", "asset", "expires_at"),
         Index("ix_lots_expiry", "expires_at"),
     )
 
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    shop_id: Mapped[str] = mapped_column(String(64))
     customer_id: Mapped[str] = mapped_column(String(64))
     asset: Mapped[int] = mapped_column(Integer)
     transfer_id: Mapped[str] = mapped_column(String(80))
@@ -89,10 +90,10 @@ class LotUse(Base):
     """How much of a lot one debit took, so a refund can give it back to the same lot."""
 
     __tablename__ = "lot_uses"
-    __table_args__ = (Index("ix_lot_uses_transfer", "shop_id", "transfer_id"),)
+    __table_args__ = (PrimaryKeyConstraint("shop_id", "id"), Index("ix_lot_uses_transfer", "shop_id", "transfer_id"))
 
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    shop_id: Mapped[str] = mapped_column(String(64))
     transfer_id: Mapped[str] = mapped_column(String(80))
     lot_id: Mapped[int] = mapped_column(BigInteger)
     amount: Mapped[int] = mapped_column(BigInteger)
@@ -159,10 +160,13 @@ class MallItemRecord(Base):
 
 class Redemption(Base):
     __tablename__ = "redemptions"
-    __table_args__ = (Index("ix_redemptions_member", "shop_id", "item_id", "customer_id"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("shop_id", "id"),
+        Index("ix_redemptions_member", "shop_id", "item_id", "customer_id"),
+    )
 
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    shop_id: Mapped[str] = mapped_column(String(64))
     item_id: Mapped[str] = mapped_column(String(64))
     customer_id: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int] = mapped_column(Integer)
@@ -185,10 +189,13 @@ class TierChange(Base):
     """Tier history: every move with its reason."""
 
     __tablename__ = "tier_changes"
-    __table_args__ = (Index("ix_tier_changes_member", "shop_id", "customer_id", "id"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("shop_id", "id"),
+        Index("ix_tier_changes_member", "shop_id", "customer_id", "id"),
+    )
 
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    shop_id: Mapped[str] = mapped_column(String(64))
     customer_id: Mapped[str] = mapped_column(String(64))
     from_code: Mapped[str] = mapped_column(String(32))
     to_code: Mapped[str] = mapped_column(String(32))
@@ -226,10 +233,10 @@ class RewardClaim(Base):
 
 class CouponRecord(Base):
     __tablename__ = "coupons"
-    __table_args__ = (Index("ix_coupons_member", "shop_id", "customer_id", "id"),)
+    __table_args__ = (PrimaryKeyConstraint("shop_id", "id"), Index("ix_coupons_member", "shop_id", "customer_id", "id"))
 
+    shop_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
-    shop_id: Mapped[str] = mapped_column(String(64))
     customer_id: Mapped[str] = mapped_column(String(64))
     template_id: Mapped[str] = mapped_column(String(64))
     name: Mapped[str] = mapped_column(String(64))

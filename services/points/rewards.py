@@ -15,6 +15,7 @@ from loyalty.points.v1 import points_pb2
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.common.db import number_new_record
 from services.common.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.points.book import SYSTEM_CAMPAIGNS, SYSTEM_REWARDS, MemberBook, MemberQuery, Posting
 from services.points.domain import Asset
@@ -48,6 +49,7 @@ def issue_coupon(
         issued_at=now,
         expires_at=now + timedelta(days=template.valid_days),
     )
+    number_new_record(session, coupon)
     session.add(coupon)
     session.flush()
     return coupon
@@ -87,8 +89,8 @@ def redeem_coupon(
 ) -> CouponRecord:
     lock_member(session, shop_id=shop_id, customer_id=customer_id)
     number = coupon_id_number(coupon_id)
-    coupon = session.get(CouponRecord, number) if number is not None else None
-    if coupon is None or coupon.shop_id != shop_id or coupon.customer_id != customer_id:
+    coupon = session.get(CouponRecord, (shop_id, number)) if number is not None else None
+    if coupon is None or coupon.customer_id != customer_id:
         raise NotFound(f"member {customer_id} holds no coupon {coupon_id[:20]}", reason="COUPON_NOT_FOUND")
     if coupon.redeemed_at is not None:
         raise CouponRefused(

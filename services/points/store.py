@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from services.common.db import on_postgres
+from services.common.db import on_postgres, with_new_ids
 from services.common.errors import FailedPrecondition, NotFound, Violations
 from services.points.book import (
     LOT_ASSETS,
@@ -281,7 +281,10 @@ def _load_order_spends(session: Session, facts: MemberFacts, order_id: str) -> N
     known = {lot.id for lot in facts.lots}
     wanted = sorted({u.lot_id for u in uses} - known)
     if wanted:
-        facts.lots += [_lot(row) for row in session.execute(select(LOTS).where(LOTS.c.id.in_(wanted)))]
+        facts.lots += [
+            _lot(row)
+            for row in session.execute(select(LOTS).where(LOTS.c.shop_id == facts.shop_id, LOTS.c.id.in_(wanted)))
+        ]
 
 
 def _load_item(session: Session, facts: MemberFacts, item_id: str) -> None:
@@ -330,15 +333,22 @@ def save_member(session: Session, book: MemberBook) -> None:
         book.item.stock = int(taken.stock)
         r = book.redemption
         session.execute(
-            insert(REDEMPTIONS).values(
-                shop_id=shop_id,
-                item_id=r.item_id,
-                customer_id=customer_id,
-                quantity=r.quantity,
-                points=r.points,
-                transfer_id=r.transfer_id,
-                created_at=book.now,
-            )
+            insert(REDEMPTIONS),
+            with_new_ids(
+                session,
+                REDEMPTIONS,
+                [
+                    {
+                        "shop_id": shop_id,
+                        "item_id": r.item_id,
+                        "customer_id": customer_id,
+                        "quantity": r.quantity,
+                        "points": r.points,
+                        "transfer_id": r.transfer_id,
+                        "created_at": book.now,
+                    }
+                ],
+            ),
         )
     assets = sorted({Asset.POINTS, *book.touched})
     upsert = _upsert(session, BALANCES)
@@ -361,62 +371,78 @@ def save_member(session: Session, book: MemberBook) -> None:
     if book.entries:
         ids = session.scalars(
             insert(ENTRIES).returning(ENTRIES.c.id, sort_by_parameter_order=True),
-            [
-                {
-                    "shop_id": shop_id,
-                    "transfer_id": e.transfer_id,
-                    "holder": e.holder,
-                    "asset": int(e.asset),
-                    "delta": e.delta,
-                    "balance_after": e.balance_after,
-                    "kind": e.kind,
-                    "reason": e.reason,
-                    "request_id": e.request_id,
-                    "created_at": e.created_at,
-                }
-                for e in book.entries
-            ],
+            with_new_ids(
+                session,
+                ENTRIES,
+                [
+                    {
+                        "shop_id": shop_id,
+                        "transfer_id": e.transfer_id,
+                        "holder": e.holder,
+                        "asset": int(e.asset),
+                        "delta": e.delta,
+                        "balance_after": e.balance_after,
+                        "kind": e.kind,
+                        "reason": e.reason,
+                        "request_id": e.request_id,
+                        "created_at": e.created_at,
+                    }
+                    for e in book.entries
+                ],
+            ),
         ).all()
         book.assign_entry_ids(ids)
     if book.new_lots:
         session.execute(
             insert(LOTS),
-            [
-                {
-                    "shop_id": shop_id,
-                    "customer_id": customer_id,
-                    "asset": int(lot.asset),
-                    "transfer_id": lot.transfer_id,
-                    "amount": lot.amount,
-                    "remaining": lot.remaining,
-                    "earned_at": lot.earned_at,
-                    "expires_at": lot.expires_at,
-                }
-                for lot in book.new_lots
-            ],
+            with_new_ids(
+                session,
+                LOTS,
+                [
+                    {
+                        "shop_id": shop_id,
+                        "customer_id": customer_id,
+                        "asset": int(lot.asset),
+                        "transfer_id": lot.transfer_id,
+                        "amount": lot.amount,
+                        "remaining": lot.remaining,
+                        "earned_at": lot.earned_at,
+                        "expires_at": lot.expires_at,
+                    }
+                    for lot in book.new_lots
+                ],
+            ),
         )
     if book.changed_lots:
         session.execute(
-            update(LOTS).where(LOTS.c.id == bindparam("lot_id")).values(remaining=bindparam("new_remaining")),
+            update(LOTS)
+            .where(LOTS.c.shop_id == shop_id, LOTS.c.id == bindparam("lot_id"))
+            .values(remaining=bindparam("new_remaining")),
             [{"lot_id": i, "new_remaining": book.lots[i].remaining} for i in sorted(book.changed_lots)],
         )
     if book.new_lot_uses:
         session.execute(
             insert(LOT_USES),
-            [
-                {
-                    "shop_id": shop_id,
-                    "transfer_id": u.transfer_id,
-                    "lot_id": u.lot_id,
-                    "amount": u.amount,
-                    "restored": 0,
-                }
-                for u in book.new_lot_uses
-            ],
+            with_new_ids(
+                session,
+                LOT_USES,
+                [
+                    {
+                        "shop_id": shop_id,
+                        "transfer_id": u.transfer_id,
+                        "lot_id": u.lot_id,
+                        "amount": u.amount,
+                        "restored": 0,
+                    }
+                    for u in book.new_lot_uses
+                ],
+            ),
         )
     if book.changed_lot_uses:
         session.execute(
-            update(LOT_USES).where(LOT_USES.c.id == bindparam("use_id")).values(restored=bindparam("new_restored")),
+            update(LOT_USES)
+            .where(LOT_USES.c.shop_id == shop_id, LOT_USES.c.id == bindparam("use_id"))
+            .values(restored=bindparam("new_restored")),
             [{"use_id": i, "new_restored": book.lot_uses[i].restored} for i in sorted(book.changed_lot_uses)],
         )
     _save_earning(session, book)
@@ -483,17 +509,21 @@ def _save_tier(session: Session, book: MemberBook) -> None:
     if book.tier_moves:
         session.execute(
             insert(TIER_CHANGES),
-            [
-                {
-                    "shop_id": book.shop_id,
-                    "customer_id": book.customer_id,
-                    "from_code": m.from_code,
-                    "to_code": m.to_code,
-                    "reason": m.reason,
-                    "changed_at": m.changed_at,
-                }
-                for m in book.tier_moves
-            ],
+            with_new_ids(
+                session,
+                TIER_CHANGES,
+                [
+                    {
+                        "shop_id": book.shop_id,
+                        "customer_id": book.customer_id,
+                        "from_code": m.from_code,
+                        "to_code": m.to_code,
+                        "reason": m.reason,
+                        "changed_at": m.changed_at,
+                    }
+                    for m in book.tier_moves
+                ],
+            ),
         )
 
 
