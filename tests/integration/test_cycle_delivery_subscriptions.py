@@ -19,8 +19,11 @@ from loyalty.cycle_delivery.v1 import cycle_delivery_pb2 as cd
 from loyalty.cycle_delivery.v1 import cycle_delivery_pb2_grpc
 from loyalty.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from loyalty.points.v1 import points_pb2, points_pb2_grpc
+from sqlalchemy import func, select
 
 from services.cycle_delivery import store, workers
+from services.cycle_delivery.deliveries import DeliveryState
+from services.cycle_delivery.models import DeliveryRecord
 from tests.support import FakeClock, Stack, bearer, database_template, details, start_stack
 
 A = bearer("admin")
@@ -369,3 +372,39 @@ def test_the_due_backlog_counts_due_deliveries_not_yet_created(shop: Shop, clock
     assert earliest <= clock()
     workers.create_due_deliveries(ctx)
     assert ctx.db.run(lambda s: store.due_backlog(s, now=clock())) == (0, None)
+
+
+def test_the_worker_claims_shop_by_shop_longest_waiting_first_within_its_bound(
+    clocked: Stack, uid: str, clock: FakeClock
+) -> None:
+    """Citus refuses a claim over several shards, so the worker claims per shop (deploy/citus/README.md)."""
+    shops = [Shop(clocked, f"{uid}-{n}") for n in range(3)]
+    for shop in shops:
+        shop.plan()
+        shop.subscribe(order_id="o1", customer="c1")
+    ctx = clocked.services["cycle_delivery"].context
+    clock.now = datetime(2026, 3, 2, 16, 1, tzinfo=UTC)  # Mon, Tue and Wed are due in each shop
+
+    def created_per_shop() -> dict[str, int]:
+        rows = ctx.db.run(
+            lambda s: s.execute(
+                select(DeliveryRecord.shop_id, func.count())
+                .where(DeliveryRecord.state == int(DeliveryState.CREATED))
+                .group_by(DeliveryRecord.shop_id)
+            ).all()
+        )
+        return {shop_id: int(count) for shop_id, count in rows}
+
+    due_shops = ctx.db.run(lambda s: store.shops_with_due_deliveries(s, now=clock(), limit=1000))
+    assert {s.id for s in shops} <= set(due_shops)
+    before = created_per_shop()
+    # One delivery per transaction, at most two transactions: only the longest-waiting shop is served.
+    created = workers.create_due_in_batches(ctx.db, now=clock(), batch=1, max_batches=2)
+    after = created_per_shop()
+    grown = {shop_id: n - before.get(shop_id, 0) for shop_id, n in after.items() if n != before.get(shop_id, 0)}
+    assert created in (1, 2)
+    assert grown == {due_shops[0]: created}
+    workers.create_due_deliveries(ctx)  # every shop's rest
+    assert ctx.db.run(lambda s: store.due_backlog(s, now=clock())) == (0, None)
+    done = created_per_shop()
+    assert [done[s.id] for s in shops] == [3, 3, 3]  # Mon, Tue and Wed, once each
