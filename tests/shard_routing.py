@@ -14,10 +14,11 @@ PostgreSQL and judges each one:
 - COPY into a distributed table names `shop_id` among its columns.
 
 Recording is done at the driver (psycopg's `Cursor.execute`, `executemany` and
-`copy`), which SQLAlchemy's `before_cursor_execute` would also see, and which
-catches the raw psycopg paths too (the points hot path's prepared statements,
-COPY). Statements written by test code itself (checking a table's contents)
-are not the services' and are left out; statements of the background jobs in
+`copy`): it sees every statement SQLAlchemy sends (SQLAlchemy's
+`before_cursor_execute` counts them, and the routing test checks the driver saw
+more) and the raw psycopg paths too (the points hot path's prepared statements,
+COPY). Statements written by test code itself (checking a table's contents) are
+not the services' and are left out; statements of the background jobs in
 `BACKGROUND_JOBS` may span shops and say why that is safe on Citus.
 
 Services run in subprocesses (the compose-stack tests) are not recorded here;
@@ -37,6 +38,7 @@ from typing import Any, cast
 
 import psycopg
 import sqlglot
+from sqlalchemy import Engine, event
 from sqlglot import exp
 
 from services.common.citus import SERVICES, distributed_tables
@@ -356,6 +358,7 @@ class Recorder:
     allowed: dict[str, int] = field(default_factory=dict)
     current_test: str = ""
     postgres_tests: int = 0  # collected tests on the PostgreSQL backend: what the recording comes from
+    through_sqlalchemy: int = 0  # statements SQLAlchemy's before_cursor_execute saw: the driver sees them all too
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def see(self, query: object, params: Any, conn: Any) -> None:
@@ -442,6 +445,12 @@ def install() -> Recorder:
         RECORDER.see(statement, params, self.connection)
         return copy(self, statement, params, **kw)
 
+    def counted(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if conn.dialect.name == "postgresql":
+            with RECORDER.lock:
+                RECORDER.through_sqlalchemy += 1
+
+    event.listen(Engine, "before_cursor_execute", counted)
     patches: dict[str, Callable[..., Any]] = {
         "execute": recorded_execute,
         "executemany": recorded_executemany,

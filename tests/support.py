@@ -19,6 +19,8 @@ from sqlalchemy import create_engine, text
 
 from services.common.auth import digest
 from services.common.clock import Clock, utc_now
+from services.common.db import Database
+from services.common.migrations import upgrade
 from services.common.server import RunningService, ServiceSpec
 from services.common.settings import Settings
 
@@ -100,6 +102,18 @@ def drop_databases(*, prefix: str) -> None:
         for (name,) in names.all():
             conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+@contextmanager
+def migrated_database(database_url: str, service: str, *, pool_size: int = 2) -> Iterator[Database]:
+    """One service's database from a `database_url` template, migrated, as a `Database`."""
+    url = database_url.replace("{service}", service)
+    upgrade(specs()[service].migrations, url)
+    database = Database(url, pool_size=pool_size)
+    try:
+        yield database
+    finally:
+        database.dispose()
 
 
 def specs() -> dict[str, ServiceSpec]:

@@ -71,6 +71,19 @@ class NewEntry:
     created_at: datetime
     id: int | None = None
 
+    def columns(self) -> dict[str, object]:
+        """The entry's own columns, as both storage paths write them (each adds its shop, id or time)."""
+        return {
+            "transfer_id": self.transfer_id,
+            "holder": self.holder,
+            "asset": int(self.asset),
+            "delta": self.delta,
+            "balance_after": self.balance_after,
+            "kind": self.kind,
+            "reason": self.reason,
+            "request_id": self.request_id,
+        }
+
 
 @dataclass
 class BalanceRow:

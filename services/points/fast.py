@@ -620,20 +620,7 @@ def write_params(book: MemberBook, version: str | None, record: dict[str, Any]) 
             {"asset": int(a), "balance": book.balances[a].balance, "updated_at": book.balances[a].updated_at}
             for a in sorted(book.touched - {Asset.POINTS})
         ],
-        "entries": [
-            {
-                "id": e.id,
-                "transfer_id": e.transfer_id,
-                "holder": e.holder,
-                "asset": int(e.asset),
-                "delta": e.delta,
-                "balance_after": e.balance_after,
-                "kind": e.kind,
-                "reason": e.reason,
-                "request_id": e.request_id,
-            }
-            for e in book.entries
-        ],
+        "entries": [{"id": e.id, **e.columns()} for e in book.entries],
         "new_lots": [
             {
                 "asset": int(lot.asset),

@@ -374,21 +374,7 @@ def save_member(session: Session, book: MemberBook) -> None:
             with_new_ids(
                 session,
                 ENTRIES,
-                [
-                    {
-                        "shop_id": shop_id,
-                        "transfer_id": e.transfer_id,
-                        "holder": e.holder,
-                        "asset": int(e.asset),
-                        "delta": e.delta,
-                        "balance_after": e.balance_after,
-                        "kind": e.kind,
-                        "reason": e.reason,
-                        "request_id": e.request_id,
-                        "created_at": e.created_at,
-                    }
-                    for e in book.entries
-                ],
+                [{"shop_id": shop_id, **e.columns(), "created_at": e.created_at} for e in book.entries],
             ),
         ).all()
         book.assign_entry_ids(ids)

@@ -10,8 +10,7 @@ from sqlalchemy import func, insert, select
 
 from services.common.db import Database
 from services.common.idempotency import IdempotencyRecord, purge_expired
-from services.common.migrations import upgrade
-from tests.support import specs
+from tests.support import migrated_database
 
 NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
 RETENTION = timedelta(days=30)
@@ -19,11 +18,8 @@ RETENTION = timedelta(days=30)
 
 @pytest.fixture
 def db(database_url: str) -> Iterator[Database]:
-    url = database_url.replace("{service}", "points")
-    upgrade(specs()["points"].migrations, url)
-    database = Database(url, pool_size=2)
-    yield database
-    database.dispose()
+    with migrated_database(database_url, "points") as database:
+        yield database
 
 
 def test_only_records_older_than_the_retention_go_in_every_shop(db: Database) -> None:

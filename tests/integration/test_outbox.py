@@ -16,10 +16,9 @@ from sqlalchemy import select
 
 from services.common.channels import peer_channel
 from services.common.db import Database
-from services.common.migrations import upgrade
 from services.common.outbox import Backlog, OutboxEvent, OutboxRelay, enqueue, purge_delivered
 from tests.integration.test_metrics_rpc import order
-from tests.support import TOKENS, FakeClock, Stack, bearer, free_port, specs
+from tests.support import TOKENS, FakeClock, Stack, bearer, free_port, migrated_database
 
 RECORD_ORDERS = "/loyalty.metrics.v1.MetricsService/RecordOrders"
 
@@ -56,11 +55,8 @@ class CountingChannels:
 
 @pytest.fixture
 def outbox_db(database_url: str) -> Iterator[Database]:
-    url = database_url.replace("{service}", "cycle_delivery")
-    upgrade(specs()["cycle_delivery"].migrations, url)
-    db = Database(url, pool_size=8)
-    yield db
-    db.dispose()
+    with migrated_database(database_url, "cycle_delivery", pool_size=8) as db:
+        yield db
 
 
 def add_events(db: Database, uid: str, count: int, clock: FakeClock) -> None:

@@ -20,6 +20,8 @@ def test_every_service_statement_on_a_distributed_table_names_one_shop() -> None
     if "postgresql" not in BACKENDS or RECORDER.postgres_tests == 0:
         pytest.skip("nothing to judge: no PostgreSQL test ran in this session (run it with them)")
     assert RECORDER.judged > 0, "PostgreSQL tests ran but no statement over a distributed table was recorded"
+    # Recorded at the driver: everything SQLAlchemy sends, plus the raw psycopg paths (hot path, COPY).
+    assert RECORDER.statements > RECORDER.through_sqlalchemy > 0
     report = "\n\n".join(
         f"{f.problem}\n  sent by {f.origin}\n  during {f.test}\n  {f.sql}" for f in RECORDER.findings.values()
     )
