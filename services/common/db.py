@@ -509,21 +509,3 @@ def bulk_insert(
                 copy.write_row(row)
     except psycopg.Error as exc:  # the driver's own error, wrapped as SQLAlchemy wraps it (IntegrityError, ...)
         raise sqlalchemy.exc.DBAPIError.instance(statement, None, exc, psycopg.Error) from exc
-
-
-def insert_new(session: Session, model: type[DeclarativeBase], rows: list[dict[str, Any]], key: str) -> set[Any]:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING `key`: the keys of the rows that were new.
-
-    Duplicates are told by what the statement returns, never by an error's
-    SQLSTATE: a COPY's duplicate key is 23505 on PostgreSQL but comes back from
-    Citus as XX000 with the worker's message (deploy/citus).
-    """
-    if not rows:
-        return set()
-    table = cast(Table, model.__table__)
-    if on_postgres(session):
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert  # type: ignore[assignment]
-    statement = dialect_insert(model).on_conflict_do_nothing().returning(table.c[key])
-    return set(session.scalars(statement, rows).all())

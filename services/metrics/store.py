@@ -33,14 +33,13 @@ from services.common.clock import local_date
 from services.common.db import (
     bulk_insert,
     insert_ignoring_conflicts,
-    insert_new,
     lock_keys,
     number_new_record,
     on_postgres,
     one_of,
 )
 from services.common.erasure import anonymous_id
-from services.common.errors import FailedPrecondition, NotFound, Unavailable
+from services.common.errors import FailedPrecondition, NotFound
 from services.common.idempotency import is_repeat
 from services.common.orders import PaidOrder
 from services.metrics import domain
@@ -264,17 +263,8 @@ def inserted_as_new(session: Session, rows: Iterable[OrderRow]) -> bool:
         with session.begin_nested():
             bulk_insert(session, Order, ORDER_COLUMNS, rows)
     except (IntegrityError, InternalError):  # 23505 on PostgreSQL; Citus relays a worker's duplicate key as XX000
-        return False  # whatever the code said, `upsert_orders` looks every id up and inserts with ON CONFLICT
+        return False  # whatever the code said, `upsert_orders` looks every id up and classifies each order
     return True
-
-
-class OrderInsertedMeanwhile(Unavailable):
-    """An order id looked up as new was inserted by another transaction before this one's insert.
-
-    Retried at once (`upsert_orders`); only a batch that loses that race on every attempt sees it, as UNAVAILABLE.
-    """
-
-    reason = "ORDERS_INSERTED_MEANWHILE"
 
 
 def upsert_orders(
@@ -302,7 +292,7 @@ def upsert_orders(
         try:
             with session.begin_nested():
                 touched = classify_and_write(session, shop_id, orders, rows, counted, locked=held)
-        except (IntegrityError, OrderInsertedMeanwhile):
+        except (IntegrityError, InternalError):  # 23505 on PostgreSQL, XX000 from a Citus worker: classify again
             if attempt == CONCURRENT_INSERT_ATTEMPTS:
                 raise
             continue
@@ -350,10 +340,8 @@ def classify_and_write(
             changed[order.order_id] = {k: v for k, v in zip(ORDER_COLUMNS, row, strict=True) if k != "refunded_minor"}
         stored[order.order_id] = (order.customer_id, order.fingerprint)
         touched.add(order.customer_id)
-    if new:
-        wanted = [dict(zip(ORDER_COLUMNS, row, strict=True)) for row in sorted(new.values(), key=by_order_id)]
-        if len(insert_new(session, Order, wanted, "order_id")) < len(wanted):
-            raise OrderInsertedMeanwhile("orders of this batch were recorded by a concurrent call; retry")
+    if new:  # looked up as new; one inserted by a concurrent call meanwhile fails this and `upsert_orders` retries
+        bulk_insert(session, Order, ORDER_COLUMNS, sorted(new.values(), key=by_order_id))
     if changed:
         session.execute(update(Order), list(changed.values()))
     return touched
