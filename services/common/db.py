@@ -33,10 +33,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import URL
-from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.pool import QueuePool
-from sqlalchemy.schema import CreateColumn
 from sqlalchemy.types import TypeDecorator
 
 from services.common.deadlines import seconds_left
@@ -460,23 +458,6 @@ def number_new_record(session: Session, record: Any) -> None:
     ids = new_row_ids(session, record.__table__, 1)
     if ids is not None:
         record.id = ids[0]
-
-
-@compiles(CreateColumn, "sqlite")
-def _sqlite_column(element: CreateColumn, compiler: Any, **kw: Any) -> str:
-    """SQLite DDL for keys (shop_id, id): the id's `autoincrement` (BIGSERIAL on PostgreSQL) is left out.
-
-    SQLite refuses autoincrement in a composite key; `new_row_ids` numbers those rows instead.
-    """
-    column = element.element
-    if column.autoincrement is True and len(column.table.primary_key.columns) > 1:
-        spec: str = (
-            compiler.preparer.format_column(column)
-            + " "
-            + compiler.dialect.type_compiler_instance.process(column.type, type_expression=column)
-        )
-        return spec + " NOT NULL"
-    return cast(str, compiler.visit_create_column(element, **kw))
 
 
 def bulk_insert(

@@ -11,6 +11,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
@@ -18,7 +19,7 @@ from sqlalchemy import MetaData, create_engine, text
 from sqlalchemy.exc import SAWarning
 
 from services.common.citus import actual_placements, distribute, placement_problems
-from services.common.db import ensure_database, is_postgres
+from services.common.db import Database, ensure_database, is_postgres
 
 
 def alembic_config(script_location: Path, url: str) -> Config:
@@ -50,17 +51,11 @@ def service_of(script_location: Path) -> str:
     return script_location.parent.name
 
 
-def check_distribution(script_location: Path, url: str) -> None:
+def check_distribution(db: Database, service: str) -> None:
     """Refuses to serve a partly distributed database (deploy/citus): some tables sharded, others not."""
-    if not is_postgres(url):
+    if not db.is_postgres:
         return
-    service = service_of(script_location)
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            actual = actual_placements(conn)
-    finally:
-        engine.dispose()
+    actual = db.run(lambda session: actual_placements(session.connection()))
     problems = placement_problems(service, actual) if actual is not None else []
     if problems:
         raise PartlyDistributed(
@@ -124,3 +119,14 @@ def _rekey_sqlite(op: Any, table: str, columns: list[str]) -> None:
         warnings.filterwarnings("ignore", message=".*specifies columns .* as primary_key=True", category=SAWarning)
         with op.batch_alter_table(table, recreate="always") as batch:
             batch.create_primary_key(f"{table}_pkey", columns)
+
+
+def add_outbox_trace_context(op: Any) -> None:
+    """The outbox's `trace_context` column (every service has the common outbox table, so each migrates it)."""
+    with op.batch_alter_table("outbox_events") as batch:
+        batch.add_column(sa.Column("trace_context", sa.String(length=128), nullable=False, server_default=""))
+
+
+def drop_outbox_trace_context(op: Any) -> None:
+    with op.batch_alter_table("outbox_events") as batch:
+        batch.drop_column("trace_context")

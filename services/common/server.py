@@ -175,11 +175,11 @@ class RunningService:
         url = settings.resolved_database_url
         if migrate:
             upgrade(spec.migrations, url)
-        check_distribution(spec.migrations, url)
         self.own_provider = tracer_provider is None
         provider = tracer_provider or provider_from_env(spec.name)
         self.tracing = Tracing(provider, spec.name) if provider is not None else None
         self.db = Database(url, pool_size=settings.db_pool_size, tracing=self.tracing)
+        check_distribution(self.db, spec.name)
         peers = Peers(settings, tracing=self.tracing)
         self.context = ServiceContext(settings=settings, db=self.db, peers=peers, clock=clock, tracing=self.tracing)
         self.relay = OutboxRelay(self.db, self.context.peers.channel, clock, tracing=self.tracing)

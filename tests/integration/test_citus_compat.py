@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from services.common import citus
+from services.common.db import Database
 from services.common.migrations import PartlyDistributed, check_distribution, upgrade
 from tests.integration.test_metrics_refunds_stream import chunk, metrics
 from tests.integration.test_metrics_rpc import order, record
@@ -109,7 +110,7 @@ def test_migrations_place_every_table_as_declared_in_their_own_transaction(citus
     tables = citus.tables_of(citus.service_metadata("points"))
     assert placed == {t.name: citus.placement_of(t.name) for t in tables}
     assert colocated == {"none", "balances", None}  # one anchor; reference/local tables colocate with nothing
-    check_distribution(migrations, citus_like_database)  # placed whole: serves
+    serves(citus_like_database)  # placed whole
 
 
 def test_a_partly_distributed_database_is_refused_at_start(citus_like_database: str) -> None:
@@ -122,4 +123,13 @@ def test_a_partly_distributed_database_is_refused_at_start(citus_like_database: 
         )
     engine.dispose()
     with pytest.raises(PartlyDistributed, match="entries is not placed, declared distributed; lots is not placed"):
-        check_distribution(migrations, citus_like_database)
+        serves(citus_like_database)
+
+
+def serves(url: str) -> None:
+    """What a points service checks at start, on its own database connection pool."""
+    db = Database(url, pool_size=1)
+    try:
+        check_distribution(db, "points")
+    finally:
+        db.dispose()

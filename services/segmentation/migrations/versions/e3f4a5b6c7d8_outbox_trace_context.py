@@ -7,8 +7,9 @@ Create Date: 2026-12-03 15:00:00.000000
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from alembic import op
+
+from services.common.migrations import add_outbox_trace_context, drop_outbox_trace_context
 
 revision: str = "e3f4a5b6c7d8"
 down_revision: str | None = "d5a7b9c1e3f4"
@@ -17,10 +18,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("outbox_events") as batch:
-        batch.add_column(sa.Column("trace_context", sa.String(length=128), nullable=False, server_default=""))
+    add_outbox_trace_context(op)
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("outbox_events") as batch:
-        batch.drop_column("trace_context")
+    drop_outbox_trace_context(op)
